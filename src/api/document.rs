@@ -1,0 +1,59 @@
+//! The native status document of a job.
+
+use serde::Serialize;
+
+use crate::job::{Job, JobId};
+use crate::time::Timestamp;
+
+/// `GET {prefix}/{id}`: where a job is, and how it ended.
+#[derive(Serialize)]
+pub(crate) struct StatusDocument<'a> {
+    id: JobId,
+    status: &'static str,
+    created_at: Timestamp,
+    status_at: Timestamp,
+    priority: u8,
+    attempts: u32,
+    queue_deadline: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completed_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorDocument<'a>>,
+}
+
+#[derive(Serialize)]
+struct ErrorDocument<'a> {
+    code: &'static str,
+    message: &'a str,
+}
+
+impl<'a> StatusDocument<'a> {
+    pub(crate) fn new(job: &'a Job) -> Self {
+        StatusDocument {
+            id: job.id,
+            status: job.status.as_str(),
+            created_at: job.created_at,
+            status_at: job.status_at,
+            priority: job.options.priority.level(),
+            attempts: job.attempts,
+            queue_deadline: job.queue_deadline,
+            started_at: job.started_at,
+            completed_at: job.completed_at,
+            expires_at: job.expires_at,
+            retry_at: job.retry_at,
+            status_code: job.response.as_ref().map(|r| r.status.as_u16()),
+            error: job.error.as_ref().map(|e| ErrorDocument {
+                code: e.code.as_str(),
+                message: &e.message,
+            }),
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Front doors: HTTP in, job operations on the store, HTTP out.
+//!
+//! Each dialect is a module that only translates; none of them touches a
+//! store's internals, and the worker knows none of them.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use crate::error::Problem;
+use crate::layer::Config;
+use crate::service::Shared;
+use crate::store::{EnqueueError, Store, StoreError};
+use crate::BoxError;
+
+mod document;
+mod native;
+mod prefer;
+mod vessl;
+
+pub(crate) use prefer::{Prefer, PREFER};
+
+/// Where a request goes.
+pub(crate) enum Route {
+    /// Not ours: to the inner service, untouched.
+    PassThrough,
+    /// A native route under the prefix.
+    Native(native::Endpoint),
+    /// Any other route with `Prefer: respond-async`: becomes a job.
+    PreferAsync(Prefer),
+}
+
+/// Decides from the request head alone, so a pass-through costs a prefix
+/// comparison and, only when a `Prefer` header is present, reading it.
+pub(crate) fn route<B>(config: &Config, req: &Request<B>) -> Route {
+    if let Some(endpoint) = native::endpoint(&config.prefix, req.method(), req.uri().path()) {
+        return Route::Native(endpoint);
+    }
+    if req.headers().contains_key(PREFER) {
+        let prefer = Prefer::from_headers(req.headers());
+        if prefer.respond_async {
+            return Route::PreferAsync(prefer);
+        }
+    }
+    Route::PassThrough
+}
+
+/// Answers a request routed to the API.
+pub(crate) async fn handle<St, B>(
+    shared: &Shared<St>,
+    route: Route,
+    req: Request<B>,
+) -> Response<Bytes>
+where
+    St: Store,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let result = match route {
+        Route::Native(endpoint) => native::handle(shared, endpoint, req).await,
+        Route::PreferAsync(prefer) => native::submit_prefer(shared, prefer, req).await,
+        Route::PassThrough => unreachable!("pass-through requests never reach the API"),
+    };
+    result.unwrap_or_else(Problem::into_response)
+}
+
+/// Reads a request body of at most `limit` bytes.
+pub(crate) async fn read_body<B>(
+    headers: &HeaderMap,
+    body: B,
+    limit: usize,
+) -> Result<Bytes, Problem>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than the {limit}-byte limit"),
+        )
+    };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(Problem::bad_request(
+            "body_unreadable",
+            format!("the request body could not be read: {e}"),
+        )),
+    }
+}
+
+/// A JSON answer.
+pub(crate) fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Bytes> {
+    // Serializing our own documents cannot fail: they hold strings and numbers only.
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(Bytes::from(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+pub(crate) fn store_unavailable(e: &StoreError) -> Problem {
+    tracing::warn!(error = %e, "the job store is unavailable");
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the job store is unavailable; try again shortly",
+    )
+    .retry_after(1)
+}
+
+pub(crate) fn enqueue_refused(e: &EnqueueError) -> Problem {
+    match e {
+        EnqueueError::QueueFull { limit } => Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "queue_full",
+            format!("the queue is full ({limit} jobs); try again later"),
+        )
+        .retry_after(5),
+        EnqueueError::IdempotencyConflict { existing } => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_conflict",
+            format!(
+                "the Idempotency-Key was already used for a different request (job {existing})"
+            ),
+        ),
+        EnqueueError::Store(e) => store_unavailable(e),
+    }
+}

@@ -1,0 +1,515 @@
+//! The native API under the prefix `P` (VESSL-compatible), and
+//! `Prefer: respond-async` on every other route.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `POST P` + envelope | `201 {"id"}` + `Location` (`200` for a repeated `Idempotency-Key`) |
+//! | `GET P/queue` | queue statistics |
+//! | `GET P/{id}` | status document: `202` until terminal, then `200`; `Prefer: wait=N` long-polls |
+//! | `GET P/{id}/output` | the VESSL document |
+//! | `GET P/{id}/result` | the inner response, verbatim |
+//! | `DELETE P/{id}` | cancel: `200`, or `409` if already terminal |
+//! | other route + `Prefer: respond-async` | `202` + `Location`, or with `wait=N` the inner response itself |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use serde_json::{Map, Value};
+
+use super::document::StatusDocument;
+use super::vessl::OutputDocument;
+use super::{enqueue_refused, json, read_body, store_unavailable, Prefer};
+use crate::error::Problem;
+use crate::job::{CancelOutcome, Job, JobId, JobOptions, NewJob, Priority, StoredRequest};
+use crate::policy;
+use crate::service::Shared;
+use crate::store::{Enqueued, Store};
+use crate::time::Timestamp;
+use crate::BoxError;
+
+/// The header naming the job on an inner response returned by `Prefer: wait`.
+pub(crate) const JOB_ID_HEADER: &str = "defer-job-id";
+
+/// A native route, matched from method and path.
+pub(crate) enum Endpoint {
+    Submit,
+    Queue,
+    Status(JobId),
+    Cancel(JobId),
+    Output(JobId),
+    Result(JobId),
+    NotFound(String),
+    MethodNotAllowed(&'static str),
+}
+
+/// The endpoint for `path`, or `None` when the path is not under `prefix`.
+pub(crate) fn endpoint(prefix: &str, method: &Method, path: &str) -> Option<Endpoint> {
+    let rest = path.strip_prefix(prefix)?;
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return None; // `/asyncfoo` is not under `/async`
+    }
+    let segments: Vec<&str> = rest.split('/').skip(1).collect();
+    let by_method = |allowed: &'static str, ok: bool, endpoint: Endpoint| {
+        if ok {
+            endpoint
+        } else {
+            Endpoint::MethodNotAllowed(allowed)
+        }
+    };
+    let job = |id: &str| id.parse::<JobId>().ok();
+    let not_found = || Endpoint::NotFound(format!("no route {path}"));
+    let is_get = method == Method::GET;
+    Some(match segments.as_slice() {
+        [] => by_method("POST", method == Method::POST, Endpoint::Submit),
+        ["queue"] => by_method("GET", is_get, Endpoint::Queue),
+        [id] => match job(id) {
+            Some(id) if method == Method::DELETE => Endpoint::Cancel(id),
+            Some(id) => by_method("GET, DELETE", is_get, Endpoint::Status(id)),
+            None => unknown_job(id),
+        },
+        [id, "output"] => match job(id) {
+            Some(id) => by_method("GET", is_get, Endpoint::Output(id)),
+            None => unknown_job(id),
+        },
+        [id, "result"] => match job(id) {
+            Some(id) => by_method("GET", is_get, Endpoint::Result(id)),
+            None => unknown_job(id),
+        },
+        _ => not_found(),
+    })
+}
+
+fn unknown_job(id: &str) -> Endpoint {
+    Endpoint::NotFound(no_job(id))
+}
+
+fn no_job(id: &str) -> String {
+    // Echo a bounded, printable part of what was asked for, never all of it.
+    let shown: String = id.chars().take(32).filter(|c| !c.is_control()).collect();
+    format!("no job {shown:?}")
+}
+
+pub(crate) async fn handle<St, B>(
+    shared: &Shared<St>,
+    endpoint: Endpoint,
+    req: Request<B>,
+) -> Result<Response<Bytes>, Problem>
+where
+    St: Store,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = req.into_parts();
+    let owner = shared.config.owner_of(&parts);
+    let owner = owner.as_deref();
+    match endpoint {
+        Endpoint::Submit => submit_envelope(shared, &parts, body).await,
+        Endpoint::Queue => queue(shared).await,
+        Endpoint::Status(id) => {
+            let wait = Prefer::from_headers(&parts.headers).wait;
+            let mut job = lookup(shared, id, owner).await?;
+            if let Some(secs) = wait.filter(|_| !job.status.is_terminal()) {
+                let until =
+                    Timestamp::now().after(shared.config.max_wait.min(Duration::from_secs(secs)));
+                let changed = shared.store.wait(id, job.revision, until).await;
+                job = changed
+                    .map_err(|e| store_unavailable(&e))?
+                    .ok_or_else(|| Problem::not_found(no_job(id.as_str())))?;
+            }
+            Ok(status_response(&shared.config.prefix, &job))
+        }
+        Endpoint::Output(id) => {
+            let job = lookup(shared, id, owner).await?;
+            Ok(json(StatusCode::OK, &OutputDocument::new(&job)))
+        }
+        Endpoint::Result(id) => {
+            let job = lookup(shared, id, owner).await?;
+            match (&job.response, job.status.is_terminal()) {
+                (Some(response), true) => Ok(replay(&job, response)),
+                (_, false) => Ok(status_response(&shared.config.prefix, &job)),
+                (None, true) => Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "no_result",
+                    format!(
+                        "job {id} ended {} without a response from the service: {}",
+                        job.status,
+                        job.error
+                            .as_ref()
+                            .map_or("no detail", |e| e.message.as_str())
+                    ),
+                )),
+            }
+        }
+        Endpoint::Cancel(id) => match shared.store.cancel(id, owner).await {
+            Ok(CancelOutcome::Canceled(job)) => {
+                Ok(json(StatusCode::OK, &StatusDocument::new(&job)))
+            }
+            Ok(CancelOutcome::AlreadyTerminal(job)) => Err(Problem::new(
+                StatusCode::CONFLICT,
+                "already_terminal",
+                format!("job {id} has already ended: {}", job.status),
+            )),
+            Ok(CancelOutcome::NotFound) => Err(Problem::not_found(no_job(id.as_str()))),
+            Err(e) => Err(store_unavailable(&e)),
+        },
+        Endpoint::NotFound(detail) => Err(Problem::not_found(detail)),
+        Endpoint::MethodNotAllowed(allow) => Err(Problem::method_not_allowed(allow)),
+    }
+}
+
+/// The job, if it exists and `owner` may see it; 404 otherwise.
+async fn lookup<St: Store>(
+    shared: &Shared<St>,
+    id: JobId,
+    owner: Option<&str>,
+) -> Result<Job, Problem> {
+    match shared.store.get(id).await {
+        Ok(Some(job)) if job.is_visible_to(owner) => Ok(job),
+        Ok(_) => Err(Problem::not_found(no_job(id.as_str()))),
+        Err(e) => Err(store_unavailable(&e)),
+    }
+}
+
+async fn queue<St: Store>(shared: &Shared<St>) -> Result<Response<Bytes>, Problem> {
+    let stats = shared
+        .store
+        .stats()
+        .await
+        .map_err(|e| store_unavailable(&e))?;
+    let now = Timestamp::now();
+    let oldest = stats
+        .oldest_queued_at
+        .map_or(0.0, |t| now.since(t).as_secs_f64());
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "queued": stats.queued,
+            "queued_by_priority": stats.queued_by_priority,
+            "retrying": stats.retrying,
+            "in_progress": stats.in_progress,
+            "oldest_queued_seconds": (oldest * 1000.0).round() / 1000.0,
+            "max_queued": shared.config.max_queue,
+            "concurrency": shared.config.concurrency,
+        }),
+    ))
+}
+
+fn location(prefix: &str, id: JobId) -> HeaderValue {
+    HeaderValue::try_from(format!("{prefix}/{id}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("/"))
+}
+
+/// `202` + `Retry-After` while the job runs, `200` once it has ended.
+fn status_response(prefix: &str, job: &Job) -> Response<Bytes> {
+    let terminal = job.status.is_terminal();
+    let status = if terminal {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let mut response = json(status, &StatusDocument::new(job));
+    if !terminal {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(1));
+        response
+            .headers_mut()
+            .insert(LOCATION, location(prefix, job.id));
+    }
+    response
+}
+
+/// The inner response, verbatim, plus the job's id.
+fn replay(job: &Job, response: &crate::job::StoredResponse) -> Response<Bytes> {
+    let mut out = Response::new(response.body.clone());
+    *out.status_mut() = response.status;
+    *out.headers_mut() = response.headers.clone();
+    if let Ok(v) = HeaderValue::from_str(job.id.as_str()) {
+        out.headers_mut()
+            .insert(HeaderName::from_static(JOB_ID_HEADER), v);
+    }
+    out
+}
+
+/// The options every submission starts from: the layer's defaults, the
+/// owner, and the `Idempotency-Key`.
+fn base_options<St>(
+    shared: &Shared<St>,
+    parts: &http::request::Parts,
+) -> Result<JobOptions, Problem> {
+    let mut options = shared.config.defaults.clone();
+    options.owner = shared.config.owner_of(parts);
+    if let Some(key) = parts.headers.get("idempotency-key") {
+        let key = key
+            .to_str()
+            .ok()
+            .filter(|k| !k.is_empty() && k.len() <= 255)
+            .ok_or_else(|| {
+                Problem::bad_request(
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                )
+            })?;
+        options.idempotency_key = Some(Arc::from(key));
+    }
+    Ok(options)
+}
+
+async fn enqueue<St: Store>(shared: &Shared<St>, job: NewJob) -> Result<Enqueued, Problem> {
+    shared
+        .store
+        .enqueue(job, shared.config.max_queue)
+        .await
+        .map_err(|e| enqueue_refused(&e))
+}
+
+/// `POST P` with the VESSL envelope.
+async fn submit_envelope<St, B>(
+    shared: &Shared<St>,
+    parts: &http::request::Parts,
+    body: B,
+) -> Result<Response<Bytes>, Problem>
+where
+    St: Store,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let content_type = parts.headers.get(CONTENT_TYPE);
+    if content_type.is_some() && !policy::is_json_content_type(content_type) {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the envelope must be JSON (Content-Type: application/json)",
+        ));
+    }
+    let options = base_options(shared, parts)?;
+    let bytes = read_body(&parts.headers, body, shared.config.max_body).await?;
+    let mut job = parse_envelope(&bytes, options)?;
+    job.request.headers =
+        policy::request_headers_to_store(&job.request.headers, shared.config.forward_credentials);
+    let enqueued = enqueue(shared, job).await?;
+    let status = if enqueued.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut response = json(status, &serde_json::json!({ "id": enqueued.job.id }));
+    response
+        .headers_mut()
+        .insert(LOCATION, location(&shared.config.prefix, enqueued.job.id));
+    Ok(response)
+}
+
+fn invalid(field: &str, detail: impl std::fmt::Display) -> Problem {
+    Problem::bad_request("invalid_field", format!("`{field}` {detail}"))
+}
+
+/// Parses the envelope: `data` (required), `method` (POST), `path` (/),
+/// `headers`, `priority`, `max_time_in_queue_seconds`, `result_ttl_seconds`.
+/// Fields it does not know are ignored, as VESSL does.
+pub(crate) fn parse_envelope(bytes: &[u8], mut options: JobOptions) -> Result<NewJob, Problem> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        Problem::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+    })?;
+    let Value::Object(mut envelope) = value else {
+        return Err(Problem::bad_request(
+            "invalid_envelope",
+            "the body must be a JSON object with a `data` field",
+        ));
+    };
+    let data = envelope
+        .remove("data")
+        .ok_or_else(|| Problem::bad_request("missing_field", "missing field `data`"))?;
+    let method = match envelope.get("method") {
+        None | Some(Value::Null) => Method::POST,
+        Some(Value::String(m)) => {
+            Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                invalid(
+                    "method",
+                    format_args!("must be an HTTP method such as \"POST\", got {m:?}"),
+                )
+            })?
+        }
+        Some(other) => {
+            return Err(invalid(
+                "method",
+                format_args!("must be a string, got {other}"),
+            ))
+        }
+    };
+    let path = match envelope.get("path") {
+        None | Some(Value::Null) => PathAndQuery::from_static("/"),
+        Some(Value::String(p)) if p.starts_with('/') => PathAndQuery::try_from(p.as_str())
+            .map_err(|_| invalid("path", format_args!("is not a valid path: {p:?}")))?,
+        Some(Value::String(p)) => {
+            return Err(invalid(
+                "path",
+                format_args!("must start with \"/\", got {p:?}"),
+            ))
+        }
+        Some(other) => {
+            return Err(invalid(
+                "path",
+                format_args!("must be a string, got {other}"),
+            ))
+        }
+    };
+    let mut headers = match envelope.get("headers") {
+        None | Some(Value::Null) => HeaderMap::new(),
+        Some(Value::Object(map)) => envelope_headers(map)?,
+        Some(_) => {
+            return Err(invalid(
+                "headers",
+                "must be an object of header names to strings",
+            ))
+        }
+    };
+    if !headers.contains_key(CONTENT_TYPE) {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    if let Some(v) = envelope.get("priority") {
+        let level = uint(v)
+            .and_then(|n| u8::try_from(n).ok())
+            .and_then(Priority::new)
+            .ok_or_else(|| {
+                invalid(
+                    "priority",
+                    format_args!("must be an integer from 0 to 2, got {v}"),
+                )
+            })?;
+        options.priority = level;
+    }
+    if let Some(v) = envelope.get("max_time_in_queue_seconds") {
+        options.max_time_in_queue = seconds_in(v, "max_time_in_queue_seconds", 10, 259_200)?;
+    }
+    if let Some(v) = envelope.get("result_ttl_seconds") {
+        options.result_ttl = seconds_in(v, "result_ttl_seconds", 1, 30 * 86_400)?;
+    }
+    let body = serde_json::to_vec(&data).unwrap_or_default();
+    Ok(NewJob {
+        request: StoredRequest {
+            method,
+            path_and_query: path,
+            headers,
+            body: Bytes::from(body),
+        },
+        options,
+    })
+}
+
+fn uint(v: &Value) -> Option<u64> {
+    v.as_u64()
+}
+
+fn seconds_in(v: &Value, field: &str, min: u64, max: u64) -> Result<Duration, Problem> {
+    uint(v)
+        .filter(|n| (min..=max).contains(n))
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            invalid(
+                field,
+                format_args!("must be an integer from {min} to {max}, got {v}"),
+            )
+        })
+}
+
+fn envelope_headers(map: &Map<String, Value>) -> Result<HeaderMap, Problem> {
+    let mut headers = HeaderMap::with_capacity(map.len());
+    for (name, value) in map {
+        let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            invalid(
+                "headers",
+                format_args!("has an invalid header name {name:?}"),
+            )
+        })?;
+        let Value::String(value) = value else {
+            return Err(invalid(
+                "headers",
+                format_args!("value of {name:?} must be a string"),
+            ));
+        };
+        let value = HeaderValue::from_str(value).map_err(|_| {
+            invalid(
+                "headers",
+                format_args!("value of {name:?} is not a valid header value"),
+            )
+        })?;
+        headers.append(header, value);
+    }
+    Ok(headers)
+}
+
+/// Any other route with `Prefer: respond-async`: the request, stored as sent.
+pub(crate) async fn submit_prefer<St, B>(
+    shared: &Shared<St>,
+    prefer: Prefer,
+    req: Request<B>,
+) -> Result<Response<Bytes>, Problem>
+where
+    St: Store,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = req.into_parts();
+    let options = base_options(shared, &parts)?;
+    let bytes = read_body(&parts.headers, body, shared.config.max_body).await?;
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let request = StoredRequest {
+        method: parts.method.clone(),
+        path_and_query,
+        headers: policy::request_headers_to_store(
+            &parts.headers,
+            shared.config.forward_credentials,
+        ),
+        body: bytes,
+    };
+    let enqueued = enqueue(shared, NewJob { request, options }).await?;
+    let mut job = enqueued.job;
+    let wait = prefer
+        .wait
+        .map(|s| shared.config.max_wait.min(Duration::from_secs(s)));
+    if let Some(wait) = wait {
+        let until = Timestamp::now().after(wait);
+        while !job.status.is_terminal() && Timestamp::now() < until {
+            match shared.store.wait(job.id, job.revision, until).await {
+                Ok(Some(changed)) => job = changed,
+                Ok(None) => break,
+                Err(e) => return Err(store_unavailable(&e)),
+            }
+        }
+    }
+    let mut applied = String::from("respond-async");
+    if let Some(wait) = wait {
+        applied.push_str(&format!(", wait={}", wait.as_secs()));
+    }
+    let mut response = match (&job.response, job.status.is_terminal()) {
+        (Some(inner), true) => replay(&job, inner),
+        _ => {
+            let mut r = json(
+                if job.status.is_terminal() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::ACCEPTED
+                },
+                &StatusDocument::new(&job),
+            );
+            r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(1));
+            r.headers_mut()
+                .insert(LOCATION, location(&shared.config.prefix, job.id));
+            r
+        }
+    };
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::try_from(applied) {
+        headers.insert(HeaderName::from_static("preference-applied"), v);
+    }
+    Ok(response)
+}

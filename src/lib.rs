@@ -1,0 +1,82 @@
+//! Give any synchronous HTTP service the asynchronous request API that hosted
+//! inference platforms sell: submit a request and get an id at once, then poll
+//! its status and fetch its output, or cancel it.
+//!
+//! `tower-defer` is a tower [`Layer`](tower_layer::Layer): wrap an axum
+//! `Router`, a hyper service or a reverse-proxy client in one line. Requests to
+//! the async routes (under `/async` by default) are answered by the layer;
+//! every other request passes through untouched. Background workers replay
+//! queued requests against the same inner service, in process.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use http_body_util::BodyExt;
+//! use tower::{Layer, ServiceExt};
+//! use tower_defer::{Body, DeferLayer, MemoryStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! // The "model": any service taking `Request<tower_defer::Body>`.
+//! let model = tower::service_fn(|_req: Request<Body>| async {
+//!     Ok::<_, Infallible>(Response::new(Body::from(r#"{"text":"Hello!"}"#)))
+//! });
+//! let app = DeferLayer::new(MemoryStore::new()).layer(model);
+//!
+//! // Submit: 201 and an id at once.
+//! let submit = Request::post("/async")
+//!     .body(Body::from(r#"{"data": {"question": "How are you?"}}"#))
+//!     .unwrap();
+//! let created = app.clone().oneshot(submit).await.unwrap();
+//! assert_eq!(created.status(), 201);
+//! let location = created.headers()["location"].to_str().unwrap().to_owned();
+//!
+//! // Long-poll the status until the job has run.
+//! let poll = Request::get(&location).header("prefer", "wait=5").body(Body::empty()).unwrap();
+//! let status = app.clone().oneshot(poll).await.unwrap();
+//! assert_eq!(status.status(), 200);
+//!
+//! // Fetch the output, VESSL-style.
+//! let output = Request::get(format!("{location}/output")).body(Body::empty()).unwrap();
+//! let output = app.clone().oneshot(output).await.unwrap();
+//! let doc = output.into_body().collect().await.unwrap().to_bytes();
+//! let doc: serde_json::Value = serde_json::from_slice(&doc).unwrap();
+//! assert_eq!(doc["status"], "completed");
+//! assert_eq!(doc["output"]["text"], "Hello!");
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`job`]: what a job is, and its state machine (pure methods on [`Job`]).
+//! - [`store`]: the [`Store`] contract every store implements atomically, and
+//!   [`MemoryStore`], the default.
+//! - `layer.rs` / `service.rs` / `future.rs` / `body.rs`: [`DeferLayer`]
+//!   builds [`Defer`], whose [`ResponseFuture`] and [`ResponseBody`] are either
+//!   the inner service's or the layer's own answer.
+//! - `api/`: the front doors, which only translate HTTP to store operations.
+//! - `worker.rs`: the pool that claims jobs and calls the inner service.
+//! - `policy.rs`: classification, backoff and header rules as pure functions.
+//! - [`time`]: wall-clock timestamps that follow tokio's (pausable) clock.
+
+mod api;
+mod body;
+mod error;
+mod future;
+pub mod job;
+mod layer;
+mod policy;
+mod service;
+pub mod store;
+pub mod time;
+mod worker;
+
+pub use body::{Body, ResponseBody};
+pub use future::ResponseFuture;
+pub use job::{Job, JobId, JobStatus};
+pub use layer::DeferLayer;
+pub use service::Defer;
+pub use store::{MemoryStore, Store};
+pub use worker::{DeferHandle, InnerService, Worker};
+
+/// A boxed error, as tower uses.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,335 @@
+//! Policy: how answers are classified, how long to back off, which headers
+//! travel. Plain data and pure functions, tested without I/O.
+
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, StatusCode};
+
+use crate::job::RetryPolicy;
+
+/// What a worker does with an inner call's result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Record it: the job ends.
+    Final,
+    /// The upstream is unavailable (scaled to zero, restarting): back to the
+    /// queue, no attempt spent, after `delay`.
+    Unavailable { delay: Duration },
+    /// A retryable failure: spend an attempt and retry after `delay`.
+    RetryAttempt { delay: Duration },
+}
+
+/// Caps every delay an upstream asks for with `Retry-After`.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// The first and the longest wait while an upstream is unavailable.
+pub(crate) const UNAVAILABLE_BASE: Duration = Duration::from_millis(250);
+pub(crate) const UNAVAILABLE_CAP: Duration = Duration::from_secs(10);
+
+/// Classifies an inner response.
+///
+/// `attempts` is the number of attempts spent, this one included.
+pub(crate) fn classify_response(
+    status: StatusCode,
+    headers: &HeaderMap,
+    retry: &RetryPolicy,
+    attempts: u32,
+) -> Verdict {
+    if matches!(status.as_u16(), 429 | 503) {
+        if let Some(delay) = retry_after(headers) {
+            return Verdict::Unavailable {
+                delay: delay.min(MAX_RETRY_AFTER),
+            };
+        }
+    }
+    if matches!(status.as_u16(), 500 | 502 | 503 | 504) {
+        return retry_attempt(retry, attempts);
+    }
+    Verdict::Final
+}
+
+/// Classifies an error from the inner service (no response at all).
+/// `unavailable` is how often the job already found the upstream unavailable,
+/// `jitter` a number in `[0, 1)`.
+pub(crate) fn classify_error(
+    error: &(dyn StdError + 'static),
+    retry: &RetryPolicy,
+    attempts: u32,
+    unavailable: u32,
+    jitter: f64,
+) -> Verdict {
+    if is_unavailable(error) {
+        Verdict::Unavailable {
+            delay: unavailable_backoff(unavailable, jitter),
+        }
+    } else {
+        retry_attempt(retry, attempts)
+    }
+}
+
+fn retry_attempt(retry: &RetryPolicy, attempts: u32) -> Verdict {
+    if attempts >= retry.max_attempts {
+        Verdict::Final
+    } else {
+        Verdict::RetryAttempt {
+            delay: attempt_backoff(retry, attempts),
+        }
+    }
+}
+
+/// The delay after the `attempts`-th spent attempt: `initial_delay` doubling,
+/// capped at `max_delay`.
+pub(crate) fn attempt_backoff(retry: &RetryPolicy, attempts: u32) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(31);
+    retry
+        .initial_delay
+        .saturating_mul(1u32 << doublings)
+        .min(retry.max_delay)
+}
+
+/// Capped exponential backoff with full jitter in its upper half, for an
+/// upstream that is not there: many jobs waiting for one upstream to come back
+/// must not all knock at the same instant.
+pub(crate) fn unavailable_backoff(previous: u32, jitter: f64) -> Duration {
+    let ceiling = UNAVAILABLE_BASE
+        .saturating_mul(1u32 << previous.min(16))
+        .min(UNAVAILABLE_CAP);
+    ceiling.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// `Retry-After` as delta-seconds (the form upstreams send for 429 and 503).
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    value.parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// Whether an error means "nobody answered": refused, reset, aborted, or the
+/// connection could not be made. Walks the source chain, so it sees the
+/// `io::Error` under a hyper or hyper-util client error.
+pub(crate) fn is_unavailable(error: &(dyn StdError + 'static)) -> bool {
+    use std::io::ErrorKind::*;
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected | BrokenPipe
+            ) {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// Whether a content type says JSON: `application/json` or any `+json` suffix.
+pub(crate) fn is_json_content_type(value: Option<&HeaderValue>) -> bool {
+    let Some(value) = value.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let essence = essence.to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
+/// plus those the layer recomputes.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
+    )
+}
+
+fn is_credential(name: &HeaderName) -> bool {
+    name == header::AUTHORIZATION || name == header::COOKIE || name == header::PROXY_AUTHORIZATION
+}
+
+/// The headers of a request as the job keeps them: everything the client sent
+/// except hop-by-hop headers, those named by `Connection`, `content-length`,
+/// `host`, `prefer`, the layer's own `defer-*` options and, unless
+/// `forward_credentials`, `authorization`, `cookie` and `proxy-authorization`.
+pub(crate) fn request_headers_to_store(
+    headers: &HeaderMap,
+    forward_credentials: bool,
+) -> HeaderMap {
+    let named_by_connection = connection_named(headers);
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if is_hop_by_hop(name)
+            || name == header::HOST
+            || name.as_str() == "prefer"
+            || name.as_str().starts_with("defer-")
+            || named_by_connection.contains(name)
+            || (!forward_credentials && is_credential(name))
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// The headers of an inner response as the job keeps them, less hop-by-hop ones.
+pub(crate) fn response_headers_to_store(headers: &HeaderMap) -> HeaderMap {
+    let named_by_connection = connection_named(headers);
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if !is_hop_by_hop(name) && !named_by_connection.contains(name) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn backoff_doubles_from_initial_to_max() {
+        let p = RetryPolicy::default();
+        let delays: Vec<_> = (1..=5)
+            .map(|a| attempt_backoff(&p, a).as_millis())
+            .collect();
+        assert_eq!(delays, [1000, 2000, 4000, 5000, 5000]);
+        assert_eq!(attempt_backoff(&p, u32::MAX), Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn unavailable_backoff_is_capped_and_jittered() {
+        assert_eq!(unavailable_backoff(0, 0.0), Duration::from_millis(125));
+        assert_eq!(unavailable_backoff(0, 1.0), Duration::from_millis(250));
+        assert_eq!(unavailable_backoff(1, 1.0), Duration::from_millis(500));
+        assert_eq!(unavailable_backoff(1000, 1.0), UNAVAILABLE_CAP);
+        assert!(unavailable_backoff(1000, 0.3) >= UNAVAILABLE_CAP / 2);
+    }
+
+    #[test]
+    fn classifies_answers_per_the_worker_rules() {
+        let p = RetryPolicy::default();
+        let none = HeaderMap::new();
+        let after = headers(&[("retry-after", "7")]);
+        let c = |s: u16, h: &HeaderMap, a| {
+            classify_response(StatusCode::from_u16(s).unwrap(), h, &p, a)
+        };
+        assert_eq!(c(200, &none, 1), Verdict::Final);
+        assert_eq!(c(400, &none, 1), Verdict::Final);
+        assert_eq!(c(429, &none, 1), Verdict::Final);
+        assert_eq!(
+            c(429, &after, 1),
+            Verdict::Unavailable {
+                delay: Duration::from_secs(7)
+            }
+        );
+        assert_eq!(
+            c(503, &after, 3),
+            Verdict::Unavailable {
+                delay: Duration::from_secs(7)
+            }
+        );
+        assert_eq!(
+            c(503, &none, 1),
+            Verdict::RetryAttempt {
+                delay: Duration::from_secs(1)
+            }
+        );
+        assert_eq!(
+            c(500, &none, 2),
+            Verdict::RetryAttempt {
+                delay: Duration::from_secs(2)
+            }
+        );
+        assert_eq!(c(502, &none, 3), Verdict::Final, "attempts spent");
+        assert_eq!(c(501, &none, 1), Verdict::Final);
+        let huge = headers(&[("retry-after", "99999999")]);
+        assert_eq!(
+            c(503, &huge, 1),
+            Verdict::Unavailable {
+                delay: MAX_RETRY_AFTER
+            }
+        );
+    }
+
+    #[test]
+    fn refused_connections_are_unavailable_through_the_source_chain() {
+        #[derive(Debug)]
+        struct Wrapper(std::io::Error);
+        impl std::fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("client error")
+            }
+        }
+        impl StdError for Wrapper {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let refused = Wrapper(std::io::ErrorKind::ConnectionRefused.into());
+        assert!(is_unavailable(&refused));
+        let other = Wrapper(std::io::ErrorKind::InvalidData.into());
+        assert!(!is_unavailable(&other));
+    }
+
+    #[test]
+    fn stored_request_headers_drop_hop_by_hop_and_credentials() {
+        let h = headers(&[
+            ("content-type", "application/json"),
+            ("authorization", "Bearer secret"),
+            ("cookie", "a=b"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("host", "example"),
+            ("prefer", "respond-async"),
+            ("content-length", "3"),
+            ("x-keep", "1"),
+            ("x-keep", "2"),
+        ]);
+        let kept = request_headers_to_store(&h, false);
+        let names: Vec<_> = kept.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-keep"]);
+        assert_eq!(kept.get_all("x-keep").iter().count(), 2);
+        let with_creds = request_headers_to_store(&h, true);
+        assert!(with_creds.contains_key("authorization"));
+        assert!(with_creds.contains_key("cookie"));
+    }
+
+    #[test]
+    fn json_content_types() {
+        let j = |s: &'static str| is_json_content_type(Some(&HeaderValue::from_static(s)));
+        assert!(j("application/json"));
+        assert!(j("Application/JSON; charset=utf-8"));
+        assert!(j("application/problem+json"));
+        assert!(!j("text/plain"));
+        assert!(!j("application/jsonx"));
+        assert!(!is_json_content_type(None));
+    }
+}

@@ -1,0 +1,456 @@
+//! The in-memory store: the embedded default, gone with its process.
+//!
+//! Jobs live in a [`DashMap`], so lookups by many clients take only a shard
+//! lock. What orders the queue (the ready lists and the timer index) lives
+//! behind one `std::sync::Mutex`, held for microseconds and never across an
+//! `.await`. Every transition takes the schedule lock first and the job's
+//! shard second, never the other way round, so the two never deadlock and a
+//! transition is atomic against every other transition.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::pin::pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::Notify;
+
+use super::{Claim, EnqueueError, Enqueued, QueueStats, Store, StoreError};
+use crate::job::{
+    CancelOutcome, Job, JobId, JobStatus, Lease, LeaseToken, NewJob, Outcome, Priority, Retry,
+};
+use crate::time::Timestamp;
+
+/// The in-memory store, on [`DashMap`]. Cheap to clone: clones share the jobs.
+///
+/// ```
+/// use tower_defer::{DeferLayer, MemoryStore};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let store = MemoryStore::new();
+/// let layer = DeferLayer::new(store.clone());
+/// # let _ = layer; }
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("jobs", &self.inner.jobs.len())
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    jobs: DashMap<JobId, Slot>,
+    /// Protects the queue order and the timer index. Lock it before `jobs`.
+    schedule: Mutex<Schedule>,
+    /// Wakes one idle worker per job that becomes runnable.
+    work: Notify,
+}
+
+struct Slot {
+    job: Job,
+    /// Made when the first waiter comes, so jobs nobody waits on cost nothing.
+    changed: Option<Arc<Notify>>,
+    /// The job's place in its ready list while it is runnable.
+    ready_seq: u64,
+}
+
+impl Slot {
+    fn notify(&self) {
+        if let Some(n) = &self.changed {
+            n.notify_waiters();
+        }
+    }
+}
+
+/// Owner and key of an idempotent submission.
+type IdempotencyKey = (Option<Arc<str>>, Arc<str>);
+
+#[derive(Default)]
+struct Schedule {
+    /// Runnable jobs, one FIFO per priority level, keyed by arrival in it:
+    /// a job that comes back from a retry queues behind fresh work.
+    ready: [BTreeMap<u64, JobId>; Priority::LEVELS],
+    next_seq: u64,
+    /// Each job's next due time ([`Job::next_due`]) that needs a sweep.
+    due: BTreeSet<(Timestamp, JobId)>,
+    /// Queued jobs waiting out a backoff.
+    retrying: usize,
+    in_progress: usize,
+    idempotency: HashMap<IdempotencyKey, JobId>,
+}
+
+impl Schedule {
+    fn push_ready(&mut self, level: usize, id: JobId) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.ready[level].insert(seq, id);
+        seq
+    }
+
+    fn queued(&self) -> usize {
+        self.ready.iter().map(BTreeMap::len).sum::<usize>() + self.retrying
+    }
+
+    fn set_due(&mut self, id: JobId, old: Option<Timestamp>, new: Option<Timestamp>) {
+        if old == new {
+            return;
+        }
+        if let Some(t) = old {
+            self.due.remove(&(t, id));
+        }
+        if let Some(t) = new {
+            self.due.insert((t, id));
+        }
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn schedule(&self) -> MutexGuard<'_, Schedule> {
+        // A panic while holding the lock leaves the schedule as consistent as
+        // any single step of it; carry on rather than poison every caller.
+        self.inner
+            .schedule
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies one transition to a job under the schedule lock, keeping the
+    /// ready lists, the counters and the timer index in step with it, and wakes
+    /// whoever waits on the job. `f` returns `None` to leave the job unchanged.
+    fn transition<T>(
+        &self,
+        sched: &mut Schedule,
+        id: JobId,
+        f: impl FnOnce(&mut Job) -> Option<T>,
+    ) -> Option<(T, Job)> {
+        let mut slot = self.inner.jobs.get_mut(&id)?;
+        let before = (
+            is_ready(&slot.job),
+            slot.job.status,
+            slot.job.retry_at.is_some(),
+        );
+        let (due, revision) = (slot.job.next_due(), slot.job.revision);
+        let out = f(&mut slot.job)?;
+        let level = usize::from(slot.job.options.priority.level());
+        account(sched, before.1, before.2, -1);
+        account(sched, slot.job.status, slot.job.retry_at.is_some(), 1);
+        sched.set_due(id, due, slot.job.next_due());
+        match (before.0, is_ready(&slot.job)) {
+            (true, false) => {
+                sched.ready[level].remove(&slot.ready_seq);
+            }
+            (false, true) => {
+                slot.ready_seq = sched.push_ready(level, id);
+                self.inner.work.notify_one();
+            }
+            _ => {}
+        }
+        if slot.job.revision != revision {
+            slot.notify();
+        }
+        Some((out, slot.job.clone()))
+    }
+
+    fn forget(&self, sched: &mut Schedule, id: JobId) {
+        if let Some((_, slot)) = self.inner.jobs.remove(&id) {
+            if let Some(key) = idempotency_key(&slot.job) {
+                if sched.idempotency.get(&key) == Some(&id) {
+                    sched.idempotency.remove(&key);
+                }
+            }
+            sched.set_due(id, slot.job.next_due(), None);
+            // Waiters see the job gone.
+            slot.notify();
+        }
+    }
+
+    fn sweep_now(&self, now: Timestamp) -> Option<Timestamp> {
+        let mut sched = self.schedule();
+        while let Some(&(at, id)) = sched.due.first() {
+            if at > now {
+                return Some(at);
+            }
+            sched.due.pop_first();
+            let Some(slot) = self.inner.jobs.get(&id) else {
+                continue;
+            };
+            let forgotten = slot.job.is_forgotten(now);
+            drop(slot);
+            if forgotten {
+                self.forget(&mut sched, id);
+                continue;
+            }
+            self.transition(&mut sched, id, |job| {
+                if job.expire_if_due(now) || job.lapse_if_due(now) {
+                    return Some(());
+                }
+                if job.retry_at.is_some_and(|at| at <= now) {
+                    // The backoff is over: runnable again. Not a change a
+                    // client waits for, so the revision stays.
+                    job.retry_at = None;
+                    return Some(());
+                }
+                None
+            });
+            // `transition` keeps the index when it changed something; when it
+            // did not, put the job's due time back.
+            // (Only later times: a due time that is still now would loop.)
+            if let Some(slot) = self.inner.jobs.get(&id) {
+                if let Some(t) = slot.job.next_due().filter(|&t| t > now) {
+                    sched.due.insert((t, id));
+                }
+            }
+        }
+        None
+    }
+}
+
+fn is_ready(job: &Job) -> bool {
+    job.status == JobStatus::Queued && job.retry_at.is_none()
+}
+
+/// Moves a job's contribution to the counters in or out.
+fn account(sched: &mut Schedule, status: JobStatus, waiting_retry: bool, sign: isize) {
+    let apply = |n: &mut usize| *n = n.saturating_add_signed(sign);
+    match status {
+        JobStatus::Queued if waiting_retry => apply(&mut sched.retrying),
+        JobStatus::InProgress => apply(&mut sched.in_progress),
+        _ => {}
+    }
+}
+
+fn idempotency_key(job: &Job) -> Option<IdempotencyKey> {
+    let key = job.options.idempotency_key.clone()?;
+    Some((job.options.owner.clone(), key))
+}
+
+fn same_request(a: &crate::job::StoredRequest, b: &crate::job::StoredRequest) -> bool {
+    a.method == b.method && a.path_and_query == b.path_and_query && a.body == b.body
+}
+
+fn stale() -> StoreError {
+    StoreError::stale_lease()
+}
+
+impl Store for MemoryStore {
+    async fn enqueue(&self, new: NewJob, max_queued: usize) -> Result<Enqueued, EnqueueError> {
+        let now = Timestamp::now();
+        let mut sched = self.schedule();
+        let key = new
+            .options
+            .idempotency_key
+            .clone()
+            .map(|k| (new.options.owner.clone(), k));
+        if let Some(key) = &key {
+            if let Some(existing) = sched.idempotency.get(key).copied() {
+                if let Some(slot) = self.inner.jobs.get(&existing) {
+                    if !slot.job.is_forgotten(now) {
+                        if !same_request(&slot.job.request, &new.request) {
+                            return Err(EnqueueError::IdempotencyConflict { existing });
+                        }
+                        return Ok(Enqueued {
+                            job: slot.job.clone(),
+                            created: false,
+                        });
+                    }
+                }
+            }
+        }
+        if sched.queued() >= max_queued {
+            return Err(EnqueueError::QueueFull { limit: max_queued });
+        }
+        let id = JobId::random();
+        let job = Job::new(id, new, now);
+        let priority = usize::from(job.options.priority.level());
+        sched.set_due(id, None, job.next_due());
+        let ready_seq = sched.push_ready(priority, id);
+        if let Some(key) = key {
+            sched.idempotency.insert(key, id);
+        }
+        self.inner.jobs.insert(
+            id,
+            Slot {
+                job: job.clone(),
+                changed: None,
+                ready_seq,
+            },
+        );
+        drop(sched);
+        self.inner.work.notify_one();
+        Ok(Enqueued { job, created: true })
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        let now = Timestamp::now();
+        Ok(self
+            .inner
+            .jobs
+            .get(&id)
+            .filter(|slot| !slot.job.is_forgotten(now))
+            .map(|slot| slot.job.clone()))
+    }
+
+    async fn wait(
+        &self,
+        id: JobId,
+        seen: u64,
+        until: Timestamp,
+    ) -> Result<Option<Job>, StoreError> {
+        loop {
+            let now = Timestamp::now();
+            let notify = {
+                let Some(mut slot) = self.inner.jobs.get_mut(&id) else {
+                    return Ok(None);
+                };
+                if slot.job.is_forgotten(now) {
+                    return Ok(None);
+                }
+                if slot.job.revision > seen || now >= until {
+                    return Ok(Some(slot.job.clone()));
+                }
+                slot.changed.get_or_insert_with(Default::default).clone()
+            };
+            let mut notified = pin!(notify.notified());
+            notified.as_mut().enable();
+            // A change between releasing the slot and `enable` would be missed:
+            // look once more now that the waiter is registered.
+            match self.inner.jobs.get(&id) {
+                None => return Ok(None),
+                Some(slot) if slot.job.revision > seen => return Ok(Some(slot.job.clone())),
+                Some(_) => {}
+            }
+            let _ = tokio::time::timeout_at(until.to_instant(), notified).await;
+        }
+    }
+
+    async fn claim(&self, lease: Duration) -> Result<Option<Claim>, StoreError> {
+        let now = Timestamp::now();
+        let mut sched = self.schedule();
+        for level in 0..Priority::LEVELS {
+            while let Some((_, id)) = sched.ready[level]
+                .first_key_value()
+                .map(|(s, id)| (*s, *id))
+            {
+                // A job past its deadline is expired here, never run.
+                let claimed = self.transition(&mut sched, id, |job| {
+                    if job.expire_if_due(now) {
+                        return Some(None);
+                    }
+                    job.claim(now, lease).map(Some)
+                });
+                match claimed {
+                    Some((Some(lease), job)) => return Ok(Some(Claim { job, lease })),
+                    Some((None, _)) => {}
+                    // Not runnable yet left in the list would spin: drop the entry.
+                    None => {
+                        sched.ready[level].pop_first();
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn work_available(&self, until: Timestamp) {
+        let _ = tokio::time::timeout_at(until.to_instant(), self.inner.work.notified()).await;
+    }
+
+    async fn extend(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> Result<Lease, StoreError> {
+        let now = Timestamp::now();
+        let mut sched = self.schedule();
+        let mut result = Err(stale());
+        self.transition(&mut sched, id, |job| {
+            result = job.extend(token, now, lease).map_err(|_| stale());
+            result.as_ref().ok().map(|_| ())
+        });
+        result
+    }
+
+    async fn complete(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        outcome: Outcome,
+    ) -> Result<Job, StoreError> {
+        let now = Timestamp::now();
+        let mut sched = self.schedule();
+        self.transition(&mut sched, id, |job| job.finish(token, now, outcome).ok())
+            .map(|((), job)| job)
+            .ok_or_else(stale)
+    }
+
+    async fn retry_later(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        retry: Retry,
+    ) -> Result<Job, StoreError> {
+        let now = Timestamp::now();
+        let mut sched = self.schedule();
+        self.transition(&mut sched, id, |job| job.requeue(token, now, retry).ok())
+            .map(|((), job)| job)
+            .ok_or_else(stale)
+    }
+
+    async fn cancel(&self, id: JobId, owner: Option<&str>) -> Result<CancelOutcome, StoreError> {
+        let now = Timestamp::now();
+        let mut sched = self.schedule();
+        match self.inner.jobs.get(&id) {
+            Some(slot) if slot.job.is_visible_to(owner) && !slot.job.is_forgotten(now) => {
+                if slot.job.status.is_terminal() {
+                    return Ok(CancelOutcome::AlreadyTerminal(slot.job.clone()));
+                }
+            }
+            _ => return Ok(CancelOutcome::NotFound),
+        }
+        Ok(
+            match self.transition(&mut sched, id, |job| job.cancel(now).then_some(())) {
+                Some(((), job)) => CancelOutcome::Canceled(job),
+                None => CancelOutcome::NotFound,
+            },
+        )
+    }
+
+    async fn stats(&self) -> Result<QueueStats, StoreError> {
+        let sched = self.schedule();
+        let mut stats = QueueStats {
+            retrying: sched.retrying as u64,
+            in_progress: sched.in_progress as u64,
+            ..QueueStats::default()
+        };
+        for (level, ready) in sched.ready.iter().enumerate() {
+            stats.queued_by_priority[level] = ready.len() as u64;
+            let oldest = ready
+                .first_key_value()
+                .and_then(|(_, id)| self.inner.jobs.get(id).map(|s| s.job.created_at));
+            if let Some(at) = oldest {
+                if stats.oldest_queued_at.is_none_or(|o| at < o) {
+                    stats.oldest_queued_at = Some(at);
+                }
+            }
+        }
+        stats.queued = stats.queued_by_priority.iter().sum::<u64>() + stats.retrying;
+        Ok(stats)
+    }
+
+    async fn sweep(&self) -> Result<Option<Timestamp>, StoreError> {
+        Ok(self.sweep_now(Timestamp::now()))
+    }
+}

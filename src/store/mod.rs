@@ -1,0 +1,275 @@
+//! The store: the only shared state, and its contract.
+//!
+//! Every operation is one atomic state transition (the transitions themselves
+//! are [`Job`]'s methods). A front door or a worker never reads a job, changes
+//! it and writes it back behind the store's back.
+//!
+//! | operation | transition |
+//! |---|---|
+//! | [`enqueue`](Store::enqueue) | new -> `queued` (or the first job of an idempotency key) |
+//! | [`claim`](Store::claim) | `queued` -> `in_progress`, with a lease, by priority then age |
+//! | [`extend`](Store::extend) | renews the lease (fenced) |
+//! | [`complete`](Store::complete) | `in_progress` -> `succeeded` \| `failed` (fenced) |
+//! | [`retry_later`](Store::retry_later) | `in_progress` -> `queued`, runnable later (fenced) |
+//! | [`cancel`](Store::cancel) | `queued` \| `in_progress` -> `canceled` |
+//! | [`sweep`](Store::sweep) | deadlines -> `expired`; lapsed leases -> `queued`; past TTL -> forgotten |
+//!
+//! "Fenced" means refused with [`StoreError::is_stale_lease`] when the lease
+//! token is not the job's current one: a worker that lost its lease (it was
+//! too slow, the job was canceled, another worker took over) cannot overwrite
+//! what happened since. Delivery is at-least-once: a job whose lease lapses
+//! runs again.
+//!
+//! Every store passes the same conformance suite (`tests/store/`).
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use crate::job::{CancelOutcome, Job, JobId, Lease, LeaseToken, NewJob, Outcome, Priority, Retry};
+use crate::time::Timestamp;
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+/// A job handed to a worker, with the lease that fences its writes.
+#[derive(Clone, Debug)]
+pub struct Claim {
+    /// The job as it was claimed (`in_progress`).
+    pub job: Job,
+    /// The worker's hold on it.
+    pub lease: Lease,
+}
+
+impl Claim {
+    /// The claimed job's id.
+    pub fn id(&self) -> JobId {
+        self.job.id
+    }
+
+    /// The lease token that fences this claim's writes.
+    pub fn token(&self) -> LeaseToken {
+        self.lease.token
+    }
+}
+
+/// The answer to an enqueue.
+#[derive(Clone, Debug)]
+pub struct Enqueued {
+    /// The job.
+    pub job: Job,
+    /// `false` when an idempotency key matched an earlier job, which is returned instead.
+    pub created: bool,
+}
+
+/// Queue statistics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Queued jobs, ready or waiting for a retry.
+    pub queued: u64,
+    /// Queued jobs by priority level (0, 1, 2).
+    pub queued_by_priority: [u64; Priority::LEVELS],
+    /// Of the queued jobs, those waiting out a retry's backoff.
+    pub retrying: u64,
+    /// Jobs a worker is running.
+    pub in_progress: u64,
+    /// When the oldest job that is ready to run was submitted.
+    pub oldest_queued_at: Option<Timestamp>,
+}
+
+/// Why an enqueue was refused.
+#[derive(Debug)]
+pub enum EnqueueError {
+    /// The queue holds `limit` jobs already.
+    QueueFull {
+        /// The limit that was reached.
+        limit: usize,
+    },
+    /// The idempotency key was used, by the same owner, for a different request.
+    IdempotencyConflict {
+        /// The job that holds the key.
+        existing: JobId,
+    },
+    /// The store failed.
+    Store(StoreError),
+}
+
+impl fmt::Display for EnqueueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EnqueueError::QueueFull { limit } => write!(f, "the queue is full ({limit} jobs)"),
+            EnqueueError::IdempotencyConflict { existing } => write!(
+                f,
+                "the idempotency key was used for a different request (job {existing})"
+            ),
+            EnqueueError::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for EnqueueError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            EnqueueError::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for EnqueueError {
+    fn from(e: StoreError) -> Self {
+        EnqueueError::Store(e)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreErrorKind {
+    StaleLease,
+    Unavailable,
+}
+
+/// A store operation that failed.
+pub struct StoreError {
+    kind: StoreErrorKind,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StoreError {
+    /// The lease token is not the job's current one: the write was refused.
+    pub fn stale_lease() -> Self {
+        StoreError {
+            kind: StoreErrorKind::StaleLease,
+            message: "the lease is no longer held".into(),
+            source: None,
+        }
+    }
+
+    /// The store cannot be reached or failed; the operation may be retried.
+    pub fn unavailable(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StoreError {
+            kind: StoreErrorKind::Unavailable,
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// Whether a fenced write was refused because the lease is stale.
+    pub fn is_stale_lease(&self) -> bool {
+        self.kind == StoreErrorKind::StaleLease
+    }
+
+    /// Whether the store itself failed (as opposed to refusing a stale write).
+    pub fn is_unavailable(&self) -> bool {
+        self.kind == StoreErrorKind::Unavailable
+    }
+}
+
+impl fmt::Debug for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreError")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// The store contract. See the [module docs](self) for the transitions.
+///
+/// Methods return `impl Future + Send` rather than using `async-trait`, so the
+/// layer stays generic over its store without boxing a future per call.
+pub trait Store: Send + Sync + 'static {
+    /// Adds a job, `queued`, unless `max_queued` jobs are queued already.
+    ///
+    /// With an idempotency key in its options, a second enqueue by the same
+    /// owner with the same key, while the first job is remembered, returns the
+    /// first job (`created: false`), or [`EnqueueError::IdempotencyConflict`]
+    /// if the request differs. It never makes a second job.
+    fn enqueue(
+        &self,
+        job: NewJob,
+        max_queued: usize,
+    ) -> impl Future<Output = Result<Enqueued, EnqueueError>> + Send;
+
+    /// The job, or `None` if unknown or forgotten.
+    fn get(&self, id: JobId) -> impl Future<Output = Result<Option<Job>, StoreError>> + Send;
+
+    /// Resolves with the job as soon as its revision exceeds `seen`, or at
+    /// `until` with the job as it is then; `None` if it is unknown or forgotten.
+    /// Waiters are woken by the change itself: no polling.
+    fn wait(
+        &self,
+        id: JobId,
+        seen: u64,
+        until: Timestamp,
+    ) -> impl Future<Output = Result<Option<Job>, StoreError>> + Send;
+
+    /// Takes the next runnable job, by priority then age, marks it
+    /// `in_progress` and hands out a lease of `lease`.
+    fn claim(
+        &self,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Option<Claim>, StoreError>> + Send;
+
+    /// Resolves when a [`claim`](Store::claim) may find work (a job was
+    /// enqueued or became runnable), or at `until`.
+    fn work_available(&self, until: Timestamp) -> impl Future<Output = ()> + Send;
+
+    /// Renews a lease to `lease` from now. Fenced.
+    fn extend(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Lease, StoreError>> + Send;
+
+    /// Records how an attempt ended: `succeeded` or `failed`. Fenced.
+    fn complete(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        outcome: Outcome,
+    ) -> impl Future<Output = Result<Job, StoreError>> + Send;
+
+    /// Hands the job back to the queue, runnable at `retry.at`. Fenced.
+    fn retry_later(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        retry: Retry,
+    ) -> impl Future<Output = Result<Job, StoreError>> + Send;
+
+    /// Cancels a queued or running job of `owner` (a running job's worker sees
+    /// its lease go and drops the inner call).
+    fn cancel(
+        &self,
+        id: JobId,
+        owner: Option<&str>,
+    ) -> impl Future<Output = Result<CancelOutcome, StoreError>> + Send;
+
+    /// Queue statistics.
+    fn stats(&self) -> impl Future<Output = Result<QueueStats, StoreError>> + Send;
+
+    /// Applies what is due: queue deadlines, lapsed leases, retries coming
+    /// due, results past their TTL. Returns when something is next due.
+    fn sweep(&self) -> impl Future<Output = Result<Option<Timestamp>, StoreError>> + Send;
+}

@@ -1,0 +1,143 @@
+//! Wall-clock timestamps that follow tokio's clock.
+//!
+//! Jobs carry wall-clock times (they are shown to clients as RFC 3339 and, with
+//! a shared store, compared across processes), yet expiry and backoff must be
+//! testable on tokio's paused clock. So "now" is the wall clock read once, at
+//! first use, plus the time tokio's clock has advanced since: in production that
+//! is the wall clock (monotonic, immune to NTP steps within a process); under
+//! `tokio::time::pause()` it moves only when the test advances time.
+
+use std::fmt;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A point in wall-clock time, in milliseconds since the Unix epoch.
+///
+/// Displays as RFC 3339 in UTC with milliseconds: `2026-11-22T08:53:46.123Z`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(u64);
+
+static ANCHOR: OnceLock<(u64, tokio::time::Instant)> = OnceLock::new();
+
+fn anchor() -> (u64, tokio::time::Instant) {
+    *ANCHOR.get_or_init(|| {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        (wall, tokio::time::Instant::now())
+    })
+}
+
+impl Timestamp {
+    /// Now, on tokio's clock (see the module docs).
+    pub fn now() -> Self {
+        let (wall, at) = anchor();
+        let elapsed = tokio::time::Instant::now().saturating_duration_since(at);
+        Timestamp(wall + elapsed.as_millis() as u64)
+    }
+
+    /// A timestamp from milliseconds since the Unix epoch.
+    pub const fn from_millis(millis: u64) -> Self {
+        Timestamp(millis)
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub const fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// This time plus `d`, saturating.
+    pub fn after(self, d: Duration) -> Self {
+        Timestamp(
+            self.0
+                .saturating_add(d.as_millis().min(u64::MAX as u128) as u64),
+        )
+    }
+
+    /// How long from `earlier` to `self` (zero if `earlier` is later).
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+
+    /// The tokio instant at which tokio's clock reads this time, for timers.
+    pub fn to_instant(self) -> tokio::time::Instant {
+        let (wall, at) = anchor();
+        if self.0 >= wall {
+            at + Duration::from_millis(self.0 - wall)
+        } else {
+            at.checked_sub(Duration::from_millis(wall - self.0))
+                .unwrap_or(at)
+        }
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let millis = self.0 % 1000;
+        let secs = self.0 / 1000;
+        let days = (secs / 86_400) as i64;
+        let rem = secs % 86_400;
+        let (y, m, d) = civil_from_days(days);
+        write!(
+            f,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
+    }
+}
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day).
+/// Howard Hinnant's `civil_from_days`, exact for every date we can meet.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339_utc_with_millis() {
+        assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            Timestamp(1_795_337_626_123).to_string(),
+            "2026-11-22T08:53:46.123Z"
+        );
+        // A leap day and the end of a leap year.
+        assert_eq!(
+            Timestamp(951_782_400_000).to_string(),
+            "2000-02-29T00:00:00.000Z"
+        );
+        assert_eq!(
+            Timestamp(1_735_689_599_999).to_string(),
+            "2024-12-31T23:59:59.999Z"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn follows_the_paused_clock() {
+        let a = Timestamp::now();
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let b = Timestamp::now();
+        assert_eq!(b.since(a), Duration::from_secs(3600));
+        assert!(b.to_instant() <= tokio::time::Instant::now());
+    }
+}
