@@ -56,6 +56,8 @@
 //! - `api/`: the front doors, which only translate HTTP to store operations.
 //! - `worker.rs`: the pool that claims jobs and calls the inner service.
 //! - `policy.rs`: classification, backoff and header rules as pure functions.
+//! - `upstream` (feature `proxy`): `Upstream`, the forwarding client of the
+//!   reverse proxy.
 //! - [`time`]: wall-clock timestamps that follow tokio's (pausable) clock.
 
 mod api;
@@ -68,6 +70,8 @@ mod policy;
 mod service;
 pub mod store;
 pub mod time;
+#[cfg(feature = "proxy")]
+pub mod upstream;
 mod worker;
 
 pub use body::{Body, ResponseBody};

@@ -1,0 +1,210 @@
+//! A reverse proxy that gives any HTTP server the async request API.
+//!
+//! ```text
+//! cargo run --release --features proxy --example proxy -- --upstream http://127.0.0.1:8000
+//! ```
+//!
+//! Flags, each also read from the environment (`--listen` from
+//! `TOWER_DEFER_LISTEN`, and so on):
+//!
+//! | flag | env | default |
+//! |---|---|---|
+//! | `--listen ADDR` | `TOWER_DEFER_LISTEN` | `127.0.0.1:8080` |
+//! | `--upstream URL` | `TOWER_DEFER_UPSTREAM` | none: a built-in demo model |
+//! | `--prefix P` | `TOWER_DEFER_PREFIX` | `/async` |
+//! | `--concurrency N` | `TOWER_DEFER_CONCURRENCY` | `16` |
+//!
+//! Without `--upstream` it serves a small demo model (`POST /predict` echoes
+//! its JSON input after a short "inference" delay), so it runs on a fresh
+//! machine with nothing else installed.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tower::Layer;
+use tower_defer::upstream::Upstream;
+use tower_defer::{Body, DeferLayer, MemoryStore};
+
+struct Options {
+    listen: SocketAddr,
+    upstream: Option<String>,
+    prefix: String,
+    concurrency: usize,
+}
+
+const USAGE: &str = "usage: proxy [--listen ADDR] [--upstream URL] [--prefix P] [--concurrency N]
+each flag may also be set as TOWER_DEFER_LISTEN, TOWER_DEFER_UPSTREAM, TOWER_DEFER_PREFIX, TOWER_DEFER_CONCURRENCY";
+
+fn parse_options() -> Result<Options, String> {
+    let mut listen = std::env::var("TOWER_DEFER_LISTEN").ok();
+    let mut upstream = std::env::var("TOWER_DEFER_UPSTREAM").ok();
+    let mut prefix = std::env::var("TOWER_DEFER_PREFIX").ok();
+    let mut concurrency = std::env::var("TOWER_DEFER_CONCURRENCY").ok();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
+            None => (arg.clone(), None),
+        };
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let slot = match flag.as_str() {
+            "--listen" => &mut listen,
+            "--upstream" => &mut upstream,
+            "--prefix" => &mut prefix,
+            "--concurrency" => &mut concurrency,
+            _ => return Err(format!("unknown argument {arg:?}\n{USAGE}")),
+        };
+        let value = inline
+            .or_else(|| args.next())
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        *slot = Some(value);
+    }
+    let listen = listen.unwrap_or_else(|| "127.0.0.1:8080".into());
+    let concurrency = concurrency.unwrap_or_else(|| "16".into());
+    let prefix = prefix.unwrap_or_else(|| "/async".into());
+    if !prefix.starts_with('/') || prefix.trim_end_matches('/').is_empty() {
+        return Err(format!(
+            "--prefix must start with '/' and name a path, got {prefix:?}"
+        ));
+    }
+    Ok(Options {
+        listen: listen.parse().map_err(|_| {
+            format!("--listen must be an address such as 127.0.0.1:8080, got {listen:?}")
+        })?,
+        upstream: upstream.filter(|u| !u.is_empty()),
+        prefix,
+        concurrency: concurrency.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+            format!("--concurrency must be a whole number of at least 1, got {concurrency:?}")
+        })?,
+    })
+}
+
+/// The built-in demo model: `POST /predict` echoes its input after 500 ms;
+/// `GET /health` answers `ok`.
+async fn demo_model(req: Request<Body>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let json = |status: StatusCode, v: serde_json::Value| {
+        let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    match (parts.method.as_str(), parts.uri.path()) {
+        ("GET", "/health") => Ok(Response::new(Full::new(Bytes::from_static(b"ok")))),
+        ("POST", "/predict") => {
+            let bytes = body
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let Ok(input) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                return Ok(json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"message": "the body must be JSON"}),
+                ));
+            };
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok(json(
+                StatusCode::OK,
+                serde_json::json!({"echo": input, "model": "demo"}),
+            ))
+        }
+        _ => Ok(json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"message": "the demo model answers POST /predict"}),
+        )),
+    }
+}
+
+async fn serve<S, B>(listen: SocketAddr, service: S) -> std::io::Result<()>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!(
+        "tower-defer proxy listening on http://{}",
+        listener.local_addr()?
+    );
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(service.clone());
+        tokio::spawn(async move {
+            let conn = auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = conn.serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let options = match parse_options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let layer = DeferLayer::new(MemoryStore::new())
+        .prefix(options.prefix.clone())
+        .concurrency(options.concurrency);
+    println!(
+        "async API under {} (concurrency {}, in-memory store)",
+        options.prefix.trim_end_matches('/'),
+        options.concurrency
+    );
+    let result = match &options.upstream {
+        Some(url) => {
+            let upstream = match url
+                .parse()
+                .map_err(|e| format!("{e}"))
+                .and_then(|u| Upstream::new(u).map_err(|e| e.to_string()))
+            {
+                Ok(u) => u,
+                Err(e) => {
+                    eprintln!("--upstream {url:?}: {e}");
+                    std::process::exit(2);
+                }
+            };
+            println!("forwarding to {url}");
+            let app = layer.layer(upstream);
+            serve(options.listen, app).await
+        }
+        None => {
+            println!(
+                "no --upstream given: serving the built-in demo model (POST /predict echoes its JSON input after 500 ms)"
+            );
+            let app = layer.layer(tower::service_fn(demo_model));
+            serve(options.listen, app).await
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("cannot serve on {}: {e}", options.listen);
+        std::process::exit(1);
+    }
+}

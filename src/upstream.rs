@@ -1,0 +1,124 @@
+//! [`Upstream`]: an inner service that forwards to an HTTP server, for the
+//! reverse proxy (feature `proxy`).
+//!
+//! Put [`DeferLayer`](crate::DeferLayer) in front of it and a Python, Triton
+//! or vLLM server gets the async API without a line of Rust:
+//!
+//! ```no_run
+//! use tower::Layer;
+//! use tower_defer::{upstream::Upstream, DeferLayer, MemoryStore};
+//!
+//! # #[tokio::main] async fn main() {
+//! let upstream = Upstream::new("http://127.0.0.1:8000".parse().unwrap()).unwrap();
+//! let proxy = DeferLayer::new(MemoryStore::new()).layer(upstream);
+//! # let _ = proxy; }
+//! ```
+
+use std::fmt;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::rt::TokioExecutor;
+use tower_service::Service;
+
+use crate::Body;
+
+/// Idle pooled connections are closed after this long: less than common
+/// servers' keep-alive (uvicorn closes idle ones after 5 s), so the client
+/// never sends on a connection the server is closing.
+const POOL_IDLE: Duration = Duration::from_secs(4);
+
+/// Forwards every request to one upstream HTTP server over pooled
+/// connections, keeping method, path, query, headers and a streaming body.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, Body>,
+    scheme: Scheme,
+    authority: Authority,
+    base_path: String,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Upstream({}://{}{})",
+            self.scheme, self.authority, self.base_path
+        )
+    }
+}
+
+/// An upstream URL that cannot be used.
+#[derive(Debug)]
+pub struct InvalidUpstream(String);
+
+impl fmt::Display for InvalidUpstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidUpstream {}
+
+impl Upstream {
+    /// Forwards to `base` (`http://host:port`, optionally with a base path that
+    /// every request path is appended to).
+    pub fn new(base: Uri) -> Result<Self, InvalidUpstream> {
+        let scheme = base.scheme().cloned().ok_or_else(|| {
+            InvalidUpstream(format!(
+                "the upstream {base} has no scheme: write http://host:port"
+            ))
+        })?;
+        if scheme != Scheme::HTTP {
+            return Err(InvalidUpstream(format!(
+                "the upstream scheme {scheme} is not supported: only http"
+            )));
+        }
+        let authority = base
+            .authority()
+            .cloned()
+            .ok_or_else(|| InvalidUpstream(format!("the upstream {base} has no host")))?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .build(connector);
+        Ok(Upstream {
+            client,
+            scheme,
+            authority,
+            base_path: base.path().trim_end_matches('/').to_owned(),
+        })
+    }
+
+    fn target(&self, path_and_query: Option<&PathAndQuery>) -> Uri {
+        let pq = path_and_query.map_or("/", PathAndQuery::as_str);
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = format!("{}{}", self.base_path, pq).parse().ok();
+        Uri::from_parts(parts).unwrap_or_default()
+    }
+}
+
+impl Service<Request<Body>> for Upstream {
+    type Response = Response<Incoming>;
+    type Error = hyper_util::client::legacy::Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        *req.uri_mut() = self.target(req.uri().path_and_query());
+        // The client sets Host from the upstream's address.
+        req.headers_mut().remove(http::header::HOST);
+        self.client.request(req)
+    }
+}
