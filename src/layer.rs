@@ -24,6 +24,7 @@ pub(crate) struct Config {
     pub(crate) max_queue: usize,
     pub(crate) max_output: usize,
     pub(crate) defaults: JobOptions,
+    pub(crate) max_result_ttl: Duration,
     pub(crate) forward_credentials: bool,
     pub(crate) lease: Duration,
     pub(crate) max_wait: Duration,
@@ -40,6 +41,7 @@ impl Default for Config {
             max_queue: 10_000,
             max_output: 100 * 1024 * 1024,
             defaults: JobOptions::default(),
+            max_result_ttl: Duration::from_secs(7 * 86_400),
             forward_credentials: false,
             lease: Duration::from_secs(30),
             max_wait: Duration::from_secs(60),
@@ -165,6 +167,13 @@ impl<St: Store> DeferLayer<St> {
     /// How long a finished job's result stays retrievable (default 1 h).
     pub fn result_ttl(mut self, ttl: Duration) -> Self {
         self.config.defaults.result_ttl = ttl;
+        self
+    }
+
+    /// The longest result TTL a job may ask for (default 7 days); longer
+    /// requests are capped to it.
+    pub fn max_result_ttl(mut self, ttl: Duration) -> Self {
+        self.config.max_result_ttl = ttl;
         self
     }
 

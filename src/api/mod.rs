@@ -16,6 +16,7 @@ use crate::BoxError;
 
 mod document;
 mod native;
+mod options;
 mod prefer;
 mod vessl;
 

@@ -22,9 +22,9 @@ use serde_json::{Map, Value};
 
 use super::document::StatusDocument;
 use super::vessl::OutputDocument;
-use super::{enqueue_refused, json, read_body, store_unavailable, Prefer};
+use super::{enqueue_refused, json, options, read_body, store_unavailable, Prefer};
 use crate::error::Problem;
-use crate::job::{CancelOutcome, Job, JobId, JobOptions, NewJob, Priority, StoredRequest};
+use crate::job::{CancelOutcome, Job, JobId, JobOptions, NewJob, StoredRequest};
 use crate::policy;
 use crate::service::Shared;
 use crate::store::{Enqueued, Store};
@@ -288,7 +288,7 @@ where
     }
     let options = base_options(shared, parts)?;
     let bytes = read_body(&parts.headers, body, shared.config.max_body).await?;
-    let mut job = parse_envelope(&bytes, options)?;
+    let mut job = parse_envelope(&bytes, options, shared.config.max_result_ttl)?;
     job.request.headers =
         policy::request_headers_to_store(&job.request.headers, shared.config.forward_credentials);
     let enqueued = enqueue(shared, job).await?;
@@ -309,9 +309,13 @@ fn invalid(field: &str, detail: impl std::fmt::Display) -> Problem {
 }
 
 /// Parses the envelope: `data` (required), `method` (POST), `path` (/),
-/// `headers`, `priority`, `max_time_in_queue_seconds`, `result_ttl_seconds`.
+/// `headers`, and the per-job options of [`options`].
 /// Fields it does not know are ignored, as VESSL does.
-pub(crate) fn parse_envelope(bytes: &[u8], mut options: JobOptions) -> Result<NewJob, Problem> {
+pub(crate) fn parse_envelope(
+    bytes: &[u8],
+    mut options: JobOptions,
+    max_result_ttl: Duration,
+) -> Result<NewJob, Problem> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         Problem::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
     })?;
@@ -371,24 +375,7 @@ pub(crate) fn parse_envelope(bytes: &[u8], mut options: JobOptions) -> Result<Ne
     if !headers.contains_key(CONTENT_TYPE) {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
-    if let Some(v) = envelope.get("priority") {
-        let level = uint(v)
-            .and_then(|n| u8::try_from(n).ok())
-            .and_then(Priority::new)
-            .ok_or_else(|| {
-                invalid(
-                    "priority",
-                    format_args!("must be an integer from 0 to 2, got {v}"),
-                )
-            })?;
-        options.priority = level;
-    }
-    if let Some(v) = envelope.get("max_time_in_queue_seconds") {
-        options.max_time_in_queue = seconds_in(v, "max_time_in_queue_seconds", 10, 259_200)?;
-    }
-    if let Some(v) = envelope.get("result_ttl_seconds") {
-        options.result_ttl = seconds_in(v, "result_ttl_seconds", 1, 30 * 86_400)?;
-    }
+    options::from_envelope(&envelope, &mut options, max_result_ttl)?;
     let body = serde_json::to_vec(&data).unwrap_or_default();
     Ok(NewJob {
         request: StoredRequest {
@@ -399,22 +386,6 @@ pub(crate) fn parse_envelope(bytes: &[u8], mut options: JobOptions) -> Result<Ne
         },
         options,
     })
-}
-
-fn uint(v: &Value) -> Option<u64> {
-    v.as_u64()
-}
-
-fn seconds_in(v: &Value, field: &str, min: u64, max: u64) -> Result<Duration, Problem> {
-    uint(v)
-        .filter(|n| (min..=max).contains(n))
-        .map(Duration::from_secs)
-        .ok_or_else(|| {
-            invalid(
-                field,
-                format_args!("must be an integer from {min} to {max}, got {v}"),
-            )
-        })
 }
 
 fn envelope_headers(map: &Map<String, Value>) -> Result<HeaderMap, Problem> {
@@ -455,7 +426,8 @@ where
     B::Error: Into<BoxError>,
 {
     let (parts, body) = req.into_parts();
-    let options = base_options(shared, &parts)?;
+    let mut options = base_options(shared, &parts)?;
+    options::from_headers(&parts.headers, &mut options, shared.config.max_result_ttl)?;
     let bytes = read_body(&parts.headers, body, shared.config.max_body).await?;
     let path_and_query = parts
         .uri

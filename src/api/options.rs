@@ -1,0 +1,296 @@
+//! Per-job options, from an envelope's fields or from `Defer-*` headers.
+//!
+//! One table names every option once: its envelope field, its header, its
+//! range and unit. The native envelope, `Prefer: respond-async` submissions and
+//! the other dialects all read options through it, so the same value means
+//! the same thing, and is refused with the same words, everywhere.
+
+use std::time::Duration;
+
+use http::HeaderMap;
+use serde_json::{Map, Value};
+
+use crate::error::Problem;
+use crate::job::{JobOptions, Priority};
+
+/// What an option sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Priority,
+    MaxTimeInQueue,
+    ResultTtl,
+    ExecutionTimeout,
+    MaxAttempts,
+    InitialDelay,
+    MaxDelay,
+}
+
+/// One option: where it is read from, and what values it takes.
+struct Spec {
+    field: &'static str,
+    header: &'static str,
+    min: u64,
+    max: u64,
+    target: Target,
+}
+
+/// The options, with the ranges the hosted APIs use (Baseten's for the queue
+/// deadline and the retry configuration).
+const SPECS: [Spec; 7] = [
+    Spec {
+        field: "priority",
+        header: "defer-priority",
+        min: 0,
+        max: 2,
+        target: Target::Priority,
+    },
+    Spec {
+        field: "max_time_in_queue_seconds",
+        header: "defer-max-time-in-queue",
+        min: 10,
+        max: 259_200,
+        target: Target::MaxTimeInQueue,
+    },
+    Spec {
+        field: "result_ttl_seconds",
+        header: "defer-result-ttl",
+        min: 1,
+        max: u32::MAX as u64,
+        target: Target::ResultTtl,
+    },
+    Spec {
+        field: "execution_timeout_seconds",
+        header: "defer-execution-timeout",
+        min: 1,
+        max: 86_400,
+        target: Target::ExecutionTimeout,
+    },
+    Spec {
+        field: "max_attempts",
+        header: "defer-max-attempts",
+        min: 1,
+        max: 10,
+        target: Target::MaxAttempts,
+    },
+    Spec {
+        field: "initial_delay_ms",
+        header: "defer-retry-initial-delay-ms",
+        min: 0,
+        max: 10_000,
+        target: Target::InitialDelay,
+    },
+    Spec {
+        field: "max_delay_ms",
+        header: "defer-retry-max-delay-ms",
+        min: 0,
+        max: 60_000,
+        target: Target::MaxDelay,
+    },
+];
+
+/// The envelope object holding the retry fields.
+pub(crate) const RETRY_OBJECT: &str = "inference_retry_config";
+
+fn is_retry_field(target: Target) -> bool {
+    matches!(
+        target,
+        Target::MaxAttempts | Target::InitialDelay | Target::MaxDelay
+    )
+}
+
+fn apply(options: &mut JobOptions, target: Target, n: u64, max_result_ttl: Duration) {
+    match target {
+        // In range by the spec's bounds.
+        Target::Priority => options.priority = Priority::new(n as u8).unwrap_or_default(),
+        Target::MaxTimeInQueue => options.max_time_in_queue = Duration::from_secs(n),
+        Target::ResultTtl => options.result_ttl = Duration::from_secs(n).min(max_result_ttl),
+        Target::ExecutionTimeout => options.execution_timeout = Duration::from_secs(n),
+        Target::MaxAttempts => options.retry.max_attempts = n as u32,
+        Target::InitialDelay => options.retry.initial_delay = Duration::from_millis(n),
+        Target::MaxDelay => options.retry.max_delay = Duration::from_millis(n),
+    }
+}
+
+fn out_of_range(name: &str, spec: &Spec, got: impl std::fmt::Display) -> Problem {
+    Problem::bad_request(
+        "invalid_field",
+        format!(
+            "`{name}` must be an integer from {} to {}, got {got}",
+            spec.min, spec.max
+        ),
+    )
+}
+
+/// Reads the options of an envelope: the top-level fields, and the retry
+/// fields inside `inference_retry_config`.
+pub(crate) fn from_envelope(
+    envelope: &Map<String, Value>,
+    options: &mut JobOptions,
+    max_result_ttl: Duration,
+) -> Result<(), Problem> {
+    let retry = match envelope.get(RETRY_OBJECT) {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => Some(m),
+        Some(other) => {
+            return Err(Problem::bad_request(
+                "invalid_field",
+                format!("`{RETRY_OBJECT}` must be an object, got {other}"),
+            ))
+        }
+    };
+    for spec in &SPECS {
+        let (value, name) = if is_retry_field(spec.target) {
+            (
+                retry.and_then(|m| m.get(spec.field)),
+                format!("{RETRY_OBJECT}.{}", spec.field),
+            )
+        } else {
+            (envelope.get(spec.field), spec.field.to_owned())
+        };
+        let Some(value) = value.filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let n = value
+            .as_u64()
+            .filter(|n| (spec.min..=spec.max).contains(n))
+            .ok_or_else(|| out_of_range(&name, spec, value))?;
+        apply(options, spec.target, n, max_result_ttl);
+    }
+    check_delays(options)
+}
+
+/// Reads the options of a `Prefer: respond-async` submission from its
+/// `Defer-*` headers.
+pub(crate) fn from_headers(
+    headers: &HeaderMap,
+    options: &mut JobOptions,
+    max_result_ttl: Duration,
+) -> Result<(), Problem> {
+    for spec in &SPECS {
+        let mut values = headers.get_all(spec.header).iter();
+        let Some(value) = values.next() else { continue };
+        if values.next().is_some() {
+            return Err(Problem::bad_request(
+                "invalid_header",
+                format!("`{}` was sent more than once", spec.header),
+            ));
+        }
+        let text = String::from_utf8_lossy(value.as_bytes());
+        let n = text
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (spec.min..=spec.max).contains(n))
+            .ok_or_else(|| {
+                Problem::bad_request(
+                    "invalid_header",
+                    format!(
+                        "`{}` must be an integer from {} to {}, got {:?}",
+                        spec.header,
+                        spec.min,
+                        spec.max,
+                        text.chars().take(32).collect::<String>()
+                    ),
+                )
+            })?;
+        apply(options, spec.target, n, max_result_ttl);
+    }
+    check_delays(options)
+}
+
+fn check_delays(options: &JobOptions) -> Result<(), Problem> {
+    let retry = &options.retry;
+    if retry.initial_delay > retry.max_delay {
+        return Err(Problem::bad_request(
+            "invalid_field",
+            format!(
+                "the retry delays are inconsistent: initial_delay_ms {} is more than max_delay_ms {}",
+                retry.initial_delay.as_millis(),
+                retry.max_delay.as_millis()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use serde_json::json;
+
+    const CAP: Duration = Duration::from_secs(86_400);
+
+    fn envelope(v: Value) -> Result<JobOptions, Problem> {
+        let mut o = JobOptions::default();
+        from_envelope(v.as_object().unwrap(), &mut o, CAP).map(|()| o)
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> Result<JobOptions, Problem> {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        let mut o = JobOptions::default();
+        from_headers(&h, &mut o, CAP).map(|()| o)
+    }
+
+    #[test]
+    fn envelope_fields_set_every_option() {
+        let o = envelope(json!({
+            "priority": 0,
+            "max_time_in_queue_seconds": 10,
+            "result_ttl_seconds": 999_999,
+            "execution_timeout_seconds": 5,
+            "inference_retry_config": {"max_attempts": 10, "initial_delay_ms": 0, "max_delay_ms": 60000}
+        }))
+        .unwrap();
+        assert_eq!(o.priority, Priority::HIGH);
+        assert_eq!(o.max_time_in_queue, Duration::from_secs(10));
+        assert_eq!(o.result_ttl, CAP, "capped by the builder's maximum");
+        assert_eq!(o.execution_timeout, Duration::from_secs(5));
+        assert_eq!(o.retry.max_attempts, 10);
+        assert_eq!(o.retry.max_delay, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn out_of_range_names_the_field_and_its_range() {
+        let cases = [
+            (json!({"priority": 3}), "`priority` must be an integer from 0 to 2, got 3"),
+            (json!({"priority": -1}), "`priority` must be an integer from 0 to 2, got -1"),
+            (json!({"priority": 1.5}), "`priority` must be an integer from 0 to 2, got 1.5"),
+            (
+                json!({"max_time_in_queue_seconds": 9}),
+                "`max_time_in_queue_seconds` must be an integer from 10 to 259200, got 9",
+            ),
+            (
+                json!({"inference_retry_config": {"max_attempts": 0}}),
+                "`inference_retry_config.max_attempts` must be an integer from 1 to 10, got 0",
+            ),
+            (json!({"inference_retry_config": 3}), "`inference_retry_config` must be an object, got 3"),
+            (
+                json!({"inference_retry_config": {"initial_delay_ms": 3000, "max_delay_ms": 1000}}),
+                "the retry delays are inconsistent: initial_delay_ms 3000 is more than max_delay_ms 1000",
+            ),
+        ];
+        for (input, detail) in cases {
+            let p = envelope(input).unwrap_err();
+            assert_eq!(p.status, 400);
+            assert_eq!(p.detail, detail);
+        }
+    }
+
+    #[test]
+    fn headers_set_options_and_bad_ones_are_named() {
+        let o = headers(&[("defer-priority", "2"), ("defer-max-time-in-queue", "60")]).unwrap();
+        assert_eq!(o.priority, Priority::LOW);
+        assert_eq!(o.max_time_in_queue, Duration::from_secs(60));
+        let p = headers(&[("defer-priority", "high")]).unwrap_err();
+        assert_eq!(
+            p.detail,
+            "`defer-priority` must be an integer from 0 to 2, got \"high\""
+        );
+        let p = headers(&[("defer-priority", "1"), ("defer-priority", "2")]).unwrap_err();
+        assert_eq!(p.detail, "`defer-priority` was sent more than once");
+    }
+}
