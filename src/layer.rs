@@ -27,6 +27,7 @@ pub(crate) struct Config {
     pub(crate) max_result_ttl: Duration,
     pub(crate) forward_credentials: bool,
     pub(crate) lease: Duration,
+    pub(crate) priority_aging: Option<Duration>,
     pub(crate) max_wait: Duration,
     pub(crate) shutdown_grace: Duration,
     pub(crate) owner: Option<OwnerFn>,
@@ -44,6 +45,7 @@ impl Default for Config {
             max_result_ttl: Duration::from_secs(7 * 86_400),
             forward_credentials: false,
             lease: Duration::from_secs(30),
+            priority_aging: Some(Duration::from_secs(60)),
             max_wait: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             owner: None,
@@ -200,6 +202,23 @@ impl<St: Store> DeferLayer<St> {
     /// The priority of jobs that do not ask for one (default 1).
     pub fn default_priority(mut self, priority: Priority) -> Self {
         self.config.defaults.priority = priority;
+        self
+    }
+
+    /// How fast waiting jobs gain priority (default 60 s; `None` for strict
+    /// priority). A job ready for `k` periods competes as if `k` levels
+    /// higher, so under a constant stream of priority-0 work a priority-2 job
+    /// starts within two periods plus the work queued ahead of it.
+    ///
+    /// # Panics
+    ///
+    /// If the period is zero.
+    pub fn priority_aging(mut self, period: Option<Duration>) -> Self {
+        assert!(
+            period != Some(Duration::ZERO),
+            "the aging period must be positive"
+        );
+        self.config.priority_aging = period;
         self
     }
 

@@ -60,6 +60,11 @@
 //!   reverse proxy.
 //! - [`time`]: wall-clock timestamps that follow tokio's (pausable) clock.
 
+// Here rather than in Cargo.toml's [lints], which also reach tests, examples
+// and benches, where every item is unreachable and undocumented by design.
+#![deny(unreachable_pub)]
+#![warn(missing_docs)]
+
 mod api;
 mod body;
 mod error;

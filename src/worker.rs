@@ -247,7 +247,11 @@ where
         return None;
     }
     loop {
-        match shared.store.claim(shared.config.lease).await {
+        match shared
+            .store
+            .claim(shared.config.lease, shared.config.priority_aging)
+            .await
+        {
             Ok(Some(claim)) => return Some((svc, claim, permit)),
             Ok(None) => {
                 shared

@@ -76,7 +76,8 @@ type IdempotencyKey = (Option<Arc<str>>, Arc<str>);
 struct Schedule {
     /// Runnable jobs, one FIFO per priority level, keyed by arrival in it:
     /// a job that comes back from a retry queues behind fresh work.
-    ready: [BTreeMap<u64, JobId>; Priority::LEVELS],
+    /// Values: the job, and when it became ready (for aging).
+    ready: [BTreeMap<u64, (JobId, Timestamp)>; Priority::LEVELS],
     next_seq: u64,
     /// Each job's next due time ([`Job::next_due`]) that needs a sweep.
     due: BTreeSet<(Timestamp, JobId)>,
@@ -90,7 +91,7 @@ impl Schedule {
     fn push_ready(&mut self, level: usize, id: JobId) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.ready[level].insert(seq, id);
+        self.ready[level].insert(seq, (id, Timestamp::now()));
         seq
     }
 
@@ -155,6 +156,8 @@ impl MemoryStore {
                 slot.ready_seq = sched.push_ready(level, id);
                 self.inner.work.notify_one();
             }
+            // Waiting for a retry: an idle worker must wake when it comes due.
+            _ if slot.job.retry_at.is_some() && !before.2 => self.inner.work.notify_one(),
             _ => {}
         }
         if slot.job.revision != revision {
@@ -176,8 +179,8 @@ impl MemoryStore {
         }
     }
 
-    fn sweep_now(&self, now: Timestamp) -> Option<Timestamp> {
-        let mut sched = self.schedule();
+    /// Applies every due time up to `now`; returns the next one.
+    fn sweep_now(&self, sched: &mut Schedule, now: Timestamp) -> Option<Timestamp> {
         while let Some(&(at, id)) = sched.due.first() {
             if at > now {
                 return Some(at);
@@ -189,10 +192,10 @@ impl MemoryStore {
             let forgotten = slot.job.is_forgotten(now);
             drop(slot);
             if forgotten {
-                self.forget(&mut sched, id);
+                self.forget(sched, id);
                 continue;
             }
-            self.transition(&mut sched, id, |job| {
+            self.transition(sched, id, |job| {
                 if job.expire_if_due(now) || job.lapse_if_due(now) {
                     return Some(());
                 }
@@ -335,35 +338,60 @@ impl Store for MemoryStore {
         }
     }
 
-    async fn claim(&self, lease: Duration) -> Result<Option<Claim>, StoreError> {
+    async fn claim(
+        &self,
+        lease: Duration,
+        priority_aging: Option<Duration>,
+    ) -> Result<Option<Claim>, StoreError> {
         let now = Timestamp::now();
         let mut sched = self.schedule();
-        for level in 0..Priority::LEVELS {
-            while let Some((_, id)) = sched.ready[level]
-                .first_key_value()
-                .map(|(s, id)| (*s, *id))
-            {
-                // A job past its deadline is expired here, never run.
-                let claimed = self.transition(&mut sched, id, |job| {
-                    if job.expire_if_due(now) {
-                        return Some(None);
-                    }
-                    job.claim(now, lease).map(Some)
-                });
-                match claimed {
-                    Some((Some(lease), job)) => return Ok(Some(Claim { job, lease })),
-                    Some((None, _)) => {}
-                    // Not runnable yet left in the list would spin: drop the entry.
-                    None => {
-                        sched.ready[level].pop_first();
+        // Retries that came due (and deadlines that passed) count before choosing.
+        self.sweep_now(&mut sched, now);
+        loop {
+            // The head of each level is its oldest job, so comparing heads
+            // (effective level, then time ready) finds the winner.
+            let mut best: Option<(usize, Timestamp, usize)> = None;
+            for (level, ready) in sched.ready.iter().enumerate() {
+                if let Some((_, &(_, ready_at))) = ready.first_key_value() {
+                    let aged = priority_aging.map_or(0, |a| {
+                        let periods = now.since(ready_at).as_millis() / a.as_millis().max(1);
+                        usize::try_from(periods).unwrap_or(usize::MAX)
+                    });
+                    let candidate = (level.saturating_sub(aged), ready_at, level);
+                    if best.is_none_or(|b| candidate < b) {
+                        best = Some(candidate);
                     }
                 }
             }
+            let Some((_, _, level)) = best else {
+                return Ok(None);
+            };
+            let Some((_, &(id, _))) = sched.ready[level].first_key_value() else {
+                return Ok(None);
+            };
+            // A job past its deadline is expired here, never run.
+            let claimed = self.transition(&mut sched, id, |job| {
+                if job.expire_if_due(now) {
+                    return Some(None);
+                }
+                job.claim(now, lease).map(Some)
+            });
+            match claimed {
+                Some((Some(lease), job)) => return Ok(Some(Claim { job, lease })),
+                Some((None, _)) => {}
+                // A stale entry (the job is gone) would be met again: drop it.
+                None => {
+                    sched.ready[level].pop_first();
+                }
+            }
         }
-        Ok(None)
     }
 
     async fn work_available(&self, until: Timestamp) {
+        // Something coming due (a retry's backoff ending) may make work too:
+        // wake then, and let `claim` apply it.
+        let next_due = self.schedule().due.first().map(|&(at, _)| at);
+        let until = next_due.map_or(until, |at| at.min(until));
         let _ = tokio::time::timeout_at(until.to_instant(), self.inner.work.notified()).await;
     }
 
@@ -439,7 +467,7 @@ impl Store for MemoryStore {
             stats.queued_by_priority[level] = ready.len() as u64;
             let oldest = ready
                 .first_key_value()
-                .and_then(|(_, id)| self.inner.jobs.get(id).map(|s| s.job.created_at));
+                .and_then(|(_, (id, _))| self.inner.jobs.get(id).map(|s| s.job.created_at));
             if let Some(at) = oldest {
                 if stats.oldest_queued_at.is_none_or(|o| at < o) {
                     stats.oldest_queued_at = Some(at);
@@ -451,6 +479,7 @@ impl Store for MemoryStore {
     }
 
     async fn sweep(&self) -> Result<Option<Timestamp>, StoreError> {
-        Ok(self.sweep_now(Timestamp::now()))
+        let mut sched = self.schedule();
+        Ok(self.sweep_now(&mut sched, Timestamp::now()))
     }
 }

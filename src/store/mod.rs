@@ -225,9 +225,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Takes the next runnable job, by priority then age, marks it
     /// `in_progress` and hands out a lease of `lease`.
+    ///
+    /// Priority is strict between levels, FIFO within a level, with aging:
+    /// with `priority_aging` = `A`, a job that has been ready for `k * A`
+    /// competes as if `k` levels higher (never above 0), and among equal levels
+    /// the one ready longest goes first. So under any stream of level-0 work a
+    /// level-2 job starts within `2 * A` plus the work queued ahead of it when
+    /// it came due. `None` means strict priority.
     fn claim(
         &self,
         lease: Duration,
+        priority_aging: Option<Duration>,
     ) -> impl Future<Output = Result<Option<Claim>, StoreError>> + Send;
 
     /// Resolves when a [`claim`](Store::claim) may find work (a job was
