@@ -31,6 +31,7 @@ pub(crate) struct Config {
     pub(crate) max_wait: Duration,
     pub(crate) shutdown_grace: Duration,
     pub(crate) owner: Option<OwnerFn>,
+    pub(crate) bifrost: bool,
 }
 
 impl Default for Config {
@@ -49,6 +50,7 @@ impl Default for Config {
             max_wait: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             owner: None,
+            bifrost: false,
         }
     }
 }
@@ -265,6 +267,14 @@ impl<St: Store> DeferLayer<St> {
     /// service is dropped (default 30 s). See [`DeferHandle::shutdown`](crate::DeferHandle::shutdown).
     pub fn shutdown_grace(mut self, d: Duration) -> Self {
         self.config.shutdown_grace = d;
+        self
+    }
+
+    /// Also answers the Bifrost dialect under `/v1/async`: `POST
+    /// /v1/async/{route}` runs the inner `POST /v1/{route}` as a job, and
+    /// `GET /v1/async/{route}/{id}` reads it, as Bifrost's async API does.
+    pub fn bifrost(mut self) -> Self {
+        self.config.bifrost = true;
         self
     }
 

@@ -14,7 +14,9 @@ use crate::service::Shared;
 use crate::store::{EnqueueError, Store, StoreError};
 use crate::BoxError;
 
+mod bifrost;
 mod document;
+mod jobs;
 mod native;
 mod options;
 mod prefer;
@@ -30,6 +32,8 @@ pub(crate) enum Route {
     Native(native::Endpoint),
     /// Any other route with `Prefer: respond-async`: becomes a job.
     PreferAsync(Prefer),
+    /// The Bifrost dialect under `/v1/async`.
+    Bifrost(bifrost::Endpoint),
 }
 
 /// Decides from the request head alone, so a pass-through costs a prefix
@@ -37,6 +41,11 @@ pub(crate) enum Route {
 pub(crate) fn route<B>(config: &Config, req: &Request<B>) -> Route {
     if let Some(endpoint) = native::endpoint(&config.prefix, req.method(), req.uri().path()) {
         return Route::Native(endpoint);
+    }
+    if config.bifrost {
+        if let Some(endpoint) = bifrost::endpoint(req.method(), req.uri().path()) {
+            return Route::Bifrost(endpoint);
+        }
     }
     if req.headers().contains_key(PREFER) {
         let prefer = Prefer::from_headers(req.headers());
@@ -61,6 +70,8 @@ where
     let result = match route {
         Route::Native(endpoint) => native::handle(shared, endpoint, req).await,
         Route::PreferAsync(prefer) => native::submit_prefer(shared, prefer, req).await,
+        // Bifrost answers in its own error shape.
+        Route::Bifrost(endpoint) => return bifrost::handle(shared, endpoint, req).await,
         Route::PassThrough => unreachable!("pass-through requests never reach the API"),
     };
     result.unwrap_or_else(Problem::into_response)

@@ -11,7 +11,6 @@
 //! | `DELETE P/{id}` | cancel: `200`, or `409` if already terminal |
 //! | other route + `Prefer: respond-async` | `202` + `Location`, or with `wait=N` the inner response itself |
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,13 +20,14 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::{Map, Value};
 
 use super::document::StatusDocument;
+use super::jobs::{base_options, enqueue, lookup, no_job};
 use super::vessl::OutputDocument;
-use super::{enqueue_refused, json, options, read_body, store_unavailable, Prefer};
+use super::{json, options, read_body, store_unavailable, Prefer};
 use crate::error::Problem;
 use crate::job::{CancelOutcome, Job, JobId, JobOptions, NewJob, StoredRequest};
 use crate::policy;
 use crate::service::Shared;
-use crate::store::{Enqueued, Store};
+use crate::store::Store;
 use crate::time::Timestamp;
 use crate::BoxError;
 
@@ -69,28 +69,18 @@ pub(crate) fn endpoint(prefix: &str, method: &Method, path: &str) -> Option<Endp
         [id] => match job(id) {
             Some(id) if method == Method::DELETE => Endpoint::Cancel(id),
             Some(id) => by_method("GET, DELETE", is_get, Endpoint::Status(id)),
-            None => unknown_job(id),
+            None => Endpoint::NotFound(no_job(id)),
         },
         [id, "output"] => match job(id) {
             Some(id) => by_method("GET", is_get, Endpoint::Output(id)),
-            None => unknown_job(id),
+            None => Endpoint::NotFound(no_job(id)),
         },
         [id, "result"] => match job(id) {
             Some(id) => by_method("GET", is_get, Endpoint::Result(id)),
-            None => unknown_job(id),
+            None => Endpoint::NotFound(no_job(id)),
         },
         _ => not_found(),
     })
-}
-
-fn unknown_job(id: &str) -> Endpoint {
-    Endpoint::NotFound(no_job(id))
-}
-
-fn no_job(id: &str) -> String {
-    // Echo a bounded, printable part of what was asked for, never all of it.
-    let shown: String = id.chars().take(32).filter(|c| !c.is_control()).collect();
-    format!("no job {shown:?}")
 }
 
 pub(crate) async fn handle<St, B>(
@@ -161,19 +151,6 @@ where
     }
 }
 
-/// The job, if it exists and `owner` may see it; 404 otherwise.
-async fn lookup<St: Store>(
-    shared: &Shared<St>,
-    id: JobId,
-    owner: Option<&str>,
-) -> Result<Job, Problem> {
-    match shared.store.get(id).await {
-        Ok(Some(job)) if job.is_visible_to(owner) => Ok(job),
-        Ok(_) => Err(Problem::not_found(no_job(id.as_str()))),
-        Err(e) => Err(store_unavailable(&e)),
-    }
-}
-
 async fn queue<St: Store>(shared: &Shared<St>) -> Result<Response<Bytes>, Problem> {
     let stats = shared
         .store
@@ -233,38 +210,6 @@ fn replay(job: &Job, response: &crate::job::StoredResponse) -> Response<Bytes> {
             .insert(HeaderName::from_static(JOB_ID_HEADER), v);
     }
     out
-}
-
-/// The options every submission starts from: the layer's defaults, the
-/// owner, and the `Idempotency-Key`.
-fn base_options<St>(
-    shared: &Shared<St>,
-    parts: &http::request::Parts,
-) -> Result<JobOptions, Problem> {
-    let mut options = shared.config.defaults.clone();
-    options.owner = shared.config.owner_of(parts);
-    if let Some(key) = parts.headers.get("idempotency-key") {
-        let key = key
-            .to_str()
-            .ok()
-            .filter(|k| !k.is_empty() && k.len() <= 255)
-            .ok_or_else(|| {
-                Problem::bad_request(
-                    "invalid_idempotency_key",
-                    "Idempotency-Key must be 1 to 255 visible ASCII characters",
-                )
-            })?;
-        options.idempotency_key = Some(Arc::from(key));
-    }
-    Ok(options)
-}
-
-async fn enqueue<St: Store>(shared: &Shared<St>, job: NewJob) -> Result<Enqueued, Problem> {
-    shared
-        .store
-        .enqueue(job, shared.config.max_queue)
-        .await
-        .map_err(|e| enqueue_refused(&e))
 }
 
 /// `POST P` with the VESSL envelope.

@@ -1,6 +1,7 @@
 //! The job lifecycle, rule by rule, on tokio's paused clock: priorities,
 //! deadlines, timeouts, retries, scale to zero, idempotency, TTLs, shutdown.
 
+#[path = "../common/inproc.rs"]
 mod support;
 
 use std::collections::HashMap;
@@ -105,18 +106,6 @@ async fn a_low_priority_job_waits_at_most_twice_the_aging_period_under_a_stream_
         before_low > 10,
         "level-0 work ran first ({before_low} calls)"
     );
-}
-
-/// Milliseconds since the epoch of an RFC 3339 timestamp of ours
-/// (`YYYY-MM-DDTHH:MM:SS.mmmZ`), for differences within a day.
-fn ms(v: &Value) -> i64 {
-    let s = v.as_str().unwrap_or_else(|| panic!("not a timestamp: {v}"));
-    let day: i64 = s[8..10].parse().unwrap();
-    let h: i64 = s[11..13].parse().unwrap();
-    let m: i64 = s[14..16].parse().unwrap();
-    let sec: i64 = s[17..19].parse().unwrap();
-    let milli: i64 = s[20..23].parse().unwrap();
-    (((day * 24 + h) * 60 + m) * 60 + sec) * 1000 + milli
 }
 
 #[tokio::test(start_paused = true)]

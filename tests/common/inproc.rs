@@ -1,4 +1,4 @@
-//! In-process helpers: the layer called directly (no sockets), so that every
+//! In-process helpers, shared by the test crates that include this file: the layer called directly (no sockets), so that every
 //! test can run on tokio's paused clock.
 
 use std::sync::{Arc, Mutex};
@@ -131,3 +131,15 @@ pub async fn body_bytes(req: Request<Body>) -> Bytes {
 }
 
 pub const SECOND: Duration = Duration::from_secs(1);
+
+/// Milliseconds since the epoch of an RFC 3339 timestamp of ours
+/// (`YYYY-MM-DDTHH:MM:SS.mmmZ`), for differences within a day.
+pub fn ms(v: &Value) -> i64 {
+    let s = v.as_str().unwrap_or_else(|| panic!("not a timestamp: {v}"));
+    let day: i64 = s[8..10].parse().unwrap();
+    let h: i64 = s[11..13].parse().unwrap();
+    let m: i64 = s[14..16].parse().unwrap();
+    let sec: i64 = s[17..19].parse().unwrap();
+    let milli: i64 = s[20..23].parse().unwrap();
+    (((day * 24 + h) * 60 + m) * 60 + sec) * 1000 + milli
+}

@@ -1,0 +1,66 @@
+//! The job operations every front door shares: submit, look up (owner-scoped),
+//! and the answers they give when the store says no.
+
+use std::sync::Arc;
+
+use crate::error::Problem;
+use crate::job::{Job, JobId, JobOptions, NewJob};
+use crate::service::Shared;
+use crate::store::{Enqueued, Store};
+
+use super::{enqueue_refused, store_unavailable};
+
+/// "no job …", echoing a bounded, printable part of what was asked for.
+pub(crate) fn no_job(id: &str) -> String {
+    let shown: String = id.chars().take(32).filter(|c| !c.is_control()).collect();
+    format!("no job {shown:?}")
+}
+
+/// The job, if it exists and `owner` may see it; 404 otherwise.
+pub(crate) async fn lookup<St: Store>(
+    shared: &Shared<St>,
+    id: JobId,
+    owner: Option<&str>,
+) -> Result<Job, Problem> {
+    match shared.store.get(id).await {
+        Ok(Some(job)) if job.is_visible_to(owner) => Ok(job),
+        Ok(_) => Err(Problem::not_found(no_job(id.as_str()))),
+        Err(e) => Err(store_unavailable(&e)),
+    }
+}
+
+/// The options every submission starts from: the layer's defaults, the
+/// owner, and the `Idempotency-Key`.
+pub(crate) fn base_options<St>(
+    shared: &Shared<St>,
+    parts: &http::request::Parts,
+) -> Result<JobOptions, Problem> {
+    let mut options = shared.config.defaults.clone();
+    options.owner = shared.config.owner_of(parts);
+    if let Some(key) = parts.headers.get("idempotency-key") {
+        let key = key
+            .to_str()
+            .ok()
+            .filter(|k| !k.is_empty() && k.len() <= 255)
+            .ok_or_else(|| {
+                Problem::bad_request(
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                )
+            })?;
+        options.idempotency_key = Some(Arc::from(key));
+    }
+    Ok(options)
+}
+
+/// Enqueues, answering 429 / 422 / 503 when the store refuses.
+pub(crate) async fn enqueue<St: Store>(
+    shared: &Shared<St>,
+    job: NewJob,
+) -> Result<Enqueued, Problem> {
+    shared
+        .store
+        .enqueue(job, shared.config.max_queue)
+        .await
+        .map_err(|e| enqueue_refused(&e))
+}

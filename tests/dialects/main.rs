@@ -1,0 +1,7 @@
+//! The dialects: each reference document's requests replayed, every field
+//! and status code it names asserted.
+
+mod bifrost;
+#[allow(dead_code)]
+#[path = "../common/inproc.rs"]
+mod support;
