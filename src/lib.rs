@@ -71,6 +71,7 @@ mod error;
 mod future;
 pub mod job;
 mod layer;
+pub mod metrics;
 mod policy;
 mod service;
 pub mod store;

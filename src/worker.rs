@@ -309,6 +309,8 @@ async fn run_job<S, St>(
 {
     let job = &claim.job;
     let max_output = shared.config.max_output;
+    let started = tokio::time::Instant::now();
+    crate::metrics::started(Timestamp::now().since(job.created_at));
     let call = async {
         let response = svc.call(to_request(&job.request)).await.map_err(Into::into);
         let response = match response {
@@ -322,6 +324,7 @@ async fn run_job<S, St>(
         () = keep_lease(&*shared, &claim) => CallEnd::LeaseLost,
         _ = hand_back.wait_for(|b| *b) => CallEnd::HandBack,
     };
+    crate::metrics::ended(started.elapsed());
     record(&shared, &claim, end).await;
 }
 
@@ -343,6 +346,7 @@ async fn record<St: Store>(shared: &Shared<St>, claim: &Claim, end: CallEnd) {
             return;
         }
         CallEnd::Answered(response) => {
+            crate::metrics::inner_response(response.status);
             match policy::classify_response(response.status, &response.headers, retry, job.attempts)
             {
                 Verdict::Final => Write::Complete(Outcome::response(response)),
@@ -423,13 +427,24 @@ async fn record<St: Store>(shared: &Shared<St>, claim: &Claim, end: CallEnd) {
     };
     let result = match write {
         Write::Complete(outcome) => shared.store.complete(job.id, claim.token(), outcome).await,
-        Write::Retry(retry) => shared.store.retry_later(job.id, claim.token(), retry).await,
+        Write::Retry(retry) => {
+            let reason = match (retry.spend_attempt, retry.error.code) {
+                (true, _) => "attempt",
+                (false, ErrorCode::WorkerShutdown) => "shutdown",
+                (false, _) => "unavailable",
+            };
+            crate::metrics::retried(reason);
+            shared.store.retry_later(job.id, claim.token(), retry).await
+        }
     };
     match result {
         Ok(job) if job.status == JobStatus::Queued => {
             tracing::debug!(retry_at = ?job.retry_at, "job handed back to the queue")
         }
-        Ok(job) => tracing::debug!(status = %job.status, "job finished"),
+        Ok(job) => {
+            crate::metrics::finished(job.status);
+            tracing::info!(status = %job.status, "job finished");
+        }
         Err(e) if e.is_stale_lease() => {
             tracing::debug!("the job changed meanwhile (canceled or taken over); result dropped")
         }

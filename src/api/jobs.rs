@@ -58,9 +58,14 @@ pub(crate) async fn enqueue<St: Store>(
     shared: &Shared<St>,
     job: NewJob,
 ) -> Result<Enqueued, Problem> {
-    shared
+    let enqueued = shared
         .store
         .enqueue(job, shared.config.max_queue)
         .await
-        .map_err(|e| enqueue_refused(&e))
+        .map_err(|e| enqueue_refused(&e))?;
+    if enqueued.created {
+        crate::metrics::submitted();
+        tracing::info!(job = %enqueued.job.id, "job submitted");
+    }
+    Ok(enqueued)
 }

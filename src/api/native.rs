@@ -136,6 +136,7 @@ where
         }
         Endpoint::Cancel(id) => match shared.store.cancel(id, owner).await {
             Ok(CancelOutcome::Canceled(job)) => {
+                crate::metrics::finished(job.status);
                 Ok(json(StatusCode::OK, &StatusDocument::new(&job)))
             }
             Ok(CancelOutcome::AlreadyTerminal(job)) => Err(Problem::new(

@@ -1,0 +1,102 @@
+//! What the layer counts, through the `metrics` facade (feature `metrics`).
+//!
+//! The library only emits; an application installs an exporter (the proxy
+//! serves Prometheus text at `/metrics`). Without the feature every function
+//! here compiles to nothing.
+//!
+//! | name | kind | labels |
+//! |---|---|---|
+//! | `tower_defer_jobs_submitted_total` | counter | |
+//! | `tower_defer_jobs_finished_total` | counter | `status` |
+//! | `tower_defer_retries_total` | counter | `reason` (`unavailable`, `attempt`, `shutdown`) |
+//! | `tower_defer_inner_responses_total` | counter | `status_code` |
+//! | `tower_defer_queue_wait_seconds` | histogram | |
+//! | `tower_defer_execution_seconds` | histogram | |
+//! | `tower_defer_in_flight` | gauge | |
+//! | `tower_defer_queue_depth` | gauge | `priority` (set by [`record_queue_stats`]) |
+//! | `tower_defer_in_progress` | gauge | (set by [`record_queue_stats`]) |
+//! | `tower_defer_retrying` | gauge | (set by [`record_queue_stats`]) |
+
+use crate::job::JobStatus;
+use crate::store::QueueStats;
+
+/// A job was accepted (not a repeated idempotent submission).
+pub(crate) fn submitted() {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("tower_defer_jobs_submitted_total").increment(1);
+}
+
+/// A job reached a terminal state through this process.
+pub(crate) fn finished(status: JobStatus) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("tower_defer_jobs_finished_total", "status" => status.as_str())
+        .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = status;
+}
+
+/// A job went back to the queue.
+pub(crate) fn retried(reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("tower_defer_retries_total", "reason" => reason).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = reason;
+}
+
+/// The inner service answered with this status code.
+pub(crate) fn inner_response(status: http::StatusCode) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("tower_defer_inner_responses_total", "status_code" => status.as_str().to_owned())
+        .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = status;
+}
+
+/// An attempt started after the job waited `wait` since it was submitted.
+pub(crate) fn started(wait: std::time::Duration) {
+    #[cfg(feature = "metrics")]
+    {
+        ::metrics::histogram!("tower_defer_queue_wait_seconds").record(wait.as_secs_f64());
+        ::metrics::gauge!("tower_defer_in_flight").increment(1.0);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = wait;
+}
+
+/// An attempt ended after running `took`.
+pub(crate) fn ended(took: std::time::Duration) {
+    #[cfg(feature = "metrics")]
+    {
+        ::metrics::histogram!("tower_defer_execution_seconds").record(took.as_secs_f64());
+        ::metrics::gauge!("tower_defer_in_flight").decrement(1.0);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = took;
+}
+
+/// Sets the queue gauges from the store's statistics; call it before each
+/// scrape (the store is shared by every replica, so no one process can keep
+/// these up to date by counting).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use tower_defer::{MemoryStore, Store};
+///
+/// let store = MemoryStore::new();
+/// let stats = store.stats().await.unwrap();
+/// tower_defer::metrics::record_queue_stats(&stats);
+/// # }
+/// ```
+pub fn record_queue_stats(stats: &QueueStats) {
+    #[cfg(feature = "metrics")]
+    {
+        for (level, n) in stats.queued_by_priority.iter().enumerate() {
+            ::metrics::gauge!("tower_defer_queue_depth", "priority" => level.to_string())
+                .set(*n as f64);
+        }
+        ::metrics::gauge!("tower_defer_in_progress").set(stats.in_progress as f64);
+        ::metrics::gauge!("tower_defer_retrying").set(stats.retrying as f64);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = stats;
+}
