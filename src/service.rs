@@ -21,6 +21,8 @@ use crate::BoxError;
 pub(crate) struct Shared<St> {
     pub(crate) store: Arc<St>,
     pub(crate) config: Config,
+    /// Jobs submitted through this process, for the live page.
+    pub(crate) recent: crate::api::Recent,
 }
 
 /// A service wrapped by [`DeferLayer`](crate::DeferLayer).
@@ -63,7 +65,11 @@ where
     St: Store,
 {
     pub(crate) fn pair(inner: S, store: Arc<St>, config: Config) -> (Self, Worker) {
-        let shared = Arc::new(Shared { store, config });
+        let shared = Arc::new(Shared {
+            store,
+            config,
+            recent: crate::api::Recent::default(),
+        });
         let (worker, handle, control) = worker::pool(inner.clone(), shared.clone());
         let service = Defer {
             inner,

@@ -64,6 +64,8 @@ pub(crate) async fn enqueue<St: Store>(
         .await
         .map_err(|e| enqueue_refused(&e))?;
     if enqueued.created {
+        let job = &enqueued.job;
+        shared.recent.push(job.id, job.options.owner.clone());
         crate::metrics::submitted();
         tracing::info!(job = %enqueued.job.id, "job submitted");
     }

@@ -20,9 +20,11 @@ mod jobs;
 mod native;
 mod options;
 mod prefer;
+mod recent;
 mod vessl;
 
 pub(crate) use prefer::{Prefer, PREFER};
+pub(crate) use recent::Recent;
 
 /// Where a request goes.
 pub(crate) enum Route {

@@ -38,6 +38,8 @@ pub(crate) const JOB_ID_HEADER: &str = "defer-job-id";
 pub(crate) enum Endpoint {
     Submit,
     Queue,
+    Recent,
+    Ui,
     Status(JobId),
     Cancel(JobId),
     Output(JobId),
@@ -66,6 +68,8 @@ pub(crate) fn endpoint(prefix: &str, method: &Method, path: &str) -> Option<Endp
     Some(match segments.as_slice() {
         [] => by_method("POST", method == Method::POST, Endpoint::Submit),
         ["queue"] => by_method("GET", is_get, Endpoint::Queue),
+        ["recent"] => by_method("GET", is_get, Endpoint::Recent),
+        ["ui"] => by_method("GET", is_get, Endpoint::Ui),
         [id] => match job(id) {
             Some(id) if method == Method::DELETE => Endpoint::Cancel(id),
             Some(id) => by_method("GET, DELETE", is_get, Endpoint::Status(id)),
@@ -99,6 +103,15 @@ where
     match endpoint {
         Endpoint::Submit => submit_envelope(shared, &parts, body).await,
         Endpoint::Queue => queue(shared).await,
+        Endpoint::Recent => recent(shared, owner).await,
+        Endpoint::Ui => {
+            let mut page = Response::new(Bytes::from_static(UI_PAGE.as_bytes()));
+            page.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            Ok(page)
+        }
         Endpoint::Status(id) => {
             let wait = Prefer::from_headers(&parts.headers).wait;
             let mut job = lookup(shared, id, owner).await?;
@@ -174,6 +187,27 @@ async fn queue<St: Store>(shared: &Shared<St>) -> Result<Response<Bytes>, Proble
             "concurrency": shared.config.concurrency,
         }),
     ))
+}
+
+/// The live page: plain HTML and JS, no build step.
+const UI_PAGE: &str = include_str!("ui/index.html");
+
+/// The jobs most recently submitted through this process that `owner` may
+/// see, newest first, as status documents.
+async fn recent<St: Store>(
+    shared: &Shared<St>,
+    owner: Option<&str>,
+) -> Result<Response<Bytes>, Problem> {
+    let mut jobs = Vec::new();
+    for id in shared.recent.visible_to(owner) {
+        match shared.store.get(id).await {
+            Ok(Some(job)) => jobs.push(job),
+            Ok(None) => {}
+            Err(e) => return Err(store_unavailable(&e)),
+        }
+    }
+    let docs: Vec<_> = jobs.iter().map(StatusDocument::new).collect();
+    Ok(json(StatusCode::OK, &serde_json::json!({ "jobs": docs })))
 }
 
 fn location(prefix: &str, id: JobId) -> HeaderValue {

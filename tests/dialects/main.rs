@@ -2,6 +2,7 @@
 //! and status code it names asserted.
 
 mod bifrost;
+mod native;
 #[allow(dead_code)]
 #[path = "../common/inproc.rs"]
 mod support;

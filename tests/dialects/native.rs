@@ -1,0 +1,52 @@
+//! Native routes beyond the VESSL ones: the live page and its data.
+
+use std::io;
+
+use http::Request;
+use serde_json::json;
+use tower::Layer;
+use tower_defer::{Body, DeferLayer, MemoryStore};
+
+use crate::support::*;
+
+#[tokio::test(start_paused = true)]
+async fn the_live_page_and_the_recent_jobs_it_lists_per_owner() {
+    let inner = tower::service_fn(|_req: Request<Body>| async {
+        Ok::<_, io::Error>(json_response(200, json!({})))
+    });
+    let app = DeferLayer::new(MemoryStore::new())
+        .owner(|p| p.headers.get("x-tenant")?.to_str().ok().map(str::to_owned))
+        .layer(inner);
+    let as_tenant = |tenant: &str, req: Request<Body>| {
+        let (mut parts, body) = req.into_parts();
+        parts.headers.insert("x-tenant", tenant.parse().unwrap());
+        Request::from_parts(parts, body)
+    };
+    let mut a_ids = Vec::new();
+    for n in 0..3 {
+        let a = call(&app, as_tenant("a", envelope(json!({"data": n})))).await;
+        a_ids.push(a.json()["id"].as_str().unwrap().to_owned());
+    }
+    call(&app, as_tenant("b", envelope(json!({"data": "b"})))).await;
+    tokio::time::sleep(SECOND).await;
+
+    let recent = call(&app, as_tenant("a", get("/async/recent"))).await;
+    assert_eq!(recent.status, 200);
+    let listed: Vec<_> = recent.json()["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect();
+    a_ids.reverse();
+    assert_eq!(listed, a_ids, "tenant a's jobs, newest first");
+    assert_eq!(recent.json()["jobs"][0]["status"], "succeeded");
+
+    let page = call(&app, get("/async/ui")).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    let html = String::from_utf8(page.body.to_vec()).unwrap();
+    assert!(html.contains("fetch(\"queue\""), "the page reads the queue route");
+    let post = call(&app, Request::post("/async/ui").body(Body::empty()).unwrap()).await;
+    assert_eq!(post.status, 405);
+}
