@@ -208,7 +208,14 @@ where
         let Some((svc, claim, permit)) = next else {
             continue;
         };
-        let span = tracing::info_span!("job", id = %claim.id(), attempt = claim.job.attempts);
+        // The client's W3C trace context travels with the job (it is a stored
+        // header, sent upstream too), so the attempt's logs can be joined to it.
+        let traceparent = claim.job.request.headers.get("traceparent");
+        let traceparent = traceparent
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let span =
+            tracing::info_span!("job", id = %claim.id(), attempt = claim.job.attempts, traceparent);
         let job = run_job(svc, claim, shared.clone(), permit, hand_back.clone());
         tasks.spawn(job.instrument(span));
     };
