@@ -15,9 +15,12 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::sync::Notify;
 
-use super::{Claim, EnqueueError, Enqueued, QueueStats, Store, StoreError};
+use super::{
+    Claim, DeliveryClaim, EnqueueError, Enqueued, QueueStats, QueuedCancel, Store, StoreError,
+};
 use crate::job::{
-    CancelOutcome, Job, JobId, JobStatus, Lease, LeaseToken, NewJob, Outcome, Priority, Retry,
+    CancelOutcome, DeliveryAttempt, Job, JobId, JobStatus, Lease, LeaseToken, NewJob, Outcome,
+    Priority, Retry,
 };
 use crate::time::Timestamp;
 
@@ -51,6 +54,8 @@ struct Inner {
     schedule: Mutex<Schedule>,
     /// Wakes one idle worker per job that becomes runnable.
     work: Notify,
+    /// Wakes the deliverer when a webhook delivery becomes due.
+    deliveries: Notify,
 }
 
 struct Slot {
@@ -81,6 +86,9 @@ struct Schedule {
     next_seq: u64,
     /// Each job's next due time ([`Job::next_due`]) that needs a sweep.
     due: BTreeSet<(Timestamp, JobId)>,
+    /// Webhook deliveries nobody holds, by when they are due
+    /// ([`Job::delivery_ready_at`]).
+    deliveries: BTreeSet<(Timestamp, JobId)>,
     /// Queued jobs waiting out a backoff.
     retrying: usize,
     in_progress: usize,
@@ -143,11 +151,22 @@ impl MemoryStore {
             slot.job.retry_at.is_some(),
         );
         let (due, revision) = (slot.job.next_due(), slot.job.revision);
+        let delivery = slot.job.delivery_ready_at();
         let out = f(&mut slot.job)?;
         let level = usize::from(slot.job.options.priority.level());
         account(sched, before.1, before.2, -1);
         account(sched, slot.job.status, slot.job.retry_at.is_some(), 1);
         sched.set_due(id, due, slot.job.next_due());
+        let delivery_now = slot.job.delivery_ready_at();
+        if delivery != delivery_now {
+            if let Some(t) = delivery {
+                sched.deliveries.remove(&(t, id));
+            }
+            if let Some(t) = delivery_now {
+                sched.deliveries.insert((t, id));
+                self.inner.deliveries.notify_one();
+            }
+        }
         match (before.0, is_ready(&slot.job)) {
             (true, false) => {
                 sched.ready[level].remove(&slot.ready_seq);
@@ -174,6 +193,9 @@ impl MemoryStore {
                 }
             }
             sched.set_due(id, slot.job.next_due(), None);
+            if let Some(t) = slot.job.delivery_ready_at() {
+                sched.deliveries.remove(&(t, id));
+            }
             // Waiters see the job gone.
             slot.notify();
         }
@@ -196,7 +218,8 @@ impl MemoryStore {
                 continue;
             }
             self.transition(sched, id, |job| {
-                if job.expire_if_due(now) || job.lapse_if_due(now) {
+                if job.expire_if_due(now) || job.lapse_if_due(now) || job.lapse_delivery_if_due(now)
+                {
                     return Some(());
                 }
                 if job.retry_at.is_some_and(|at| at <= now) {
@@ -454,6 +477,68 @@ impl Store for MemoryStore {
                 None => CancelOutcome::NotFound,
             },
         )
+    }
+
+    async fn cancel_queued(
+        &self,
+        id: JobId,
+        owner: Option<&str>,
+    ) -> Result<QueuedCancel, StoreError> {
+        let now = Timestamp::now();
+        let mut sched = self.schedule();
+        match self.inner.jobs.get(&id) {
+            Some(slot) if slot.job.is_visible_to(owner) && !slot.job.is_forgotten(now) => {
+                if slot.job.status != JobStatus::Queued {
+                    return Ok(QueuedCancel::NotQueued(slot.job.clone()));
+                }
+            }
+            _ => return Ok(QueuedCancel::NotFound),
+        }
+        Ok(
+            match self.transition(&mut sched, id, |job| job.cancel(now).then_some(())) {
+                Some(((), job)) => QueuedCancel::Canceled(job),
+                None => QueuedCancel::NotFound,
+            },
+        )
+    }
+
+    async fn claim_delivery(&self, lease: Duration) -> Result<Option<DeliveryClaim>, StoreError> {
+        let now = Timestamp::now();
+        let mut sched = self.schedule();
+        self.sweep_now(&mut sched, now);
+        while let Some(&(at, id)) = sched.deliveries.first() {
+            if at > now {
+                break;
+            }
+            match self.transition(&mut sched, id, |job| job.claim_delivery(now, lease)) {
+                Some((lease, job)) => return Ok(Some(DeliveryClaim { job, lease })),
+                // Not claimable after all (a stale entry): drop it.
+                None => {
+                    sched.deliveries.remove(&(at, id));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn record_delivery(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        attempt: DeliveryAttempt,
+    ) -> Result<Job, StoreError> {
+        let mut sched = self.schedule();
+        self.transition(&mut sched, id, |job| {
+            job.record_delivery(token, attempt).ok()
+        })
+        .map(|((), job)| job)
+        .ok_or_else(stale)
+    }
+
+    async fn delivery_available(&self, until: Timestamp) {
+        let next = self.schedule().deliveries.first().map(|&(at, _)| at);
+        let until = next.map_or(until, |at| at.min(until));
+        let _ = tokio::time::timeout_at(until.to_instant(), self.inner.deliveries.notified()).await;
     }
 
     async fn stats(&self) -> Result<QueueStats, StoreError> {

@@ -12,6 +12,9 @@
 //! | [`complete`](Store::complete) | `in_progress` -> `succeeded` \| `failed` (fenced) |
 //! | [`retry_later`](Store::retry_later) | `in_progress` -> `queued`, runnable later (fenced) |
 //! | [`cancel`](Store::cancel) | `queued` \| `in_progress` -> `canceled` |
+//! | [`cancel_queued`](Store::cancel_queued) | `queued` -> `canceled` only |
+//! | [`claim_delivery`](Store::claim_delivery) | a due webhook delivery, with a lease |
+//! | [`record_delivery`](Store::record_delivery) | one delivery attempt's result (fenced) |
 //! | [`sweep`](Store::sweep) | deadlines -> `expired`; lapsed leases -> `queued`; past TTL -> forgotten |
 //!
 //! "Fenced" means refused with [`StoreError::is_stale_lease`] when the lease
@@ -26,7 +29,9 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::job::{CancelOutcome, Job, JobId, Lease, LeaseToken, NewJob, Outcome, Priority, Retry};
+use crate::job::{
+    CancelOutcome, DeliveryAttempt, Job, JobId, Lease, LeaseToken, NewJob, Outcome, Priority, Retry,
+};
 use crate::time::Timestamp;
 
 mod memory;
@@ -52,6 +57,26 @@ impl Claim {
     pub fn token(&self) -> LeaseToken {
         self.lease.token
     }
+}
+
+/// A webhook delivery handed to a deliverer, with the lease that fences it.
+#[derive(Clone, Debug)]
+pub struct DeliveryClaim {
+    /// The (terminal) job whose end is delivered.
+    pub job: Job,
+    /// The deliverer's hold on this attempt.
+    pub lease: Lease,
+}
+
+/// The answer to [`Store::cancel_queued`].
+#[derive(Clone, Debug)]
+pub enum QueuedCancel {
+    /// The job was queued and is now canceled.
+    Canceled(Job),
+    /// The job is running or has ended; it is unchanged.
+    NotQueued(Job),
+    /// No such job (or not this owner's, or forgotten).
+    NotFound,
 }
 
 /// The answer to an enqueue.
@@ -273,6 +298,32 @@ pub trait Store: Send + Sync + 'static {
         id: JobId,
         owner: Option<&str>,
     ) -> impl Future<Output = Result<CancelOutcome, StoreError>> + Send;
+
+    /// Cancels a job of `owner` only if it is still queued (Baseten's cancel).
+    fn cancel_queued(
+        &self,
+        id: JobId,
+        owner: Option<&str>,
+    ) -> impl Future<Output = Result<QueuedCancel, StoreError>> + Send;
+
+    /// Takes a due webhook delivery (a terminal job whose webhook is pending,
+    /// due, and held by nobody) with a lease of `lease` for one attempt.
+    fn claim_delivery(
+        &self,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Option<DeliveryClaim>, StoreError>> + Send;
+
+    /// Records one delivery attempt. Fenced by the delivery's lease token.
+    fn record_delivery(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        attempt: DeliveryAttempt,
+    ) -> impl Future<Output = Result<Job, StoreError>> + Send;
+
+    /// Resolves when a [`claim_delivery`](Store::claim_delivery) may find a
+    /// delivery (a job with a webhook ended, or a retry came due), or at `until`.
+    fn delivery_available(&self, until: Timestamp) -> impl Future<Output = ()> + Send;
 
     /// Queue statistics.
     fn stats(&self) -> impl Future<Output = Result<QueueStats, StoreError>> + Send;
