@@ -32,6 +32,7 @@ pub(crate) struct Config {
     pub(crate) shutdown_grace: Duration,
     pub(crate) owner: Option<OwnerFn>,
     pub(crate) bifrost: bool,
+    pub(crate) baseten: Option<Arc<crate::api::BasetenState>>,
 }
 
 impl Default for Config {
@@ -51,6 +52,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             owner: None,
             bifrost: false,
+            baseten: None,
         }
     }
 }
@@ -275,6 +277,15 @@ impl<St: Store> DeferLayer<St> {
     /// `GET /v1/async/{route}/{id}` reads it, as Bifrost's async API does.
     pub fn bifrost(mut self) -> Self {
         self.config.bifrost = true;
+        self
+    }
+
+    /// Also answers the Baseten dialect at `/`: `POST /async_predict` (and
+    /// under `/production`, `/development`, `/environments/{name}`,
+    /// `/deployment/{id}`), `GET` and `DELETE /async_request/{id}`, and
+    /// `…/async_queue_status`, as Baseten's async API does.
+    pub fn baseten(mut self, settings: crate::Baseten) -> Self {
+        self.config.baseten = Some(Arc::new(crate::api::BasetenState::new(settings)));
         self
     }
 

@@ -80,6 +80,7 @@ pub mod time;
 pub mod upstream;
 mod worker;
 
+pub use api::Baseten;
 pub use body::{Body, ResponseBody};
 pub use future::ResponseFuture;
 pub use job::{Job, JobId, JobStatus};

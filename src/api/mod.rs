@@ -14,6 +14,7 @@ use crate::service::Shared;
 use crate::store::{EnqueueError, Store, StoreError};
 use crate::BoxError;
 
+mod baseten;
 mod bifrost;
 mod document;
 mod jobs;
@@ -23,6 +24,8 @@ mod prefer;
 mod recent;
 mod vessl;
 
+pub use baseten::Baseten;
+pub(crate) use baseten::BasetenState;
 pub(crate) use prefer::{Prefer, PREFER};
 pub(crate) use recent::Recent;
 
@@ -36,6 +39,8 @@ pub(crate) enum Route {
     PreferAsync(Prefer),
     /// The Bifrost dialect under `/v1/async`.
     Bifrost(bifrost::Endpoint),
+    /// The Baseten dialect.
+    Baseten(baseten::Endpoint),
 }
 
 /// Decides from the request head alone, so a pass-through costs a prefix
@@ -47,6 +52,11 @@ pub(crate) fn route<B>(config: &Config, req: &Request<B>) -> Route {
     if config.bifrost {
         if let Some(endpoint) = bifrost::endpoint(req.method(), req.uri().path()) {
             return Route::Bifrost(endpoint);
+        }
+    }
+    if config.baseten.is_some() {
+        if let Some(endpoint) = baseten::endpoint(req.method(), req.uri().path()) {
+            return Route::Baseten(endpoint);
         }
     }
     if req.headers().contains_key(PREFER) {
@@ -74,6 +84,10 @@ where
         Route::PreferAsync(prefer) => native::submit_prefer(shared, prefer, req).await,
         // Bifrost answers in its own error shape.
         Route::Bifrost(endpoint) => return bifrost::handle(shared, endpoint, req).await,
+        Route::Baseten(endpoint) => match &shared.config.baseten {
+            Some(state) => baseten::handle(shared, state, endpoint, req).await,
+            None => unreachable!("Baseten routes are matched only when the dialect is on"),
+        },
         Route::PassThrough => unreachable!("pass-through requests never reach the API"),
     };
     result.unwrap_or_else(Problem::into_response)

@@ -1,6 +1,7 @@
 //! The dialects: each reference document's requests replayed, every field
 //! and status code it names asserted.
 
+mod baseten;
 mod bifrost;
 mod native;
 #[allow(dead_code)]

@@ -46,7 +46,14 @@ async fn the_live_page_and_the_recent_jobs_it_lists_per_owner() {
     assert_eq!(page.status, 200);
     assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
     let html = String::from_utf8(page.body.to_vec()).unwrap();
-    assert!(html.contains("fetch(\"queue\""), "the page reads the queue route");
-    let post = call(&app, Request::post("/async/ui").body(Body::empty()).unwrap()).await;
+    assert!(
+        html.contains("fetch(\"queue\""),
+        "the page reads the queue route"
+    );
+    let post = call(
+        &app,
+        Request::post("/async/ui").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(post.status, 405);
 }
