@@ -19,6 +19,7 @@ mod bifrost;
 mod document;
 mod jobs;
 mod native;
+mod openapi;
 mod options;
 mod prefer;
 mod recent;

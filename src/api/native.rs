@@ -40,6 +40,7 @@ pub(crate) enum Endpoint {
     Queue,
     Recent,
     Ui,
+    OpenApi,
     Status(JobId),
     Cancel(JobId),
     Output(JobId),
@@ -70,6 +71,7 @@ pub(crate) fn endpoint(prefix: &str, method: &Method, path: &str) -> Option<Endp
         ["queue"] => by_method("GET", is_get, Endpoint::Queue),
         ["recent"] => by_method("GET", is_get, Endpoint::Recent),
         ["ui"] => by_method("GET", is_get, Endpoint::Ui),
+        ["openapi.json"] => by_method("GET", is_get, Endpoint::OpenApi),
         [id] => match job(id) {
             Some(id) if method == Method::DELETE => Endpoint::Cancel(id),
             Some(id) => by_method("GET, DELETE", is_get, Endpoint::Status(id)),
@@ -104,6 +106,14 @@ where
         Endpoint::Submit => submit_envelope(shared, &parts, body).await,
         Endpoint::Queue => queue(shared).await,
         Endpoint::Recent => recent(shared, owner).await,
+        Endpoint::OpenApi => {
+            let spec = super::openapi::document(&shared.config);
+            let mut response = Response::new(spec);
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            Ok(response)
+        }
         Endpoint::Ui => {
             let mut page = Response::new(Bytes::from_static(UI_PAGE.as_bytes()));
             page.headers_mut().insert(

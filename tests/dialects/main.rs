@@ -4,6 +4,7 @@
 mod baseten;
 mod bifrost;
 mod native;
+mod openapi;
 #[allow(dead_code)]
 #[path = "../common/inproc.rs"]
 mod support;
