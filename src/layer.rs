@@ -21,6 +21,7 @@ pub(crate) struct Config {
     pub(crate) prefix: String,
     pub(crate) concurrency: usize,
     pub(crate) max_body: usize,
+    pub(crate) body_timeout: Duration,
     pub(crate) max_queue: usize,
     pub(crate) max_output: usize,
     pub(crate) defaults: JobOptions,
@@ -41,6 +42,7 @@ impl Default for Config {
             prefix: "/async".into(),
             concurrency: 16,
             max_body: 10 * 1024 * 1024,
+            body_timeout: Duration::from_secs(30),
             max_queue: 10_000,
             max_output: 100 * 1024 * 1024,
             defaults: JobOptions::default(),
@@ -153,6 +155,13 @@ impl<St: Store> DeferLayer<St> {
     /// larger ones answer 413.
     pub fn max_body(mut self, bytes: usize) -> Self {
         self.config.max_body = bytes;
+        self
+    }
+
+    /// How long a job's request body may take to arrive (default 30 s);
+    /// slower ones answer 408.
+    pub fn body_timeout(mut self, d: Duration) -> Self {
+        self.config.body_timeout = d;
         self
     }
 

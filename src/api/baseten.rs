@@ -235,7 +235,7 @@ where
     B::Error: Into<BoxError>,
 {
     let mut options = base_options(shared, parts)?;
-    let bytes = read_body(&parts.headers, body, shared.config.max_body).await?;
+    let bytes = read_body(&shared.config, &parts.headers, body).await?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
         Problem::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
     })?;

@@ -153,7 +153,7 @@ where
             })?;
         options.result_ttl = Duration::from_secs(secs).min(shared.config.max_result_ttl);
     }
-    let bytes = read_body(&parts.headers, body, shared.config.max_body).await?;
+    let bytes = read_body(&shared.config, &parts.headers, body).await?;
     let query = parts
         .uri
         .query()

@@ -94,16 +94,18 @@ where
     result.unwrap_or_else(Problem::into_response)
 }
 
-/// Reads a request body of at most `limit` bytes.
+/// Reads a request body of at most `max_body` bytes, within `body_timeout`:
+/// a client that trickles its body cannot hold a request open for ever.
 pub(crate) async fn read_body<B>(
+    config: &Config,
     headers: &HeaderMap,
     body: B,
-    limit: usize,
 ) -> Result<Bytes, Problem>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
+    let limit = config.max_body;
     let too_large = || {
         Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -118,12 +120,21 @@ where
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(Problem::bad_request(
+    let read = tokio::time::timeout(config.body_timeout, Limited::new(body, limit).collect());
+    match read.await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(Problem::bad_request(
             "body_unreadable",
             format!("the request body could not be read: {e}"),
+        )),
+        Err(_) => Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                config.body_timeout.as_secs_f64()
+            ),
         )),
     }
 }

@@ -277,7 +277,7 @@ where
         ));
     }
     let options = base_options(shared, parts)?;
-    let bytes = read_body(&parts.headers, body, shared.config.max_body).await?;
+    let bytes = read_body(&shared.config, &parts.headers, body).await?;
     let mut job = parse_envelope(&bytes, options, shared.config.max_result_ttl)?;
     job.request.headers =
         policy::request_headers_to_store(&job.request.headers, shared.config.forward_credentials);
@@ -418,7 +418,7 @@ where
     let (parts, body) = req.into_parts();
     let mut options = base_options(shared, &parts)?;
     options::from_headers(&parts.headers, &mut options, shared.config.max_result_ttl)?;
-    let bytes = read_body(&parts.headers, body, shared.config.max_body).await?;
+    let bytes = read_body(&shared.config, &parts.headers, body).await?;
     let path_and_query = parts
         .uri
         .path_and_query()

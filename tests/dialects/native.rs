@@ -57,3 +57,42 @@ async fn the_live_page_and_the_recent_jobs_it_lists_per_owner() {
     .await;
     assert_eq!(post.status, 405);
 }
+
+/// A request body that never sends anything.
+struct Trickle;
+
+impl http_body::Body for Trickle {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_does_not_arrive_in_time_is_408() {
+    let inner = tower::service_fn(|_req: Request<Body>| async {
+        Ok::<_, io::Error>(json_response(200, json!({})))
+    });
+    let app = DeferLayer::new(MemoryStore::new())
+        .body_timeout(std::time::Duration::from_secs(5))
+        .layer(inner);
+    for (path, prefer) in [("/async", None), ("/predict", Some("respond-async"))] {
+        let mut req = Request::post(path).body(Body::new(Trickle)).unwrap();
+        if let Some(p) = prefer {
+            req.headers_mut().insert("prefer", p.parse().unwrap());
+        }
+        let start = tokio::time::Instant::now();
+        let a = call(&app, req).await;
+        assert_eq!(a.status, 408, "{path}");
+        assert_eq!(a.json()["code"], "body_timeout");
+        assert_eq!(a.json()["detail"], "the request body did not arrive within 5 s");
+        assert_eq!(start.elapsed(), std::time::Duration::from_secs(5));
+    }
+    let queue = call(&app, get("/async/queue")).await.json();
+    assert_eq!(queue["queued"], 0, "nothing was enqueued");
+}
