@@ -27,7 +27,12 @@ fn model(calls: Calls, work: Duration) -> App<impl tower_defer::InnerService> {
     });
     DeferLayer::new(MemoryStore::new())
         .concurrency(1)
-        .baseten(Baseten::new().predict_path("/v1/models/m:predict").model_id("abcd1234").deployment_id("dep5678"))
+        .baseten(
+            Baseten::new()
+                .predict_path("/v1/models/m:predict")
+                .model_id("abcd1234")
+                .deployment_id("dep5678"),
+        )
         .layer(inner)
 }
 
@@ -40,13 +45,21 @@ fn post(path: &str, body: Value) -> Request<Body> {
 
 fn with_key(req: Request<Body>) -> Request<Body> {
     let (mut parts, body) = req.into_parts();
-    parts.headers.insert("authorization", "Api-Key abcd1234.abcd1234".parse().unwrap());
+    parts.headers.insert(
+        "authorization",
+        "Api-Key abcd1234.abcd1234".parse().unwrap(),
+    );
     Request::from_parts(parts, body)
 }
 
 async fn predict<S: tower_defer::InnerService>(app: &App<S>, path: &str, body: Value) -> String {
     let a = call(app, post(path, body)).await;
-    assert_eq!(a.status, 201, "{path}: {:?}", String::from_utf8_lossy(&a.body));
+    assert_eq!(
+        a.status,
+        201,
+        "{path}: {:?}",
+        String::from_utf8_lossy(&a.body)
+    );
     let doc = a.json();
     assert_eq!(doc.as_object().unwrap().len(), 1, "only request_id: {doc}");
     doc["request_id"].as_str().unwrap().to_owned()
@@ -56,7 +69,12 @@ async fn predict<S: tower_defer::InnerService>(app: &App<S>, path: &str, body: V
 async fn the_status_document_has_exactly_the_reference_fields() {
     let calls = Calls::default();
     let app = model(calls.clone(), SECOND);
-    let id = predict(&app, "/async_predict", json!({"model_input": {"prompt": "hi"}})).await;
+    let id = predict(
+        &app,
+        "/async_predict",
+        json!({"model_input": {"prompt": "hi"}}),
+    )
+    .await;
     let status = || with_key(get(&format!("/async_request/{id}")));
     tokio::time::sleep(Duration::from_millis(10)).await;
     let running = call(&app, status()).await;
@@ -69,7 +87,16 @@ async fn the_status_document_has_exactly_the_reference_fields() {
     keys.sort();
     assert_eq!(
         keys,
-        ["created_at", "deployment_id", "errors", "model_id", "request_id", "status", "status_at", "webhook_status"]
+        [
+            "created_at",
+            "deployment_id",
+            "errors",
+            "model_id",
+            "request_id",
+            "status",
+            "status_at",
+            "webhook_status"
+        ]
     );
     assert_eq!(doc["request_id"], id.as_str());
     assert_eq!(doc["model_id"], "abcd1234");
@@ -139,7 +166,13 @@ async fn only_queued_jobs_cancel() {
     let running = predict(&app, "/async_predict", json!({"model_input": 1})).await;
     let queued = predict(&app, "/async_predict", json!({"model_input": 2})).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let cancel = |id: &str| with_key(Request::delete(format!("/async_request/{id}")).body(Body::empty()).unwrap());
+    let cancel = |id: &str| {
+        with_key(
+            Request::delete(format!("/async_request/{id}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+    };
 
     let a = call(&app, cancel(&queued)).await;
     assert_eq!(a.status, 200);
@@ -153,7 +186,9 @@ async fn only_queued_jobs_cancel() {
         json!({"request_id": running, "canceled": false,
                "message": format!("Request {running} was not canceled: it is in progress.")})
     );
-    let doc = call(&app, with_key(get(&format!("/async_request/{queued}")))).await.json();
+    let doc = call(&app, with_key(get(&format!("/async_request/{queued}"))))
+        .await
+        .json();
     assert_eq!(doc["status"], "CANCELED");
     assert_eq!(doc["errors"][0]["code"], "CANCELED");
     let a = call(&app, cancel("0000000000000000")).await;
@@ -172,7 +207,11 @@ async fn queue_status_and_failures() {
     .await;
     predict(&app, "/async_predict", json!({"model_input": 3})).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
-    for path in ["/async_queue_status", "/production/async_queue_status", "/environments/x/async_queue_status"] {
+    for path in [
+        "/async_queue_status",
+        "/production/async_queue_status",
+        "/environments/x/async_queue_status",
+    ] {
         let a = call(&app, with_key(get(path))).await;
         assert_eq!(a.status, 200, "{path}");
         assert_eq!(
@@ -182,7 +221,9 @@ async fn queue_status_and_failures() {
         );
     }
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let doc = call(&app, with_key(get(&format!("/async_request/{failing}")))).await.json();
+    let doc = call(&app, with_key(get(&format!("/async_request/{failing}"))))
+        .await
+        .json();
     assert_eq!(doc["status"], "FAILED");
     assert_eq!(
         doc["errors"],
@@ -196,7 +237,13 @@ async fn status_polling_is_rate_limited_per_owner() {
         Ok::<_, io::Error>(json_response(200, json!({})))
     });
     let app = DeferLayer::new(MemoryStore::new())
-        .owner(|p| p.headers.get("authorization")?.to_str().ok().map(str::to_owned))
+        .owner(|p| {
+            p.headers
+                .get("authorization")?
+                .to_str()
+                .ok()
+                .map(str::to_owned)
+        })
         .baseten(Baseten::new())
         .layer(inner);
     let id = predict(&app, "/async_predict", json!({"model_input": 1})).await;
@@ -207,7 +254,10 @@ async fn status_polling_is_rate_limited_per_owner() {
             .unwrap()
     };
     for _ in 0..20 {
-        assert_eq!(call(&app, poll("Api-Key abcd1234.abcd1234")).await.status, 200);
+        assert_eq!(
+            call(&app, poll("Api-Key abcd1234.abcd1234")).await.status,
+            200
+        );
     }
     let limited = call(&app, poll("Api-Key abcd1234.abcd1234")).await;
     assert_eq!(limited.status, 429);
@@ -216,5 +266,8 @@ async fn status_polling_is_rate_limited_per_owner() {
     // Another owner has its own budget (and cannot see the job).
     assert_eq!(call(&app, poll("Api-Key other")).await.status, 404);
     tokio::time::sleep(SECOND).await;
-    assert_eq!(call(&app, poll("Api-Key abcd1234.abcd1234")).await.status, 200);
+    assert_eq!(
+        call(&app, poll("Api-Key abcd1234.abcd1234")).await.status,
+        200
+    );
 }

@@ -26,7 +26,9 @@ fn app() -> App<impl tower_defer::InnerService> {
 fn matches(template: &str, path: &str) -> bool {
     let (t, p): (Vec<_>, Vec<_>) = (template.split('/').collect(), path.split('/').collect());
     t.len() == p.len()
-        && t.iter().zip(&p).all(|(t, p)| (t.starts_with('{') && !p.is_empty()) || t == p)
+        && t.iter()
+            .zip(&p)
+            .all(|(t, p)| (t.starts_with('{') && !p.is_empty()) || t == p)
 }
 
 fn operations(spec: &Value) -> Vec<(Method, String)> {
@@ -43,11 +45,26 @@ fn operations(spec: &Value) -> Vec<(Method, String)> {
     out
 }
 
-async fn answered_by_layer<S: tower_defer::InnerService>(app: &App<S>, method: Method, path: &str) -> Answer {
-    let body = if method == Method::POST { r#"{"data": 1, "model_input": 1}"# } else { "" };
-    let req = Request::builder().method(method.clone()).uri(path).body(Body::from(body)).unwrap();
+async fn answered_by_layer<S: tower_defer::InnerService>(
+    app: &App<S>,
+    method: Method,
+    path: &str,
+) -> Answer {
+    let body = if method == Method::POST {
+        r#"{"data": 1, "model_input": 1}"#
+    } else {
+        ""
+    };
+    let req = Request::builder()
+        .method(method.clone())
+        .uri(path)
+        .body(Body::from(body))
+        .unwrap();
     let a = call(app, req).await;
-    assert!(!a.headers.contains_key("x-inner"), "{method} {path} reached the inner service");
+    assert!(
+        !a.headers.contains_key("x-inner"),
+        "{method} {path} reached the inner service"
+    );
     a
 }
 
@@ -75,12 +92,18 @@ async fn every_route_the_layer_answers_is_in_the_document_and_back() {
         (Method::POST, "/async_predict".to_owned()),
         (Method::POST, "/production/async_predict".to_owned()),
         (Method::POST, "/development/async_predict".to_owned()),
-        (Method::POST, "/environments/staging/async_predict".to_owned()),
+        (
+            Method::POST,
+            "/environments/staging/async_predict".to_owned(),
+        ),
         (Method::POST, "/deployment/d1/async_predict".to_owned()),
         (Method::GET, "/async_queue_status".to_owned()),
         (Method::GET, "/production/async_queue_status".to_owned()),
         (Method::GET, "/development/async_queue_status".to_owned()),
-        (Method::GET, "/environments/staging/async_queue_status".to_owned()),
+        (
+            Method::GET,
+            "/environments/staging/async_queue_status".to_owned(),
+        ),
         (Method::GET, "/deployment/d1/async_queue_status".to_owned()),
         (Method::GET, format!("/async_request/{id}")),
         (Method::DELETE, format!("/async_request/{id}")),
@@ -106,13 +129,29 @@ async fn every_route_the_layer_answers_is_in_the_document_and_back() {
     for (method, template) in &ops {
         let path = template
             .split('/')
-            .map(|s| if s.starts_with('{') { if s == "{id}" || s == "{job_id}" || s == "{request_id}" { id } else { "x" } } else { s })
+            .map(|s| {
+                if s.starts_with('{') {
+                    if s == "{id}" || s == "{job_id}" || s == "{request_id}" {
+                        id
+                    } else {
+                        "x"
+                    }
+                } else {
+                    s
+                }
+            })
             .collect::<Vec<_>>()
             .join("/");
         let a = answered_by_layer(&app, method.clone(), &path).await;
         if a.status == 404 {
-            let detail = a.json()["detail"].as_str().map(str::to_owned).or_else(|| a.json()["error"]["message"].as_str().map(str::to_owned));
-            assert!(!detail.clone().unwrap_or_default().starts_with("no route"), "{method} {path}: {detail:?}");
+            let detail = a.json()["detail"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| a.json()["error"]["message"].as_str().map(str::to_owned));
+            assert!(
+                !detail.clone().unwrap_or_default().starts_with("no route"),
+                "{method} {path}: {detail:?}"
+            );
         }
     }
 }
@@ -125,6 +164,11 @@ async fn the_document_follows_the_configuration() {
     let plain = DeferLayer::new(MemoryStore::new()).layer(inner);
     let spec = call(&plain, get("/async/openapi.json")).await.json();
     let paths: Vec<_> = spec["paths"].as_object().unwrap().keys().cloned().collect();
-    assert!(paths.iter().all(|p| p == "/async" || p.starts_with("/async/")), "{paths:?}");
+    assert!(
+        paths
+            .iter()
+            .all(|p| p == "/async" || p.starts_with("/async/")),
+        "{paths:?}"
+    );
     assert!(paths.contains(&"/async/{id}/output".to_owned()));
 }
