@@ -568,8 +568,15 @@ pub struct StaleLease;
 
 impl Job {
     /// A new queued job submitted at `now`.
-    pub fn new(id: JobId, new: NewJob, now: Timestamp) -> Self {
+    pub fn new(id: JobId, mut new: NewJob, now: Timestamp) -> Self {
         let queue_deadline = now.after(new.options.max_time_in_queue);
+        // A HeaderMap grows in steps; a queued job keeps its headers for
+        // minutes, so keep them at their exact size.
+        if new.request.headers.capacity() > new.request.headers.len() {
+            let mut exact = HeaderMap::with_capacity(new.request.headers.len());
+            exact.extend(std::mem::take(&mut new.request.headers));
+            new.request.headers = exact;
+        }
         Job {
             id,
             request: Arc::new(new.request),
