@@ -89,5 +89,13 @@ pub use service::Defer;
 pub use store::{MemoryStore, Store};
 pub use worker::{DeferHandle, InnerService, Worker};
 
+/// Internal parsers exposed for the fuzz targets in `fuzz/` (feature
+/// `fuzzing`). Unstable and not part of the API: no semver promise at all.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::api::fuzz::*;
+}
+
 /// A boxed error, as tower uses.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -17,6 +17,8 @@ use crate::BoxError;
 mod baseten;
 mod bifrost;
 mod document;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
 mod jobs;
 mod native;
 mod openapi;

@@ -217,7 +217,7 @@ impl MemoryStore {
                 self.forget(sched, id);
                 continue;
             }
-            self.transition(sched, id, |job| {
+            let changed = self.transition(sched, id, |job| {
                 if job.expire_if_due(now) || job.lapse_if_due(now) || job.lapse_delivery_if_due(now)
                 {
                     return Some(());
@@ -230,11 +230,14 @@ impl MemoryStore {
                 }
                 None
             });
-            // `transition` keeps the index when it changed something; when it
-            // did not, put the job's due time back.
-            // (Only later times: a due time that is still now would loop.)
+            let changed = changed.is_some();
+            // `transition` moves the index entry when the due time changed,
+            // but the entry was popped above: put the job's due time back.
+            // A due time that is still now is put back only after a change
+            // (a lease lapsing exactly at the queue deadline must then
+            // expire); without one it would loop.
             if let Some(slot) = self.inner.jobs.get(&id) {
-                if let Some(t) = slot.job.next_due().filter(|&t| t > now) {
+                if let Some(t) = slot.job.next_due().filter(|&t| changed || t > now) {
                     sched.due.insert((t, id));
                 }
             }
