@@ -13,6 +13,10 @@
 //! | `--upstream URL` | `TOWER_DEFER_UPSTREAM` | none: a built-in demo model |
 //! | `--prefix P` | `TOWER_DEFER_PREFIX` | `/async` |
 //! | `--concurrency N` | `TOWER_DEFER_CONCURRENCY` | `16` |
+//! | `--store S` | `TOWER_DEFER_STORE` | `memory`; or `redis://host:port/db` (feature `redis`) |
+//!
+//! With `--store redis://...` several proxies share one queue: submit to any,
+//! read from any (build with `--features proxy,redis`).
 //!
 //! Without `--upstream` it serves a small demo model (`POST /predict` echoes
 //! its JSON input after a short "inference" delay), so it runs on a fresh
@@ -31,23 +35,25 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tower::Layer;
 use tower_defer::upstream::Upstream;
-use tower_defer::{Body, DeferLayer, MemoryStore};
+use tower_defer::{Body, DeferLayer, MemoryStore, Store};
 
 struct Options {
     listen: SocketAddr,
     upstream: Option<String>,
     prefix: String,
     concurrency: usize,
+    store: String,
 }
 
-const USAGE: &str = "usage: proxy [--listen ADDR] [--upstream URL] [--prefix P] [--concurrency N]
-each flag may also be set as TOWER_DEFER_LISTEN, TOWER_DEFER_UPSTREAM, TOWER_DEFER_PREFIX, TOWER_DEFER_CONCURRENCY";
+const USAGE: &str = "usage: proxy [--listen ADDR] [--upstream URL] [--prefix P] [--concurrency N] [--store memory|redis://host:port/db]
+each flag may also be set as TOWER_DEFER_LISTEN, TOWER_DEFER_UPSTREAM, TOWER_DEFER_PREFIX, TOWER_DEFER_CONCURRENCY, TOWER_DEFER_STORE";
 
 fn parse_options() -> Result<Options, String> {
     let mut listen = std::env::var("TOWER_DEFER_LISTEN").ok();
     let mut upstream = std::env::var("TOWER_DEFER_UPSTREAM").ok();
     let mut prefix = std::env::var("TOWER_DEFER_PREFIX").ok();
     let mut concurrency = std::env::var("TOWER_DEFER_CONCURRENCY").ok();
+    let mut store = std::env::var("TOWER_DEFER_STORE").ok();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -63,6 +69,7 @@ fn parse_options() -> Result<Options, String> {
             "--upstream" => &mut upstream,
             "--prefix" => &mut prefix,
             "--concurrency" => &mut concurrency,
+            "--store" => &mut store,
             _ => return Err(format!("unknown argument {arg:?}\n{USAGE}")),
         };
         let value = inline
@@ -73,6 +80,14 @@ fn parse_options() -> Result<Options, String> {
     let listen = listen.unwrap_or_else(|| "127.0.0.1:8080".into());
     let concurrency = concurrency.unwrap_or_else(|| "16".into());
     let prefix = prefix.unwrap_or_else(|| "/async".into());
+    let store = store
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "memory".into());
+    if store != "memory" && !store.starts_with("redis://") && !store.starts_with("rediss://") {
+        return Err(format!(
+            "--store must be memory or redis://host:port/db, got {store:?}"
+        ));
+    }
     if !prefix.starts_with('/') || prefix.trim_end_matches('/').is_empty() {
         return Err(format!(
             "--prefix must start with '/' and name a path, got {prefix:?}"
@@ -87,6 +102,7 @@ fn parse_options() -> Result<Options, String> {
         concurrency: concurrency.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
             format!("--concurrency must be a whole number of at least 1, got {concurrency:?}")
         })?,
+        store,
     })
 }
 
@@ -170,15 +186,48 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let layer = DeferLayer::new(MemoryStore::new())
+    let result = if options.store == "memory" {
+        run(&options, MemoryStore::new(), "in-memory store").await
+    } else {
+        connect_redis_and_run(&options).await
+    };
+    if let Err(e) = result {
+        eprintln!("cannot serve on {}: {e}", options.listen);
+        std::process::exit(1);
+    }
+}
+
+#[cfg(feature = "redis")]
+async fn connect_redis_and_run(options: &Options) -> std::io::Result<()> {
+    match tower_defer::RedisStore::connect(options.store.as_str()).await {
+        Ok(store) => run(options, store, "Redis store").await,
+        Err(e) => {
+            eprintln!("--store {}: {e}", options.store);
+            std::process::exit(2);
+        }
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+async fn connect_redis_and_run(options: &Options) -> std::io::Result<()> {
+    eprintln!(
+        "--store {}: this proxy was built without the redis feature (build with --features proxy,redis)",
+        options.store
+    );
+    std::process::exit(2);
+}
+
+/// Serves the async API on `store` in front of the upstream (or the demo model).
+async fn run<St: Store>(options: &Options, store: St, what: &str) -> std::io::Result<()> {
+    let layer = DeferLayer::new(store)
         .prefix(options.prefix.clone())
         .concurrency(options.concurrency);
     println!(
-        "async API under {} (concurrency {}, in-memory store)",
+        "async API under {} (concurrency {}, {what})",
         options.prefix.trim_end_matches('/'),
         options.concurrency
     );
-    let result = match &options.upstream {
+    match &options.upstream {
         Some(url) => {
             let upstream = match url
                 .parse()
@@ -202,9 +251,5 @@ async fn main() {
             let app = layer.layer(tower::service_fn(demo_model));
             serve(options.listen, app).await
         }
-    };
-    if let Err(e) = result {
-        eprintln!("cannot serve on {}: {e}", options.listen);
-        std::process::exit(1);
     }
 }

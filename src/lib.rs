@@ -87,6 +87,8 @@ pub use job::{Job, JobId, JobStatus};
 pub use layer::DeferLayer;
 pub use service::Defer;
 pub use store::{MemoryStore, Store};
+#[cfg(feature = "redis")]
+pub use store::{RedisStore, RedisStoreBuilder};
 pub use worker::{DeferHandle, InnerService, Worker};
 
 /// Internal parsers exposed for the fuzz targets in `fuzz/` (feature

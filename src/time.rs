@@ -33,8 +33,20 @@ impl Timestamp {
     /// Now, on tokio's clock (see the module docs).
     pub fn now() -> Self {
         let (wall, at) = anchor();
-        let elapsed = tokio::time::Instant::now().saturating_duration_since(at);
-        Timestamp(wall + elapsed.as_millis() as u64)
+        let now = tokio::time::Instant::now();
+        // Another runtime's clock may have set the anchor (tests run several
+        // paused clocks in one process), so "now" may be before it: count
+        // back rather than stop there, so that every clock keeps moving.
+        match now.checked_duration_since(at) {
+            Some(elapsed) => Timestamp(wall.saturating_add(elapsed.as_millis() as u64)),
+            None => {
+                let before = at.duration_since(now);
+                // Round up, so that `after` stays exact: floor(x + d) = floor(x) + d.
+                let ms =
+                    before.as_millis() as u64 + u64::from(before.subsec_nanos() % 1_000_000 != 0);
+                Timestamp(wall.saturating_sub(ms))
+            }
+        }
     }
 
     /// A timestamp from milliseconds since the Unix epoch.

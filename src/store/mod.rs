@@ -35,7 +35,11 @@ use crate::job::{
 use crate::time::Timestamp;
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisStore, RedisStoreBuilder};
 pub use memory::MemoryStore;
 
 /// A job handed to a worker, with the lease that fences its writes.

@@ -90,7 +90,10 @@ async fn a_body_that_does_not_arrive_in_time_is_408() {
         let a = call(&app, req).await;
         assert_eq!(a.status, 408, "{path}");
         assert_eq!(a.json()["code"], "body_timeout");
-        assert_eq!(a.json()["detail"], "the request body did not arrive within 5 s");
+        assert_eq!(
+            a.json()["detail"],
+            "the request body did not arrive within 5 s"
+        );
         assert_eq!(start.elapsed(), std::time::Duration::from_secs(5));
     }
     let queue = call(&app, get("/async/queue")).await.json();

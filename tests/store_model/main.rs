@@ -1113,3 +1113,87 @@ fn a_lease_that_lapses_after_the_deadline_expires_the_job() {
     ];
     case(|| async { MemoryStore::new() }, &ops).unwrap();
 }
+
+/// The same model on RedisStore: one private redis-server, a fresh namespace
+/// per case (see `tests/redis/support.rs`).
+#[cfg(feature = "redis")]
+#[path = "../redis/support.rs"]
+mod redis_support;
+
+#[cfg(feature = "redis")]
+#[test]
+fn redis_store_agrees_with_the_model() {
+    use proptest::test_runner::TestRunner;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower_defer::RedisStore;
+
+    let Some(server) = redis_support::RedisServer::start(false) else {
+        return;
+    };
+    let url = server.url();
+    let n = AtomicUsize::new(0);
+    let mut config = config();
+    // Every step is a few round trips: fewer cases than in memory.
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = 64;
+    }
+    config.failure_persistence = None;
+    let mut runner = TestRunner::new(config);
+    let result = runner.run(&ops(), |ops| {
+        let namespace = format!("model-{}", n.fetch_add(1, Ordering::Relaxed));
+        let url = url.clone();
+        let make = || async move {
+            RedisStore::builder(url)
+                .namespace(namespace)
+                .hold_paused_clock(true)
+                .connect()
+                .await
+                .expect("connects to the test's redis-server")
+        };
+        case(make, &ops)
+    });
+    drop(server);
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// The regressions found on MemoryStore, on Redis too.
+#[cfg(feature = "redis")]
+#[test]
+fn redis_store_expires_a_job_whose_lease_lapses_at_or_after_its_deadline() {
+    use tower_defer::RedisStore;
+    let Some(server) = redis_support::RedisServer::start(false) else {
+        return;
+    };
+    for (i, (queue_ms, lease_ms)) in [(30_000, 30_000), (2_000, 5_000)].into_iter().enumerate() {
+        let ops = [
+            Op::Enqueue {
+                priority: 1,
+                queue_ms,
+                key: None,
+                owner: None,
+                body: 0,
+                max_attempts: 3,
+                ttl_ms: 5_000,
+                max_queued: 1_000,
+            },
+            Op::Claim {
+                lease_ms,
+                aging_ms: None,
+            },
+            Op::LapseLeases,
+            Op::Sweep,
+        ];
+        let url = server.url();
+        let make = || async move {
+            RedisStore::builder(url)
+                .namespace(format!("edge-{i}"))
+                .hold_paused_clock(true)
+                .connect()
+                .await
+                .unwrap()
+        };
+        case(make, &ops).unwrap();
+    }
+}

@@ -1,0 +1,412 @@
+-- Shared by every script of tower-defer's Redis store: prepended to each at
+-- build time (see scripts.rs). It mirrors the pure transitions of `Job`
+-- (src/job.rs) and the bookkeeping of `MemoryStore::transition`
+-- (src/store/memory.rs): keep the three in step.
+--
+-- KEYS[1..3]  {ns}:ready:0|1|2  runnable jobs per priority (score = global sequence)
+-- KEYS[4]     {ns}:due          each job's Job::next_due() in ms
+-- KEYS[5]     {ns}:seq          the sequence behind the ready scores
+-- KEYS[6]     {ns}:n:retrying   queued jobs waiting out a backoff
+-- KEYS[7]     {ns}:n:in_progress
+-- KEYS[8]     {ns}:deliveries   webhook deliveries nobody holds, by Job::delivery_ready_at()
+-- ARGV[1]     the key prefix "{ns}:"; ARGV[2] now (ms, the caller's clock)
+--
+-- A script that must reach a job it found inside Redis (the head of a ready
+-- or due zset) builds that job's key from ARGV[1]. Every such key carries the
+-- same {ns} hash tag as the declared KEYS, so all of them live in one hash
+-- slot: the layout Redis Cluster requires of a script in practice.
+
+local READY = {KEYS[1], KEYS[2], KEYS[3]}
+local DUE, SEQ, N_RETRYING, N_IN_PROGRESS = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local DELIVERIES = KEYS[8]
+local PREFIX = ARGV[1]
+local NOW = tonumber(ARGV[2])
+local CHANGED = PREFIX .. 'changed'
+local WORK = PREFIX .. 'work'
+local DELIVER = PREFIX .. 'deliver'
+-- Redis drops a finished job's key itself this long after its expires_at;
+-- until then reads treat it as gone (slack for clock skew between hosts).
+local EXPIRY_SLACK_MS = 60000
+
+-- The lifecycle fields a transition reads; numbers are converted.
+local LIFE = {'status', 'attempts', 'revision', 'claims', 'lease_token', 'lease_until',
+  'retry_at', 'queue_deadline', 'created_at', 'priority', 'max_attempts', 'result_ttl_ms',
+  'expires_at', 'idempotency_slot', 'webhook_url', 'wh_status', 'wh_attempts', 'wh_claims',
+  'wh_next_attempt_at', 'wh_lease_token', 'wh_lease_until'}
+local NUMERIC = {attempts = true, revision = true, claims = true, lease_token = true,
+  lease_until = true, retry_at = true, queue_deadline = true, created_at = true,
+  priority = true, max_attempts = true, result_ttl_ms = true, expires_at = true,
+  wh_attempts = true, wh_claims = true, wh_next_attempt_at = true, wh_lease_token = true,
+  wh_lease_until = true}
+
+local function n2s(n)
+  return string.format('%.0f', n)
+end
+
+local function job_key(id)
+  return PREFIX .. 'job:' .. id
+end
+
+-- The job's lifecycle fields, or nil if there is no such job.
+local function load(key, id)
+  local v = redis.call('HMGET', key, unpack(LIFE))
+  if not v[1] then
+    return nil
+  end
+  local j = {key = key, id = id, set = {}, del = {}}
+  for i, f in ipairs(LIFE) do
+    local x = v[i]
+    if x and NUMERIC[f] then
+      x = tonumber(x)
+    end
+    if x then
+      j[f] = x
+    end
+  end
+  return j
+end
+
+local function put(j, f, v)
+  j[f] = v
+  if v == nil then
+    j.set[f] = nil
+    j.del[f] = true
+  else
+    j.set[f] = v
+    j.del[f] = nil
+  end
+end
+
+local function is_terminal(status)
+  return status ~= 'queued' and status ~= 'in_progress'
+end
+
+local function is_ready(j)
+  return j.status == 'queued' and j.retry_at == nil
+end
+
+local function delivering(j)
+  return j.wh_status == 'pending'
+end
+
+-- Job::is_forgotten: a job whose webhook is still being delivered is kept.
+local function is_forgotten(j)
+  return not delivering(j) and j.expires_at ~= nil and j.expires_at <= NOW
+end
+
+-- Job::next_due
+local function next_due(j)
+  if j.status == 'queued' then
+    if j.retry_at then
+      return math.min(j.retry_at, j.queue_deadline)
+    end
+    return j.queue_deadline
+  elseif j.status == 'in_progress' then
+    return j.lease_until
+  elseif delivering(j) then
+    return j.wh_lease_until or j.wh_next_attempt_at
+  end
+  return j.expires_at
+end
+
+-- Job::delivery_ready_at
+local function delivery_ready_at(j)
+  if delivering(j) and j.wh_lease_token == nil then
+    return j.wh_next_attempt_at
+  end
+  return nil
+end
+
+-- Job::is_runnable
+local function is_runnable(j)
+  return j.status == 'queued' and j.queue_deadline > NOW and (j.retry_at == nil or j.retry_at <= NOW)
+end
+
+-- What commit() compares against.
+local function snapshot(j)
+  return {status = j.status, retry_at = j.retry_at, revision = j.revision,
+    due = next_due(j), ready = is_ready(j), delivery = delivery_ready_at(j),
+    kept = not is_terminal(j.status) or delivering(j)}
+end
+
+-- Job::touch
+local function touch(j, status)
+  put(j, 'status', status)
+  put(j, 'status_at', NOW)
+  put(j, 'revision', j.revision + 1)
+end
+
+local function set_error(j, code, message)
+  if code == nil or code == '' then
+    put(j, 'error_code', nil)
+    put(j, 'error_message', nil)
+  else
+    put(j, 'error_code', code)
+    put(j, 'error_message', message)
+  end
+end
+
+-- Job::end
+local function finish_as(j, status)
+  touch(j, status)
+  put(j, 'lease_token', nil)
+  put(j, 'lease_until', nil)
+  put(j, 'retry_at', nil)
+  put(j, 'completed_at', NOW)
+  put(j, 'expires_at', NOW + j.result_ttl_ms)
+  if j.webhook_url then
+    put(j, 'wh_status', 'pending')
+    put(j, 'wh_attempts', 0)
+    put(j, 'wh_last_status_code', nil)
+    put(j, 'wh_last_error', nil)
+    put(j, 'wh_next_attempt_at', NOW)
+    put(j, 'wh_lease_token', nil)
+    put(j, 'wh_lease_until', nil)
+    put(j, 'wh_claims', 0)
+  end
+end
+
+-- Job::expire_if_due
+local function expire_if_due(j)
+  if j.status ~= 'queued' or j.queue_deadline > NOW then
+    return false
+  end
+  local waited = math.floor(math.max(j.queue_deadline - j.created_at, 0) / 1000)
+  set_error(j, 'queue_timeout', 'not started within its ' .. n2s(waited) .. ' s queue deadline')
+  finish_as(j, 'expired')
+  return true
+end
+
+-- Job::lapse_if_due
+local function lapse_if_due(j)
+  if not (j.lease_token and j.status == 'in_progress' and j.lease_until <= NOW) then
+    return false
+  end
+  set_error(j, 'lease_expired', 'the worker running it stopped renewing its lease')
+  if j.attempts >= j.max_attempts then
+    finish_as(j, 'failed')
+  else
+    put(j, 'lease_token', nil)
+    put(j, 'lease_until', nil)
+    touch(j, 'queued')
+  end
+  return true
+end
+
+-- Job::lapse_delivery_if_due
+local function lapse_delivery_if_due(j)
+  if not (j.wh_lease_token and j.wh_lease_until <= NOW) then
+    return false
+  end
+  put(j, 'wh_lease_token', nil)
+  put(j, 'wh_lease_until', nil)
+  put(j, 'wh_next_attempt_at', NOW)
+  return true
+end
+
+-- Job::claim_delivery: the new lease token, or nil.
+local function claim_delivery(j, lease_ms)
+  local at = delivery_ready_at(j)
+  if at == nil or at > NOW then
+    return nil
+  end
+  put(j, 'wh_claims', (j.wh_claims or 0) + 1)
+  put(j, 'wh_lease_token', j.wh_claims)
+  put(j, 'wh_lease_until', NOW + lease_ms)
+  return j.wh_claims
+end
+
+-- Job::claim: the new lease token, or nil if not runnable.
+local function claim_job(j, lease_ms)
+  if not is_runnable(j) then
+    return nil
+  end
+  put(j, 'claims', j.claims + 1)
+  put(j, 'lease_token', j.claims)
+  put(j, 'lease_until', NOW + lease_ms)
+  put(j, 'attempts', j.attempts + 1)
+  put(j, 'retry_at', nil)
+  put(j, 'started_at', NOW)
+  touch(j, 'in_progress')
+  return j.claims
+end
+
+-- Job::check_lease
+local function holds_lease(j, token)
+  return j.status == 'in_progress' and j.lease_token ~= nil and j.lease_token == tonumber(token)
+end
+
+-- Job::cancel
+local function cancel_job(j)
+  if is_terminal(j.status) then
+    return false
+  end
+  set_error(j, 'canceled', 'canceled by the client')
+  finish_as(j, 'canceled')
+  return true
+end
+
+-- A finished attempt's response and error (complete and retry_later).
+local function put_outcome(j, has_response, status, headers, body, code, message)
+  if has_response == '1' then
+    put(j, 'resp_status', status)
+    put(j, 'resp_headers', headers)
+    put(j, 'resp_body', body)
+  end
+  set_error(j, code, message)
+end
+
+local function account(status, retrying, sign)
+  if status == 'queued' and retrying then
+    redis.call('INCRBY', N_RETRYING, sign)
+  elseif status == 'in_progress' then
+    redis.call('INCRBY', N_IN_PROGRESS, sign)
+  end
+end
+
+-- Writes a changed job back and keeps the counters, the ready lists and the
+-- due index in step with it; publishes the change (MemoryStore::transition).
+local function commit(j, b)
+  local level = j.priority + 1
+  account(b.status, b.retry_at ~= nil, -1)
+  account(j.status, j.retry_at ~= nil, 1)
+  local due = next_due(j)
+  if due ~= b.due then
+    if due then
+      redis.call('ZADD', DUE, due, j.id)
+    else
+      redis.call('ZREM', DUE, j.id)
+    end
+  end
+  local delivery = delivery_ready_at(j)
+  if delivery ~= b.delivery then
+    if delivery then
+      redis.call('ZADD', DELIVERIES, delivery, j.id)
+      redis.call('PUBLISH', DELIVER, j.id)
+    else
+      redis.call('ZREM', DELIVERIES, j.id)
+    end
+  end
+  local ready = is_ready(j)
+  if b.ready and not ready then
+    redis.call('ZREM', READY[level], j.id)
+  elseif ready and not b.ready then
+    redis.call('ZADD', READY[level], redis.call('INCR', SEQ), j.id)
+    put(j, 'ready_at', NOW)
+    redis.call('PUBLISH', WORK, j.id)
+  elseif j.retry_at and not b.retry_at then
+    -- Waiting for a retry: idle workers must learn when it comes due.
+    redis.call('PUBLISH', WORK, j.id)
+  end
+  local args = {}
+  for f, v in pairs(j.set) do
+    args[#args + 1] = f
+    if type(v) == 'number' then
+      args[#args + 1] = n2s(v)
+    else
+      args[#args + 1] = v
+    end
+  end
+  if #args > 0 then
+    redis.call('HSET', j.key, unpack(args))
+  end
+  local gone = {}
+  for f in pairs(j.del) do
+    gone[#gone + 1] = f
+  end
+  if #gone > 0 then
+    redis.call('HDEL', j.key, unpack(gone))
+  end
+  -- Redis forgets a finished job itself, unless a delivery still needs it.
+  if b.kept and is_terminal(j.status) and not delivering(j) then
+    local at = j.expires_at + EXPIRY_SLACK_MS
+    redis.call('PEXPIREAT', j.key, at)
+    if j.idempotency_slot then
+      redis.call('PEXPIREAT', j.idempotency_slot, at)
+    end
+  end
+  if j.revision ~= b.revision then
+    redis.call('PUBLISH', CHANGED, j.id)
+  end
+end
+
+-- Forgets a job past its result TTL (MemoryStore::forget).
+local function forget(j)
+  redis.call('DEL', j.key)
+  if j.idempotency_slot and redis.call('GET', j.idempotency_slot) == j.id then
+    redis.call('DEL', j.idempotency_slot)
+  end
+  redis.call('ZREM', DUE, j.id)
+  redis.call('ZREM', DELIVERIES, j.id)
+  redis.call('PUBLISH', CHANGED, j.id)
+end
+
+-- The earliest due time, or nil.
+local function first_due()
+  local head = redis.call('ZRANGE', DUE, 0, 0, 'WITHSCORES')
+  if head[2] then
+    return tonumber(head[2])
+  end
+  return nil
+end
+
+-- Applies every due time up to NOW, at most `limit` of them; returns the next
+-- due time (at or before NOW when the limit cut the batch short) or nil
+-- (MemoryStore::sweep_now).
+local function apply_due(limit)
+  for _ = 1, limit do
+    local head = redis.call('ZRANGE', DUE, 0, 0, 'WITHSCORES')
+    if not head[1] then
+      return nil
+    end
+    local id, at = head[1], tonumber(head[2])
+    if at > NOW then
+      return at
+    end
+    redis.call('ZREM', DUE, id)
+    local j = load(job_key(id), id)
+    if not j then
+      -- Redis expired it already: waiters must still see it gone.
+      redis.call('PUBLISH', CHANGED, id)
+    elseif is_forgotten(j) then
+      forget(j)
+    else
+      local b = snapshot(j)
+      -- The entry was taken out of the index above.
+      b.due = nil
+      local changed = false
+      if expire_if_due(j) or lapse_if_due(j) or lapse_delivery_if_due(j) then
+        changed = true
+      elseif j.retry_at and j.retry_at <= NOW then
+        -- The backoff is over: runnable again. Not a change a client waits
+        -- for, so the revision stays.
+        put(j, 'retry_at', nil)
+        changed = true
+      end
+      if changed then
+        commit(j, b)
+      end
+      -- The entry was popped: put the job's due time back. One that is
+      -- still now only after a change (a lease lapsing exactly at the queue
+      -- deadline must then expire); without one it would loop.
+      local due = next_due(j)
+      if due and (changed or due > NOW) then
+        redis.call('ZADD', DUE, due, id)
+      end
+    end
+  end
+  return first_due()
+end
+
+local function hgetall(key)
+  return redis.call('HGETALL', key)
+end
+
+-- {tag, field1, value1, ...}
+local function tagged(tag, key)
+  local out = hgetall(key)
+  table.insert(out, 1, tag)
+  return out
+end
+
+-- ---- end of prelude ----

@@ -1,0 +1,21 @@
+-- stats (read only): -> {queued0, queued1, queued2, retrying, in_progress, oldest created_at or ''}
+local out = {}
+local oldest = nil
+for level = 1, 3 do
+  out[level] = n2s(redis.call('ZCARD', READY[level]))
+  local head = redis.call('ZRANGE', READY[level], 0, 0)
+  if head[1] then
+    local at = tonumber(redis.call('HGET', job_key(head[1]), 'created_at'))
+    if at and (oldest == nil or at < oldest) then
+      oldest = at
+    end
+  end
+end
+out[4] = redis.call('GET', N_RETRYING) or '0'
+out[5] = redis.call('GET', N_IN_PROGRESS) or '0'
+if oldest then
+  out[6] = n2s(oldest)
+else
+  out[6] = ''
+end
+return out
