@@ -6,31 +6,46 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use http::Response;
+use http::{Request, Response};
 use pin_project::pin_project;
 
-use crate::body::ResponseBody;
+use crate::body::{Body, ResponseBody};
+use crate::worker::InnerService;
 
 type ApiFuture = Pin<Box<dyn Future<Output = Response<Bytes>> + Send>>;
 
-/// The response future of [`Defer`](crate::Defer): the inner service's call,
-/// or the layer's own answer.
+/// The response future of [`Defer`](crate::Defer): a request passed through
+/// to the inner service, or the layer's own answer.
+///
+/// A pass-through waits for the inner service's `poll_ready` here, in its own
+/// future, rather than in `Defer::poll_ready`: the async API must answer at
+/// once even while the workers hold every slot of a busy inner service.
 #[pin_project]
-pub struct ResponseFuture<F> {
+pub struct ResponseFuture<S: InnerService> {
     #[pin]
-    kind: Kind<F>,
+    kind: Kind<S>,
 }
 
+// The request waits in place until the inner service is ready; boxing it to
+// even out the variants would cost an allocation per pass-through request.
+#[allow(clippy::large_enum_variant)]
 #[pin_project(project = KindProj)]
-enum Kind<F> {
-    Inner(#[pin] F),
+enum Kind<S: InnerService> {
+    Ready {
+        service: S,
+        request: Option<Request<Body>>,
+    },
+    Inner(#[pin] S::Future),
     Api(ApiFuture),
 }
 
-impl<F> ResponseFuture<F> {
-    pub(crate) fn inner(fut: F) -> Self {
+impl<S: InnerService> ResponseFuture<S> {
+    pub(crate) fn pass_through(service: S, request: Request<Body>) -> Self {
         ResponseFuture {
-            kind: Kind::Inner(fut),
+            kind: Kind::Ready {
+                service,
+                request: Some(request),
+            },
         }
     }
 
@@ -41,27 +56,33 @@ impl<F> ResponseFuture<F> {
     }
 }
 
-impl<F> fmt::Debug for ResponseFuture<F> {
+impl<S: InnerService> fmt::Debug for ResponseFuture<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<ResponseBody<B>>, E>;
+impl<S: InnerService> Future for ResponseFuture<S> {
+    type Output = Result<Response<ResponseBody<S::ResponseBody>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Inner(fut) => {
-                let response = ready!(fut.poll(cx))?;
-                Poll::Ready(Ok(response.map(ResponseBody::Inner)))
-            }
-            KindProj::Api(fut) => {
-                let response = ready!(fut.as_mut().poll(cx));
-                Poll::Ready(Ok(response.map(ResponseBody::full)))
+        let mut kind = self.project().kind;
+        loop {
+            match kind.as_mut().project() {
+                KindProj::Ready { service, request } => {
+                    ready!(service.poll_ready(cx))?;
+                    let request = request.take().expect("polled after the call was made");
+                    let fut = service.call(request);
+                    kind.set(Kind::Inner(fut));
+                }
+                KindProj::Inner(fut) => {
+                    let response = ready!(fut.poll(cx))?;
+                    return Poll::Ready(Ok(response.map(ResponseBody::Inner)));
+                }
+                KindProj::Api(fut) => {
+                    let response = ready!(fut.as_mut().poll(cx));
+                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                }
             }
         }
     }

@@ -192,6 +192,27 @@ pub(crate) fn response_headers_to_store(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// Removes the headers that describe the client's connection to us (RFC 9110
+/// §7.6.1), before a proxy forwards a request on a connection of its own.
+/// `content-length` stays: it describes the message.
+#[cfg_attr(not(feature = "proxy"), allow(dead_code))]
+pub(crate) fn strip_connection_headers(headers: &mut HeaderMap) {
+    for name in connection_named(headers) {
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+}
+
 fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
@@ -320,6 +341,23 @@ mod tests {
         let with_creds = request_headers_to_store(&h, true);
         assert!(with_creds.contains_key("authorization"));
         assert!(with_creds.contains_key("cookie"));
+    }
+
+    #[test]
+    fn forwarded_requests_lose_connection_headers_only() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("content-length", "3"),
+            ("authorization", "Bearer t"),
+        ]);
+        strip_connection_headers(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["authorization", "content-length"]);
     }
 
     #[test]

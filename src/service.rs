@@ -102,19 +102,18 @@ where
 {
     type Response = Response<ResponseBody<S::ResponseBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    /// Always ready: the async API never waits for the inner service, and a
+    /// pass-through waits for it inside its own [`ResponseFuture`].
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match api::route(&self.shared.config, &req) {
             Route::PassThrough => {
-                // Call the instance that `poll_ready` readied, leave a fresh clone.
-                let clone = self.inner.clone();
-                let mut ready = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::inner(ready.call(req.map(Body::new)))
+                ResponseFuture::pass_through(self.inner.clone(), req.map(Body::new))
             }
             route => {
                 let shared = self.shared.clone();

@@ -117,8 +117,10 @@ impl Service<Request<Body>> for Upstream {
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         *req.uri_mut() = self.target(req.uri().path_and_query());
-        // The client sets Host from the upstream's address.
+        // The client sets Host from the upstream's address, and this hop is
+        // a connection of our own.
         req.headers_mut().remove(http::header::HOST);
+        crate::policy::strip_connection_headers(req.headers_mut());
         self.client.request(req)
     }
 }

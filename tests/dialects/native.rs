@@ -99,3 +99,37 @@ async fn a_body_that_does_not_arrive_in_time_is_408() {
     let queue = call(&app, get("/async/queue")).await.json();
     assert_eq!(queue["queued"], 0, "nothing was enqueued");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_api_answers_while_a_busy_inner_service_holds_back_pass_through() {
+    let slow = tower::service_fn(|_req: Request<Body>| async {
+        tokio::time::sleep(std::time::Duration::from_secs(100)).await;
+        Ok::<_, io::Error>(json_response(200, json!({})))
+    });
+    // One slot, shared by every clone: the worker takes it.
+    let inner = tower::ServiceBuilder::new()
+        .concurrency_limit(1)
+        .service(slow);
+    let app = DeferLayer::new(MemoryStore::new()).layer(inner);
+    let id = call(&app, envelope(json!({"data": 1}))).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    let start = tokio::time::Instant::now();
+    assert_eq!(call(&app, get(&format!("/async/{id}"))).await.status, 202);
+    assert_eq!(call(&app, envelope(json!({"data": 2}))).await.status, 201);
+    assert_eq!(
+        call(&app, get("/async/queue")).await.json()["in_progress"],
+        1
+    );
+    assert_eq!(
+        start.elapsed(),
+        std::time::Duration::ZERO,
+        "the API did not wait"
+    );
+    // A pass-through waits for the inner service's readiness: until the job's call ends.
+    let passed = call(&app, get("/health")).await;
+    assert_eq!(passed.status, 200);
+    assert!(start.elapsed() >= std::time::Duration::from_secs(99));
+}
