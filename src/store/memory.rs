@@ -49,13 +49,46 @@ impl std::fmt::Debug for MemoryStore {
 
 #[derive(Default)]
 struct Inner {
-    jobs: DashMap<JobId, Slot>,
+    jobs: DashMap<JobId, Slot, IdHash>,
     /// Protects the queue order and the timer index. Lock it before `jobs`.
     schedule: Mutex<Schedule>,
     /// Wakes one idle worker per job that becomes runnable.
     work: Notify,
     /// Wakes the deliverer when a webhook delivery becomes due.
     deliveries: Notify,
+}
+
+/// Job ids are random and chosen by us, never by a client, so there is no
+/// flooding to defend against: fold their bytes and mix them with one
+/// multiply (the ids are ASCII, so the mix spreads their entropy over the
+/// high bits that DashMap's shard choice and the table's tags read).
+#[derive(Clone, Default)]
+struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        let x = self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x ^ (x >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // `JobId` hashes as its 16 bytes; fold them into the state.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
 }
 
 struct Slot {
