@@ -199,13 +199,33 @@ where
     let mut tasks = JoinSet::new();
     tasks.spawn(sweep_loop(shared.clone(), control.clone()));
 
+    // Several claimers, so that a store with a network round trip per claim
+    // (Redis) is not one round trip per job behind a single loop.
+    let mut claimers = JoinSet::new();
+    let spawn_claimer = {
+        // Owned, not borrowed: the pool's future must stay `Send` though `S`
+        // need not be `Sync`.
+        let (inner, shared, control) = (inner.clone(), shared.clone(), control.clone());
+        move |claimers: &mut JoinSet<_>| {
+            claimers.spawn(next_job(
+                inner.clone(),
+                shared.clone(),
+                permits.clone(),
+                control.clone(),
+            ));
+        }
+    };
+    for _ in 0..shared.config.concurrency.min(MAX_CLAIMERS) {
+        spawn_claimer(&mut claimers);
+    }
     let grace = loop {
         while tasks.try_join_next().is_some() {}
-        let next = tokio::select! {
+        let done = tokio::select! {
             grace = stopped(&mut control, default_grace) => break grace,
-            next = next_job(inner.clone(), &shared, &permits) => next,
+            Some(done) = claimers.join_next() => done,
         };
-        let Some((svc, claim, permit)) = next else {
+        spawn_claimer(&mut claimers);
+        let Ok(Some((svc, claim, permit))) = done else {
             continue;
         };
         // The client's W3C trace context travels with the job (it is a stored
@@ -220,8 +240,15 @@ where
         tasks.spawn(job.instrument(span));
     };
 
-    // Shutdown: no more claims. In-flight calls get the grace period; after
-    // it they are told to hand their jobs back, which they do at once.
+    // Shutdown: no more claims. A claimer stops at its next wait; one that
+    // claimed a job meanwhile hands it straight back.
+    while let Some(done) = claimers.join_next().await {
+        if let Ok(Some((_, claim, _))) = done {
+            record(&shared, &claim, CallEnd::HandBack).await;
+        }
+    }
+    // In-flight calls get the grace period; after it they are told to hand
+    // their jobs back, which they do at once.
     let drain = async { while tasks.join_next().await.is_some() {} };
     tokio::pin!(drain);
     if tokio::time::timeout(grace, &mut drain).await.is_err() {
@@ -230,45 +257,70 @@ where
     }
 }
 
+/// How many claims one pool makes at once, at most.
+const MAX_CLAIMERS: usize = 16;
+
 /// Waits for a worker slot, a ready inner service and a job, in that order:
 /// a job is claimed only when it can be started at once. `None` when the
-/// service failed to become ready (after a pause, so the caller may retry).
+/// pool is stopping, or the service failed to become ready (after a pause, so
+/// the caller may try again). A claim in flight is never abandoned: a job the
+/// store handed out is always returned.
+///
+/// Readiness is held only across a claim: when there is no work, the ready
+/// clone is dropped while waiting, so an inner service with a concurrency
+/// limit keeps its slots for the requests that pass through.
 async fn next_job<S, St>(
-    mut svc: S,
-    shared: &Shared<St>,
-    permits: &Arc<Semaphore>,
+    inner: S,
+    shared: Arc<Shared<St>>,
+    permits: Arc<Semaphore>,
+    mut control: watch::Receiver<Control>,
 ) -> Option<(S, Claim, OwnedSemaphorePermit)>
 where
     S: InnerService,
     St: Store,
 {
-    let permit = permits
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("the pool's semaphore is never closed");
-    let ready: Result<(), BoxError> = poll_fn(|cx| svc.poll_ready(cx)).await.map_err(Into::into);
-    if let Err(e) = ready {
-        tracing::warn!(error = %e, "the inner service is not ready; trying again in 1 s");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        return None;
-    }
+    let permit = tokio::select! {
+        _ = stopped(&mut control, Duration::ZERO) => return None,
+        permit = permits.acquire_owned() => permit.expect("the pool's semaphore is never closed"),
+    };
     loop {
-        match shared
+        let mut svc = inner.clone();
+        let ready = tokio::select! {
+            _ = stopped(&mut control, Duration::ZERO) => return None,
+            ready = poll_fn(|cx| svc.poll_ready(cx)) => ready.map_err(Into::<BoxError>::into),
+        };
+        if let Err(e) = ready {
+            tracing::warn!(error = %e, "the inner service is not ready; trying again in 1 s");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return None;
+        }
+        if *control.borrow() != Control::Run {
+            return None;
+        }
+        let claimed = shared
             .store
             .claim(shared.config.lease, shared.config.priority_aging)
-            .await
-        {
+            .await;
+        let wait = match claimed {
             Ok(Some(claim)) => return Some((svc, claim, permit)),
-            Ok(None) => {
-                shared
-                    .store
-                    .work_available(Timestamp::now().after(Duration::from_secs(1)))
-                    .await
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
+        drop(svc);
+        match wait {
+            None => {
+                let until = Timestamp::now().after(Duration::from_secs(1));
+                tokio::select! {
+                    _ = stopped(&mut control, Duration::ZERO) => return None,
+                    () = shared.store.work_available(until) => {}
+                }
             }
-            Err(e) => {
+            Some(e) => {
                 tracing::warn!(error = %e, "claiming a job failed; trying again in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::select! {
+                    _ = stopped(&mut control, Duration::ZERO) => return None,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
         }
     }
