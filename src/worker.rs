@@ -23,7 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tower_service::Service;
 use tracing::Instrument;
@@ -200,33 +200,28 @@ where
     tasks.spawn(sweep_loop(shared.clone(), control.clone()));
 
     // Several claimers, so that a store with a network round trip per claim
-    // (Redis) is not one round trip per job behind a single loop.
-    let mut claimers = JoinSet::new();
-    let spawn_claimer = {
-        // Owned, not borrowed: the pool's future must stay `Send` though `S`
-        // need not be `Sync`.
-        let (inner, shared, control) = (inner.clone(), shared.clone(), control.clone());
-        move |claimers: &mut JoinSet<_>| {
-            claimers.spawn(next_job(
-                inner.clone(),
-                shared.clone(),
-                permits.clone(),
-                control.clone(),
-            ));
-        }
-    };
+    // (Redis) is not one round trip per job behind a single loop. They are
+    // long-lived tasks that hand each claim to this loop over a channel.
+    let (claims_tx, mut claims) = mpsc::channel(1);
     for _ in 0..shared.config.concurrency.min(MAX_CLAIMERS) {
-        spawn_claimer(&mut claimers);
+        tokio::spawn(claimer(
+            inner.clone(),
+            shared.clone(),
+            permits.clone(),
+            control.clone(),
+            claims_tx.clone(),
+        ));
     }
+    drop(claims_tx);
     let grace = loop {
         while tasks.try_join_next().is_some() {}
-        let done = tokio::select! {
+        let next = tokio::select! {
             grace = stopped(&mut control, default_grace) => break grace,
-            Some(done) = claimers.join_next() => done,
+            next = claims.recv() => next,
         };
-        spawn_claimer(&mut claimers);
-        let Ok(Some((svc, claim, permit))) = done else {
-            continue;
+        let Some((svc, claim, permit)) = next else {
+            // Every claimer is gone: only a stop does that.
+            break stopped(&mut control, default_grace).await;
         };
         // The client's W3C trace context travels with the job (it is a stored
         // header, sent upstream too), so the attempt's logs can be joined to it.
@@ -240,12 +235,11 @@ where
         tasks.spawn(job.instrument(span));
     };
 
-    // Shutdown: no more claims. A claimer stops at its next wait; one that
-    // claimed a job meanwhile hands it straight back.
-    while let Some(done) = claimers.join_next().await {
-        if let Ok(Some((_, claim, _))) = done {
-            record(&shared, &claim, CallEnd::HandBack).await;
-        }
+    // Shutdown: no more claims. Each claimer stops at its next wait; a job
+    // claimed meanwhile is handed straight back. The channel closes when the
+    // last claimer has stopped.
+    while let Some((_, claim, _)) = claims.recv().await {
+        record(&shared, &claim, CallEnd::HandBack).await;
     }
     // In-flight calls get the grace period; after it they are told to hand
     // their jobs back, which they do at once.
@@ -254,6 +248,42 @@ where
     if tokio::time::timeout(grace, &mut drain).await.is_err() {
         let _ = hand_back_tx.send(true);
         drain.await;
+    }
+}
+
+type Next<S> = (S, Claim, OwnedSemaphorePermit);
+
+/// Claims jobs one after another and hands them to the pool, until it stops.
+async fn claimer<S, St>(
+    inner: S,
+    shared: Arc<Shared<St>>,
+    permits: Arc<Semaphore>,
+    control: watch::Receiver<Control>,
+    claims: mpsc::Sender<Next<S>>,
+) where
+    S: InnerService,
+    St: Store,
+{
+    loop {
+        let next = next_job(
+            inner.clone(),
+            shared.clone(),
+            permits.clone(),
+            control.clone(),
+        )
+        .await;
+        match next {
+            Some(next) => {
+                if let Err(mpsc::error::SendError((_, claim, _))) = claims.send(next).await {
+                    // The pool is gone: give the job back rather than sit on it.
+                    record(&shared, &claim, CallEnd::HandBack).await;
+                    return;
+                }
+            }
+            // Stopping (or the inner service was not ready: try again).
+            None if control.has_changed().is_err() || *control.borrow() != Control::Run => return,
+            None => {}
+        }
     }
 }
 
@@ -274,7 +304,7 @@ async fn next_job<S, St>(
     shared: Arc<Shared<St>>,
     permits: Arc<Semaphore>,
     mut control: watch::Receiver<Control>,
-) -> Option<(S, Claim, OwnedSemaphorePermit)>
+) -> Option<Next<S>>
 where
     S: InnerService,
     St: Store,
