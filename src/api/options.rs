@@ -121,6 +121,17 @@ fn out_of_range(name: &str, spec: &Spec, got: impl std::fmt::Display) -> Problem
     )
 }
 
+/// A non-negative whole number, also when written `60.0` (JSON Schema counts
+/// that as an integer, and so do clients that serialize floats).
+fn whole_number(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+            .map(|f| f as u64)
+    })
+}
+
 /// Reads the options of an envelope: the top-level fields, and the retry
 /// fields inside `inference_retry_config`.
 pub(crate) fn from_envelope(
@@ -150,8 +161,7 @@ pub(crate) fn from_envelope(
         let Some(value) = value.filter(|v| !v.is_null()) else {
             continue;
         };
-        let n = value
-            .as_u64()
+        let n = whole_number(value)
             .filter(|n| (spec.min..=spec.max).contains(n))
             .ok_or_else(|| out_of_range(&name, spec, value))?;
         apply(options, spec.target, n, max_result_ttl);
@@ -241,7 +251,7 @@ mod tests {
             "priority": 0,
             "max_time_in_queue_seconds": 10,
             "result_ttl_seconds": 999_999,
-            "execution_timeout_seconds": 5,
+            "execution_timeout_seconds": 5.0,
             "inference_retry_config": {"max_attempts": 10, "initial_delay_ms": 0, "max_delay_ms": 60000}
         }))
         .unwrap();
@@ -259,6 +269,7 @@ mod tests {
             (json!({"priority": 3}), "`priority` must be an integer from 0 to 2, got 3"),
             (json!({"priority": -1}), "`priority` must be an integer from 0 to 2, got -1"),
             (json!({"priority": 1.5}), "`priority` must be an integer from 0 to 2, got 1.5"),
+            (json!({"priority": 2e9}), "`priority` must be an integer from 0 to 2, got 2000000000.0"),
             (
                 json!({"max_time_in_queue_seconds": 9}),
                 "`max_time_in_queue_seconds` must be an integer from 10 to 259200, got 9",
