@@ -601,6 +601,14 @@ impl Store for MemoryStore {
 
     async fn sweep(&self) -> Result<Option<Timestamp>, StoreError> {
         let mut sched = self.schedule();
-        Ok(self.sweep_now(&mut sched, Timestamp::now()))
+        let next = self.sweep_now(&mut sched, Timestamp::now());
+        drop(sched);
+        // After a burst, give back what the maps grew to: a table sized for
+        // the peak would otherwise stay that size for the process's life.
+        let (len, capacity) = (self.inner.jobs.len(), self.inner.jobs.capacity());
+        if capacity > 4 * len + 4096 {
+            self.inner.jobs.shrink_to_fit();
+        }
+        Ok(next)
     }
 }

@@ -1,0 +1,145 @@
+//! A soak run: a bounded loop of submit -> long-poll -> result over loopback,
+//! with memory sampled every 10 s; then it waits for the results to expire and
+//! checks that memory returns to its baseline.
+//!
+//! ```text
+//! cargo run --release --features proxy --example soak -- --minutes 10
+//! ```
+//!
+//! Linux only (reads `/proc/self/statm`). Everything stays on 127.0.0.1.
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tower::Layer;
+use tower_defer::{Body, DeferLayer, MemoryStore, Store};
+
+const TTL: Duration = Duration::from_secs(30);
+const CLIENTS: usize = 16;
+
+fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
+    let pages: f64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096.0 / (1 << 20) as f64
+}
+
+async fn model(req: Request<Body>) -> Result<Response<Body>, Infallible> {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    Ok(Response::new(Body::from(body)))
+}
+
+#[tokio::main]
+async fn main() {
+    let minutes: u64 = std::env::args()
+        .skip_while(|a| a != "--minutes")
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(10);
+    let store = MemoryStore::new();
+    let app = DeferLayer::new(store.clone())
+        .result_ttl(TTL)
+        .concurrency(32)
+        .layer(tower::service_fn(model));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let svc = TowerToHyperService::new(app.clone());
+            tokio::spawn(
+                auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .into_owned(),
+            );
+        }
+    });
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let baseline = rss_mib();
+    println!(
+        "soak: {minutes} min on http://{addr}, {CLIENTS} clients, result TTL {} s",
+        TTL.as_secs()
+    );
+    println!("t=0s rss={baseline:.1} MiB");
+    let end = Instant::now() + Duration::from_secs(minutes * 60);
+    let mut workers = Vec::new();
+    for c in 0..CLIENTS {
+        let client = client.clone();
+        workers.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            let mut n = 0u64;
+            while Instant::now() < end {
+                n += 1;
+                let body = format!(
+                    "{{\"data\": {{\"client\": {c}, \"n\": {n}, \"pad\": \"{}\"}}}}",
+                    "x".repeat(512)
+                );
+                let req = Request::post(format!("http://{addr}/async"))
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap();
+                let Ok(r) = client.request(req).await else {
+                    continue;
+                };
+                let b = r.into_body().collect().await.unwrap().to_bytes();
+                let id = serde_json::from_slice::<serde_json::Value>(&b).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                let poll = Request::get(format!("http://{addr}/async/{id}"))
+                    .header("prefer", "wait=10")
+                    .body(Full::default())
+                    .unwrap();
+                let _ = client.request(poll).await.map(|r| r.into_body().collect());
+                let result = Request::get(format!("http://{addr}/async/{id}/result"))
+                    .body(Full::default())
+                    .unwrap();
+                if let Ok(r) = client.request(result).await {
+                    if r.status() == 200 {
+                        done += 1;
+                    }
+                    let _ = r.into_body().collect().await;
+                }
+            }
+            done
+        }));
+    }
+    let start = Instant::now();
+    let mut peak: f64 = baseline;
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let rss = rss_mib();
+        peak = peak.max(rss);
+        let stats = store.stats().await.unwrap();
+        println!(
+            "t={}s rss={rss:.1} MiB queued={} in_progress={}",
+            start.elapsed().as_secs(),
+            stats.queued,
+            stats.in_progress
+        );
+    }
+    let mut total = 0;
+    for w in workers {
+        total += w.await.unwrap();
+    }
+    println!(
+        "load done: {total} jobs submitted, run and fetched in {} s ({:.0}/s)",
+        start.elapsed().as_secs(),
+        total as f64 / start.elapsed().as_secs_f64()
+    );
+    // Let every result expire and be swept, then look again.
+    tokio::time::sleep(TTL + Duration::from_secs(5)).await;
+    let after = rss_mib();
+    println!("after expiry: rss={after:.1} MiB (baseline {baseline:.1}, peak {peak:.1}); store: {store:?}");
+}
