@@ -35,7 +35,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tower::Layer;
 use tower_defer::upstream::Upstream;
-use tower_defer::{Body, DeferLayer, MemoryStore, Store};
+use tower_defer::{Baseten, Body, DeferLayer, MemoryStore, Store};
 
 struct Options {
     listen: SocketAddr,
@@ -43,10 +43,15 @@ struct Options {
     prefix: String,
     concurrency: usize,
     store: String,
+    dialects: Vec<String>,
+    predict_path: String,
+    model_id: String,
+    deployment_id: String,
 }
 
 const USAGE: &str = "usage: proxy [--listen ADDR] [--upstream URL] [--prefix P] [--concurrency N] [--store memory|redis://host:port/db]
-each flag may also be set as TOWER_DEFER_LISTEN, TOWER_DEFER_UPSTREAM, TOWER_DEFER_PREFIX, TOWER_DEFER_CONCURRENCY, TOWER_DEFER_STORE";
+             [--dialect baseten|bifrost]... [--predict-path P] [--model-id ID] [--deployment-id ID]
+each flag may also be set as TOWER_DEFER_<FLAG> (TOWER_DEFER_LISTEN, ..., TOWER_DEFER_DIALECT=baseten,bifrost)";
 
 fn parse_options() -> Result<Options, String> {
     let mut listen = std::env::var("TOWER_DEFER_LISTEN").ok();
@@ -54,6 +59,18 @@ fn parse_options() -> Result<Options, String> {
     let mut prefix = std::env::var("TOWER_DEFER_PREFIX").ok();
     let mut concurrency = std::env::var("TOWER_DEFER_CONCURRENCY").ok();
     let mut store = std::env::var("TOWER_DEFER_STORE").ok();
+    let mut predict_path = std::env::var("TOWER_DEFER_PREDICT_PATH").ok();
+    let mut model_id = std::env::var("TOWER_DEFER_MODEL_ID").ok();
+    let mut deployment_id = std::env::var("TOWER_DEFER_DEPLOYMENT_ID").ok();
+    let mut dialects: Vec<String> = std::env::var("TOWER_DEFER_DIALECT")
+        .map(|v| {
+            v.split(',')
+                .map(|d| d.trim().to_owned())
+                .filter(|d| !d.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut dialect_flag = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -70,12 +87,31 @@ fn parse_options() -> Result<Options, String> {
             "--prefix" => &mut prefix,
             "--concurrency" => &mut concurrency,
             "--store" => &mut store,
+            "--dialect" => &mut dialect_flag,
+            "--predict-path" => &mut predict_path,
+            "--model-id" => &mut model_id,
+            "--deployment-id" => &mut deployment_id,
             _ => return Err(format!("unknown argument {arg:?}\n{USAGE}")),
         };
         let value = inline
             .or_else(|| args.next())
             .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
         *slot = Some(value);
+        // `--dialect` is repeatable.
+        if let Some(d) = dialect_flag.take() {
+            dialects.push(d);
+        }
+    }
+    for d in &dialects {
+        if d != "baseten" && d != "bifrost" {
+            return Err(format!("--dialect must be baseten or bifrost, got {d:?}"));
+        }
+    }
+    let predict_path = predict_path.unwrap_or_else(|| "/predict".into());
+    if !predict_path.starts_with('/') || predict_path.parse::<http::uri::PathAndQuery>().is_err() {
+        return Err(format!(
+            "--predict-path must be a path starting with '/', got {predict_path:?}"
+        ));
     }
     let listen = listen.unwrap_or_else(|| "127.0.0.1:8080".into());
     let concurrency = concurrency.unwrap_or_else(|| "16".into());
@@ -103,11 +139,16 @@ fn parse_options() -> Result<Options, String> {
             format!("--concurrency must be a whole number of at least 1, got {concurrency:?}")
         })?,
         store,
+        dialects,
+        predict_path,
+        model_id: model_id.unwrap_or_default(),
+        deployment_id: deployment_id.unwrap_or_default(),
     })
 }
 
-/// The built-in demo model: `POST /predict` echoes its input after 500 ms;
-/// `GET /health` answers `ok`.
+/// The built-in demo model: any `POST` with a JSON body (`/predict`, VESSL's
+/// `/predictions/...`, Bifrost's `/v1/completions`, ...) echoes its input
+/// after 500 ms; `GET /health` answers `ok`.
 async fn demo_model(req: Request<Body>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     let json = |status: StatusCode, v: serde_json::Value| {
@@ -121,7 +162,7 @@ async fn demo_model(req: Request<Body>) -> Result<Response<Full<Bytes>>, Infalli
     };
     match (parts.method.as_str(), parts.uri.path()) {
         ("GET", "/health") => Ok(Response::new(Full::new(Bytes::from_static(b"ok")))),
-        ("POST", "/predict") => {
+        ("POST", _) => {
             let bytes = body
                 .collect()
                 .await
@@ -141,7 +182,7 @@ async fn demo_model(req: Request<Body>) -> Result<Response<Full<Bytes>>, Infalli
         }
         _ => Ok(json(
             StatusCode::NOT_FOUND,
-            serde_json::json!({"message": "the demo model answers POST /predict"}),
+            serde_json::json!({"message": "the demo model answers POST with a JSON body, and GET /health"}),
         )),
     }
 }
@@ -219,9 +260,25 @@ async fn connect_redis_and_run(options: &Options) -> std::io::Result<()> {
 
 /// Serves the async API on `store` in front of the upstream (or the demo model).
 async fn run<St: Store>(options: &Options, store: St, what: &str) -> std::io::Result<()> {
-    let layer = DeferLayer::new(store)
+    let mut layer = DeferLayer::new(store)
         .prefix(options.prefix.clone())
         .concurrency(options.concurrency);
+    if options.dialects.iter().any(|d| d == "bifrost") {
+        layer = layer.bifrost();
+        println!("Bifrost dialect under /v1/async");
+    }
+    if options.dialects.iter().any(|d| d == "baseten") {
+        layer = layer.baseten(
+            Baseten::new()
+                .predict_path(&options.predict_path)
+                .model_id(options.model_id.clone())
+                .deployment_id(options.deployment_id.clone()),
+        );
+        println!(
+            "Baseten dialect: async_predict -> POST {}",
+            options.predict_path
+        );
+    }
     println!(
         "async API under {} (concurrency {}, {what})",
         options.prefix.trim_end_matches('/'),
@@ -246,7 +303,7 @@ async fn run<St: Store>(options: &Options, store: St, what: &str) -> std::io::Re
         }
         None => {
             println!(
-                "no --upstream given: serving the built-in demo model (POST /predict echoes its JSON input after 500 ms)"
+                "no --upstream given: serving the built-in demo model (any POST echoes its JSON input after 500 ms)"
             );
             let app = layer.layer(tower::service_fn(demo_model));
             serve(options.listen, app).await
