@@ -113,7 +113,8 @@ fn submit(c: &mut Criterion) {
             let start = Instant::now();
             for _ in 0..iters {
                 let mut req = predict();
-                req.headers_mut().insert("prefer", "respond-async".parse().unwrap());
+                req.headers_mut()
+                    .insert("prefer", "respond-async".parse().unwrap());
                 let ready = ServiceExt::<Request<Body>>::ready(&mut app).await.unwrap();
                 assert_eq!(ready.call(req).await.unwrap().status(), 202);
             }
@@ -131,7 +132,10 @@ fn submit(c: &mut Criterion) {
             (app, path)
         });
         b.to_async(&rt).iter(|| {
-            let (app, req) = (app.clone(), Request::get(&path).body(Body::empty()).unwrap());
+            let (app, req) = (
+                app.clone(),
+                Request::get(&path).body(Body::empty()).unwrap(),
+            );
             async move { assert_eq!(app.oneshot(req).await.unwrap().status(), 202) }
         })
     });
@@ -182,9 +186,16 @@ fn store(c: &mut Criterion) {
             };
             let start = Instant::now();
             for _ in 0..iters {
-                let claim = store.claim(Duration::from_secs(30), None).await.unwrap().unwrap();
+                let claim = store
+                    .claim(Duration::from_secs(30), None)
+                    .await
+                    .unwrap()
+                    .unwrap();
                 let outcome = Outcome::response(response.clone());
-                store.complete(claim.id(), claim.token(), outcome).await.unwrap();
+                store
+                    .complete(claim.id(), claim.token(), outcome)
+                    .await
+                    .unwrap();
             }
             start.elapsed()
         })
@@ -218,7 +229,7 @@ fn complete(c: &mut Criterion) {
     group.bench_function("inner_direct", |b| {
         let inner = tower::service_fn(instant);
         b.to_async(&rt).iter(|| {
-            let mut inner = inner.clone();
+            let mut inner = inner;
             async move {
                 for _ in 0..jobs {
                     assert_eq!(inner.call(predict()).await.unwrap().status(), 200);
@@ -272,7 +283,7 @@ async fn run_jobs<St: Store + Clone>(
 }
 
 #[cfg(feature = "redis")]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 #[path = "../tests/redis/support.rs"]
 mod redis_support;
 
@@ -296,11 +307,17 @@ fn redis_complete(
                 async move {
                     let mut stores = Vec::new();
                     for _ in 0..iters {
-                        let ns = format!("bench{}", namespace.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+                        let ns = format!(
+                            "bench{}",
+                            namespace.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                        );
                         stores.push(redis_support::store(server, &ns).await);
                     }
                     let stores = std::sync::Mutex::new(stores);
-                    run_jobs(iters, jobs, concurrency, || stores.lock().unwrap().pop().unwrap()).await
+                    run_jobs(iters, jobs, concurrency, || {
+                        stores.lock().unwrap().pop().unwrap()
+                    })
+                    .await
                 }
             })
         });
