@@ -306,6 +306,32 @@ impl RedisStore {
     }
 
     /// Runs a script; its answer is a tag and what follows it.
+    /// The cancel script, for both cancels: its answer tag, and the job when
+    /// it was found (and, when canceled, its waiters told).
+    async fn run_cancel(
+        &self,
+        id: JobId,
+        owner: Option<&str>,
+        queued_only: bool,
+    ) -> Result<(String, Option<Job>), StoreError> {
+        let now = Timestamp::now();
+        let mut inv = self.invocation(&scripts::CANCEL, now);
+        inv.key(self.job_key(id))
+            .arg(id.as_str())
+            .arg(if owner.is_some() { "1" } else { "0" })
+            .arg(owner.unwrap_or(""))
+            .arg(if queued_only { "1" } else { "0" });
+        let (tag, rest) = self.run("cancel", inv).await?;
+        let job = match tag.as_str() {
+            "canceled" | "terminal" | "not_queued" => Some(decode("cancel", id, rest)?),
+            _ => None,
+        };
+        if tag == "canceled" {
+            self.inner.hub.changed(id);
+        }
+        Ok((tag, job))
+    }
+
     async fn run(
         &self,
         what: &'static str,
@@ -836,20 +862,10 @@ impl Store for RedisStore {
     }
 
     async fn cancel(&self, id: JobId, owner: Option<&str>) -> Result<CancelOutcome, StoreError> {
-        let now = Timestamp::now();
-        let mut inv = self.invocation(&scripts::CANCEL, now);
-        inv.key(self.job_key(id))
-            .arg(id.as_str())
-            .arg(if owner.is_some() { "1" } else { "0" })
-            .arg(owner.unwrap_or(""))
-            .arg("0");
-        let (tag, rest) = self.run("cancel", inv).await?;
-        Ok(match tag.as_str() {
-            "canceled" => {
-                self.inner.hub.changed(id);
-                CancelOutcome::Canceled(decode("cancel", id, rest)?)
-            }
-            "terminal" => CancelOutcome::AlreadyTerminal(decode("cancel", id, rest)?),
+        let (tag, job) = self.run_cancel(id, owner, false).await?;
+        Ok(match (tag.as_str(), job) {
+            ("canceled", Some(job)) => CancelOutcome::Canceled(job),
+            ("terminal", Some(job)) => CancelOutcome::AlreadyTerminal(job),
             _ => CancelOutcome::NotFound,
         })
     }
@@ -859,20 +875,10 @@ impl Store for RedisStore {
         id: JobId,
         owner: Option<&str>,
     ) -> Result<QueuedCancel, StoreError> {
-        let now = Timestamp::now();
-        let mut inv = self.invocation(&scripts::CANCEL, now);
-        inv.key(self.job_key(id))
-            .arg(id.as_str())
-            .arg(if owner.is_some() { "1" } else { "0" })
-            .arg(owner.unwrap_or(""))
-            .arg("1");
-        let (tag, rest) = self.run("cancel", inv).await?;
-        Ok(match tag.as_str() {
-            "canceled" => {
-                self.inner.hub.changed(id);
-                QueuedCancel::Canceled(decode("cancel", id, rest)?)
-            }
-            "terminal" | "not_queued" => QueuedCancel::NotQueued(decode("cancel", id, rest)?),
+        let (tag, job) = self.run_cancel(id, owner, true).await?;
+        Ok(match (tag.as_str(), job) {
+            ("canceled", Some(job)) => QueuedCancel::Canceled(job),
+            ("terminal" | "not_queued", Some(job)) => QueuedCancel::NotQueued(job),
             _ => QueuedCancel::NotFound,
         })
     }
