@@ -1,30 +1,31 @@
 //! Every input a user can get wrong: the exact status, code and message. No
 //! input makes the layer panic or answer 5xx.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
-use http::Request;
+use http::{Method, Request};
 use http_body_util::Full;
 use serde_json::json;
-use tokio::sync::Semaphore;
 use tower::Layer;
 use tower_defer::{Body, DeferLayer, MemoryStore};
 
 use crate::support::*;
 
-async fn server(max_queue: usize, gate: Arc<Semaphore>) -> Server {
+/// A layer with small limits: 1024-byte bodies, `max_queue` queued jobs,
+/// 1000-byte outputs, one worker. `/big` answers 4096 bytes.
+async fn server(max_queue: usize, gate: Gate) -> Server {
     let inner = tower::service_fn(move |req: Request<Body>| {
         let gate = gate.clone();
         async move {
-            let _p = gate.acquire().await.unwrap();
-            let big = req.uri().path() == "/big";
-            let body = if big {
-                vec![b'x'; 4096]
-            } else {
-                b"{}".to_vec()
-            };
-            infallible(http::Response::new(Body::from(body)))
+            let _call = gate.pass().await;
+            infallible(match req.uri().path() {
+                "/big" => http::Response::new(Body::from(vec![b'x'; 4096])),
+                // 4096 bytes in chunks, with no length known in advance.
+                "/big-stream" => {
+                    let chunks = vec![Bytes::from(vec![b'y'; 512]); 8];
+                    http::Response::new(Body::new(Chunks(chunks.into_iter())))
+                }
+                _ => http::Response::new(Body::from("{}")),
+            })
         }
     });
     let app = DeferLayer::new(MemoryStore::new())
@@ -46,7 +47,7 @@ fn raw(url: &str, content_type: Option<&str>, body: &'static [u8]) -> Request<Fu
 
 #[tokio::test]
 async fn malformed_envelopes_are_400_naming_the_problem() {
-    let s = server(100, Arc::new(Semaphore::new(100))).await;
+    let s = server(100, Gate::open()).await;
     let c = HttpClient::new();
     let url = s.url("/async");
     let cases: Vec<(&'static [u8], &str, &str)> = vec![
@@ -143,109 +144,134 @@ async fn malformed_envelopes_are_400_naming_the_problem() {
 
 #[tokio::test]
 async fn bodies_over_the_limit_are_413_with_or_without_content_length() {
-    let s = server(100, Arc::new(Semaphore::new(100))).await;
+    let s = server(100, Gate::open()).await;
     let c = HttpClient::new();
     let big = format!("{{\"data\": \"{}\"}}", "x".repeat(2000));
+    let detail = "the request body is larger than the 1024-byte limit";
+    // With Content-Length, to the envelope route and to a Prefer submission.
     let a = c
-        .send(
-            Request::post(s.url("/async"))
-                .body(Full::new(Bytes::from(big.clone())))
-                .unwrap(),
+        .request(
+            Method::POST,
+            &s.url("/async"),
+            &[("content-type", "application/json")],
+            big.clone(),
         )
         .await;
-    assert_eq!(a.status, 413);
-    assert_eq!(
-        a.problem(),
-        (
-            "body_too_large".into(),
-            "the request body is larger than the 1024-byte limit".into()
+    a.assert_problem(413, "body_too_large", "1024-byte limit");
+    assert_eq!(a.problem().1, detail);
+    let a = c
+        .request(
+            Method::POST,
+            &s.url("/predict"),
+            &[("prefer", "respond-async")],
+            big.clone(),
         )
-    );
+        .await;
+    a.assert_problem(413, "body_too_large", "1024-byte limit");
+
     // Chunked, no Content-Length: the limit still holds while reading.
-    let chunks: Vec<Bytes> = big
-        .as_bytes()
-        .chunks(100)
-        .map(Bytes::copy_from_slice)
-        .collect();
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http();
-    let req = Request::post(s.url("/predict"))
-        .header("prefer", "respond-async")
-        .body(Chunks(chunks.into_iter()))
-        .unwrap();
-    let response = client.request(req).await.unwrap();
-    assert_eq!(response.status(), 413);
-}
-
-/// A body sent in chunks, with no length known in advance.
-struct Chunks(std::vec::IntoIter<Bytes>);
-
-impl http_body::Body for Chunks {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        std::task::Poll::Ready(self.0.next().map(|b| Ok(http_body::Frame::data(b))))
+        .build_http::<Chunks>();
+    for (path, prefer) in [("/async", None), ("/predict", Some("respond-async"))] {
+        let chunks: Vec<Bytes> = big
+            .as_bytes()
+            .chunks(100)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        let mut req = Request::post(s.url(path));
+        if let Some(p) = prefer {
+            req = req.header("prefer", p);
+        }
+        let req = req.body(Chunks(chunks.into_iter())).unwrap();
+        assert!(req.headers().get("content-length").is_none());
+        let response = client.request(req).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let body = http_body_util::BodyExt::collect(body)
+            .await
+            .unwrap()
+            .to_bytes();
+        let a = Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        };
+        a.assert_problem(413, "body_too_large", "1024-byte limit");
+        assert_eq!(a.problem().1, detail, "{path}");
     }
+    // Nothing was queued.
+    let q = c.get(&s.url("/async/queue")).await.json();
+    assert_eq!(q["queued"], 0, "{q}");
 }
 
 #[tokio::test]
 async fn a_full_queue_is_429_with_retry_after() {
-    let gate = Arc::new(Semaphore::new(0));
+    let gate = Gate::new();
     let s = server(2, gate.clone()).await;
     let c = HttpClient::new();
-    let url = s.url("/async");
-    let first = c.post_json(&url, &json!({"data": 0})).await;
-    assert_eq!(first.status, 201);
-    // Wait until the worker holds the first job, so two more fill the queue.
-    let id = first.json()["id"].as_str().unwrap().to_owned();
-    while c.get(&s.url(&format!("/async/{id}"))).await.json()["status"] != "in_progress" {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    c.submit(&s, &json!({"data": 0})).await;
+    // The worker holds the first job, so two more fill the queue.
+    gate.started(1).await;
     for n in 1..=2 {
-        assert_eq!(c.post_json(&url, &json!({"data": n})).await.status, 201);
+        c.submit(&s, &json!({"data": n})).await;
     }
-    let full = c.post_json(&url, &json!({"data": 3})).await;
-    assert_eq!(full.status, 429);
-    assert_eq!(full.headers["retry-after"], "5");
-    assert_eq!(
-        full.problem(),
-        (
-            "queue_full".into(),
-            "the queue is full (2 jobs); try again later".into()
-        )
-    );
-    gate.add_permits(100);
+    for url in [s.url("/async"), s.url("/predict")] {
+        let full = c
+            .request(
+                Method::POST,
+                &url,
+                &[
+                    ("content-type", "application/json"),
+                    ("prefer", "respond-async"),
+                ],
+                json!({"data": 3}).to_string(),
+            )
+            .await;
+        full.assert_problem(429, "queue_full", "queue is full");
+        assert_eq!(full.header("retry-after"), "5");
+        assert_eq!(
+            full.problem().1,
+            "the queue is full (2 jobs); try again later"
+        );
+    }
+    // Room again once the queue drains.
+    gate.release(100);
+    let q = loop {
+        let q = c
+            .request(Method::GET, &s.url("/async/queue"), &[], Bytes::new())
+            .await
+            .json();
+        if q["queued"] == 0 && q["in_progress"] == 0 {
+            break q;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    assert_eq!(q["max_queued"], 2);
+    c.submit(&s, &json!({"data": 4})).await;
 }
 
 #[tokio::test]
 async fn an_inner_response_over_the_output_limit_fails_the_job() {
-    let s = server(100, Arc::new(Semaphore::new(100))).await;
+    let s = server(100, Gate::open()).await;
     let c = HttpClient::new();
-    let a = c
-        .post_json(&s.url("/async"), &json!({"data": 1, "path": "/big"}))
-        .await;
-    let id = a.json()["id"].as_str().unwrap().to_owned();
-    let doc = c.finished(&s.url(&format!("/async/{id}"))).await;
-    assert_eq!(doc["status"], "failed");
-    assert_eq!(doc["error"]["code"], "response_too_large");
-    assert_eq!(
-        doc["error"]["message"],
-        "the response was larger than the 1000-byte output limit"
-    );
-    let output = c.get(&s.url(&format!("/async/{id}/output"))).await.json();
-    assert_eq!(
-        output["fail_reason"],
-        "the response was larger than the 1000-byte output limit"
-    );
+    let message = "the response was larger than the 1000-byte output limit";
+    // Known length (refused up front) and streamed (refused while reading).
+    for path in ["/big", "/big-stream"] {
+        let id = c.submit(&s, &json!({"data": 1, "path": path})).await;
+        let doc = c.finished(&s.url(&format!("/async/{id}"))).await;
+        assert_eq!(doc["status"], "failed", "{path}: {doc}");
+        assert_eq!(doc["error"]["code"], "response_too_large", "{path}");
+        assert_eq!(doc["error"]["message"], message);
+        let output = c.get(&s.url(&format!("/async/{id}/output"))).await.json();
+        assert_eq!(output, json!({"status": "failed", "fail_reason": message}));
+        c.get(&s.url(&format!("/async/{id}/result")))
+            .await
+            .assert_problem(409, "no_result", "output limit");
+    }
 }
 
 #[tokio::test]
 async fn unknown_malformed_and_hostile_ids_are_404() {
-    let s = server(100, Arc::new(Semaphore::new(100))).await;
+    let s = server(100, Gate::open()).await;
     let c = HttpClient::new();
     for (path, detail) in [
         ("/async/0123456789abcdef", "no job \"0123456789abcdef\""),
@@ -260,6 +286,10 @@ async fn unknown_malformed_and_hostile_ids_are_404() {
             "/async/..%2f..%2fetc%2fpasswd",
             "no job \"..%2f..%2fetc%2fpasswd\"",
         ),
+        ("/async/../x", "no route /async/../x"),
+        ("/async/..", "no job \"..\""),
+        ("/async/%2e%2e/x", "no route /async/%2e%2e/x"),
+        ("/async/", "no job \"\""),
         (
             "/async/0123456789abcdef/output",
             "no job \"0123456789abcdef\"",
@@ -274,30 +304,42 @@ async fn unknown_malformed_and_hostile_ids_are_404() {
         ),
     ] {
         let a = c.get(&s.url(path)).await;
-        assert_eq!(a.status, 404, "{path}");
+        assert_eq!(a.status, 404, "{path}: {a:?}");
         assert_eq!(
             a.problem(),
             ("not_found".to_owned(), detail.to_owned()),
             "{path}"
         );
     }
-    let a = c.delete(&s.url("/async/0123456789abcdef")).await;
-    assert_eq!(a.status, 404);
+    for path in [
+        "/async/0123456789abcdef",
+        "/async/0123456789ABCDEF",
+        "/async/../x",
+    ] {
+        c.delete(&s.url(path))
+            .await
+            .assert_problem(404, "not_found", "");
+    }
 }
 
 #[tokio::test]
 async fn a_wrong_method_on_an_async_route_is_405_with_allow() {
-    let s = server(100, Arc::new(Semaphore::new(100))).await;
+    let s = server(100, Gate::open()).await;
     let c = HttpClient::new();
     let id = "0123456789abcdef";
     for (method, path, allow) in [
         ("GET", "/async".to_owned(), "POST"),
         ("PUT", "/async".to_owned(), "POST"),
+        ("DELETE", "/async".to_owned(), "POST"),
         ("POST", "/async/queue".to_owned(), "GET"),
+        ("DELETE", "/async/queue".to_owned(), "GET"),
         ("POST", format!("/async/{id}"), "GET, DELETE"),
+        ("PUT", format!("/async/{id}"), "GET, DELETE"),
         ("PATCH", format!("/async/{id}"), "GET, DELETE"),
+        ("POST", format!("/async/{id}/output"), "GET"),
         ("DELETE", format!("/async/{id}/output"), "GET"),
         ("POST", format!("/async/{id}/result"), "GET"),
+        ("DELETE", format!("/async/{id}/result"), "GET"),
     ] {
         let req = Request::builder()
             .method(method)
@@ -319,7 +361,7 @@ async fn a_wrong_method_on_an_async_route_is_405_with_allow() {
 
 #[tokio::test]
 async fn hostile_headers_are_answered_without_5xx() {
-    let s = server(100, Arc::new(Semaphore::new(100))).await;
+    let s = server(100, Gate::open()).await;
     let c = HttpClient::new();
     // A large header, duplicated and unparseable Prefer values.
     let req = Request::post(s.url("/predict"))

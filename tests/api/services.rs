@@ -1,278 +1,272 @@
-//! The three kinds of inner service — an axum Router wrapped whole, a
-//! `service_fn`, and `Upstream` forwarding to another server — plus
-//! pass-through, `Prefer`, and the concurrency bound.
+//! The three kinds of inner service: an axum `Router` wrapped whole, a plain
+//! `service_fn`, and `Upstream` forwarding to another server (feature
+//! `proxy`), including one that is down at first.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::future::IntoFuture;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Full};
-use serde_json::json;
-use tokio::sync::mpsc;
+use http::{HeaderMap, Method, Request};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
 use tower::{Layer, ServiceExt};
 use tower_defer::{Body, DeferLayer, MemoryStore};
 
 use crate::support::*;
 
+/// How to serve a wrapped axum app with `axum::serve`: wrap the *whole*
+/// `Router` (`Router::layer` would build one worker pool per route), turn the
+/// response body back into axum's (`axum::serve` takes services answering
+/// `axum::response::Response`), and make it a make-service with
+/// `axum::ServiceExt::into_make_service` (the `Router` method is no longer
+/// reachable once the router is wrapped). `Defer<Router>`'s error is the
+/// router's, `Infallible`, as `axum::serve` requires.
 #[tokio::test]
-async fn an_axum_router_wrapped_whole() {
+async fn an_axum_router_wrapped_whole_and_served_by_axum() {
     use axum::routing::{get, post};
     let router = axum::Router::new()
         .route(
             "/predict",
-            post(|axum::Json(v): axum::Json<serde_json::Value>| async move {
-                axum::Json(json!({ "echo": v }))
-            }),
+            post(
+                |axum::Json(v): axum::Json<Value>| async move { axum::Json(json!({ "echo": v })) },
+            ),
         )
         .route("/health", get(|| async { "ok" }));
-    // One pool for the whole app (not `Router::layer`, which is per route).
     let app = DeferLayer::new(MemoryStore::new()).layer(router);
-    let app = ServiceExt::<Request<hyper::body::Incoming>>::map_response(app, |r| {
-        r.map(axum::body::Body::new)
-    });
-    let server = serve(app).await;
+    let app =
+        ServiceExt::<axum::extract::Request>::map_response(app, |r| r.map(axum::body::Body::new));
+    let make = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(
+        axum::serve(listener, make)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .into_future(),
+    );
+    let url = |path: &str| format!("http://{addr}{path}");
     let c = HttpClient::new();
-    assert_eq!(&c.get(&server.url("/health")).await.body[..], b"ok");
+
+    // Pass-through to the router.
+    let a = c.get(&url("/health")).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(&a.body[..], b"ok");
+    let a = c.get(&url("/nowhere")).await;
+    assert_eq!(a.status, 404, "the router's own 404");
+
+    // Envelope and Prefer submissions, run by the router in process.
     let a = c
         .post_json(
-            &server.url("/async"),
+            &url("/async"),
             &json!({"path": "/predict", "data": {"q": 1}}),
         )
         .await;
-    assert_eq!(a.status, 201);
-    let id = a.json()["id"].as_str().unwrap().to_owned();
-    let doc = c.finished(&server.url(&format!("/async/{id}"))).await;
-    assert_eq!(doc["status"], "succeeded");
-    let out = c
-        .get(&server.url(&format!("/async/{id}/output")))
-        .await
-        .json();
-    assert_eq!(out["output"], json!({"echo": {"q": 1}}));
-}
-
-#[tokio::test]
-async fn pass_through_is_untouched_and_streams() {
-    // The inner body arrives in chunks the test feeds one at a time.
-    let (tx, rx) = mpsc::channel::<Bytes>(1);
-    let rx = Arc::new(tokio::sync::Mutex::new(Some(rx)));
-    let inner = tower::service_fn(move |req: Request<Body>| {
-        let rx = rx.clone();
-        async move {
-            if req.uri().path() == "/echo" {
-                // Echo a streamed request body back.
-                let body = req.into_body().collect().await.unwrap().to_bytes();
-                return infallible(http::Response::new(Body::from(body)));
-            }
-            let rx = rx.lock().await.take().unwrap();
-            let mut r = http::Response::new(Body::new(ChannelBody(rx)));
-            *r.status_mut() = http::StatusCode::IM_A_TEAPOT;
-            r.headers_mut().insert("x-custom", "kept".parse().unwrap());
-            infallible(r)
-        }
-    });
-    let server = serve(DeferLayer::new(MemoryStore::new()).layer(inner)).await;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
-    let response = client
+    assert_eq!(a.status, 201, "{a:?}");
+    let id = a.id();
+    let b = c
         .request(
-            Request::get(server.url("/stream"))
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 418);
-    assert_eq!(response.headers()["x-custom"], "kept");
-    let mut body = response.into_body();
-    for chunk in ["first ", "second"] {
-        tx.send(Bytes::from(chunk)).await.unwrap();
-        let frame = body.frame().await.unwrap().unwrap();
-        assert_eq!(
-            frame.into_data().unwrap(),
-            chunk,
-            "each chunk arrives as it is sent"
-        );
-    }
-    drop(tx);
-    assert!(body.frame().await.is_none());
-
-    let c = HttpClient::new();
-    let req = Request::post(server.url("/echo"))
-        .body(Full::new(Bytes::from("streamed up")))
-        .unwrap();
-    assert_eq!(&c.send(req).await.body[..], b"streamed up");
-}
-
-struct ChannelBody(mpsc::Receiver<Bytes>);
-
-impl http_body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|c| c.map(|b| Ok(http_body::Frame::data(b))))
-    }
-}
-
-#[tokio::test]
-async fn prefer_respond_async_and_wait() {
-    let inner = tower::service_fn(|req: Request<Body>| async move {
-        let slow = req.uri().path() == "/slow";
-        tokio::time::sleep(Duration::from_millis(if slow { 3000 } else { 10 })).await;
-        let mut r = json_response(200, &json!({"path": req.uri().path()}));
-        r.headers_mut().insert("x-inner", "1".parse().unwrap());
-        infallible(r)
-    });
-    let server = serve(DeferLayer::new(MemoryStore::new()).layer(inner)).await;
-    let c = HttpClient::new();
-    let send = |path: &str, prefer: &'static str| {
-        Request::post(server.url(path))
-            .header("prefer", prefer)
-            .body(Full::new(Bytes::from("{}")))
-            .unwrap()
-    };
-    let a = c.send(send("/slow", "respond-async")).await;
-    assert_eq!(a.status, 202);
-    assert_eq!(a.headers["preference-applied"], "respond-async");
-    assert_eq!(a.headers["retry-after"], "1");
-    let id = a.json()["id"].as_str().unwrap().to_owned();
-    assert_eq!(a.headers["location"], format!("/async/{id}").as_str());
-
-    let a = c.send(send("/fast", "respond-async, wait=10")).await;
-    assert_eq!(a.status, 200);
-    assert_eq!(a.headers["x-inner"], "1", "the inner response itself");
-    assert_eq!(a.headers["preference-applied"], "respond-async, wait=10");
-    assert!(a.headers.contains_key("defer-job-id"));
-    assert_eq!(a.json(), json!({"path": "/fast"}));
-
-    let a = c.send(send("/slow", "respond-async, wait=1")).await;
-    assert_eq!(a.status, 202, "not finished within 1 s");
-    let a = c.send(send("/fast", "respond-async, wait=soon")).await;
-    assert_eq!(a.status, 202);
-    assert_eq!(
-        a.headers["preference-applied"], "respond-async",
-        "the unparseable wait is ignored"
-    );
-}
-
-#[tokio::test]
-async fn upstream_forwarding_and_an_upstream_that_comes_up_late() {
-    // Reserve a port, then free it: connections are refused until the
-    // upstream starts on it.
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = probe.local_addr().unwrap().port();
-    drop(probe);
-    let upstream =
-        tower_defer::upstream::Upstream::new(format!("http://127.0.0.1:{port}").parse().unwrap())
-            .unwrap();
-    let server = serve(DeferLayer::new(MemoryStore::new()).layer(upstream)).await;
-    let c = HttpClient::new();
-    let a = c
-        .post_json(
-            &server.url("/async"),
-            &json!({"path": "/v1/predict?x=1", "data": {"n": 7}}),
+            Method::POST,
+            &url("/predict"),
+            &[
+                ("prefer", "respond-async"),
+                ("content-type", "application/json"),
+            ],
+            "{\"q\": 2}",
         )
         .await;
-    let id = a.json()["id"].as_str().unwrap().to_owned();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let doc = c.get(&server.url(&format!("/async/{id}"))).await.json();
-    assert_eq!(doc["status"], "queued", "waiting for the upstream: {doc}");
-    assert_eq!(doc["error"]["code"], "upstream_unavailable");
-    assert_eq!(doc["attempts"], 0);
-
-    let model = tower::service_fn(|req: Request<hyper::body::Incoming>| async move {
-        let (parts, body) = req.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        let seen = json!({
-            "method": parts.method.as_str(),
-            "uri": parts.uri.to_string(),
-            "host": parts.headers.get("host").map(|h| h.to_str().unwrap().to_owned()),
-            "body": serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default(),
-        });
-        infallible(http::Response::new(Full::new(Bytes::from(
-            seen.to_string(),
-        ))))
-    });
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let up = tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let svc = hyper_util::service::TowerToHyperService::new(model);
-            tokio::spawn(
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .into_owned(),
-            );
-        }
-    });
-    let doc = c.finished(&server.url(&format!("/async/{id}"))).await;
-    assert_eq!(doc["status"], "succeeded");
-    assert_eq!(
-        doc["attempts"], 1,
-        "waiting for the upstream spent no attempt"
-    );
-    let out = c
-        .get(&server.url(&format!("/async/{id}/output")))
-        .await
-        .json();
-    assert_eq!(out["output"]["method"], "POST");
-    assert_eq!(out["output"]["uri"], "/v1/predict?x=1");
-    assert_eq!(out["output"]["host"], format!("127.0.0.1:{port}"));
-    assert_eq!(out["output"]["body"], json!({"n": 7}));
-    // And a pass-through request goes straight to the upstream.
-    let a = c.get(&server.url("/models?list=1")).await;
-    assert_eq!(a.json()["uri"], "/models?list=1");
-    up.abort();
+    assert_eq!(b.status, 202, "{b:?}");
+    let id_b = b.id();
+    for (id, q) in [(id, 1), (id_b, 2)] {
+        let doc = c.finished(&url(&format!("/async/{id}"))).await;
+        assert_eq!(doc["status"], "succeeded", "{doc}");
+        let out = c.get(&url(&format!("/async/{id}/output"))).await.json();
+        assert_eq!(out["output"], json!({"echo": {"q": q}}));
+    }
+    stop_tx.send(()).unwrap();
+    served.await.unwrap().unwrap();
 }
 
 #[tokio::test]
-async fn never_more_than_concurrency_inner_calls_at_once() {
-    let (now, max) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+async fn a_plain_service_fn_gets_the_envelope_as_a_request() {
+    type Seen = Arc<Mutex<Vec<(Method, String, HeaderMap, Bytes)>>>;
+    let seen: Seen = Arc::default();
     let inner = {
-        let (now, max) = (now.clone(), max.clone());
-        tower::service_fn(move |_req: Request<Body>| {
-            let (now, max) = (now.clone(), max.clone());
+        let seen = seen.clone();
+        tower::service_fn(move |req: Request<Body>| {
+            let seen = seen.clone();
             async move {
-                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
-                max.fetch_max(n, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                now.fetch_sub(1, Ordering::SeqCst);
-                infallible(json_response(200, &json!({})))
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.unwrap().to_bytes();
+                let path = parts.uri.path_and_query().unwrap().to_string();
+                seen.lock()
+                    .unwrap()
+                    .push((parts.method, path, parts.headers, body));
+                infallible(json_response(200, &json!({"ok": 1})))
             }
         })
     };
-    let server = serve(
-        DeferLayer::new(MemoryStore::new())
-            .concurrency(2)
-            .layer(inner),
-    )
-    .await;
+    let server = serve(DeferLayer::new(MemoryStore::new()).layer(inner)).await;
     let c = HttpClient::new();
-    let mut ids = Vec::new();
-    for n in 0..10 {
-        ids.push(
-            c.post_json(&server.url("/async"), &json!({"data": n}))
-                .await
-                .json()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+    let id = c
+        .submit(
+            &server,
+            &json!({
+                "method": "put",
+                "path": "/v2/models/m/infer?verbose=1",
+                "headers": {"x-trace": "abc", "content-type": "application/vnd.model+json"},
+                "data": [1, 2, 3]
+            }),
+        )
+        .await;
+    let doc = c.finished(&server.url(&format!("/async/{id}"))).await;
+    assert_eq!(doc["status"], "succeeded");
+    assert_eq!(doc["status_code"], 200);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    let (method, path, headers, body) = &seen[0];
+    assert_eq!(method, Method::PUT);
+    assert_eq!(path, "/v2/models/m/infer?verbose=1");
+    assert_eq!(headers["x-trace"], "abc");
+    assert_eq!(headers["content-type"], "application/vnd.model+json");
+    assert_eq!(&body[..], b"[1,2,3]");
+}
+
+#[cfg(feature = "proxy")]
+mod upstream {
+    use super::*;
+    use hyper::body::Incoming;
+    use tower_defer::upstream::Upstream;
+
+    /// An upstream model that echoes what it got as JSON.
+    fn echo_model() -> impl tower::Service<
+        Request<Incoming>,
+        Response = http::Response<http_body_util::Full<Bytes>>,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone
+           + Send
+           + 'static {
+        tower::service_fn(|req: Request<Incoming>| async move {
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            let seen = json!({
+                "method": parts.method.as_str(),
+                "uri": parts.uri.to_string(),
+                "host": parts.headers.get("host").map(|h| h.to_str().unwrap().to_owned()),
+                "x-custom": parts.headers.get("x-custom").map(|h| h.to_str().unwrap().to_owned()),
+                "body": serde_json::from_slice::<Value>(&body).unwrap_or_default(),
+            });
+            let mut r =
+                http::Response::new(http_body_util::Full::new(Bytes::from(seen.to_string())));
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            infallible(r)
+        })
     }
-    for id in ids {
+
+    #[tokio::test]
+    async fn upstream_forwards_jobs_and_pass_through_to_another_server() {
+        let model = serve(echo_model()).await;
+        let upstream = Upstream::new(model.url("").parse().unwrap()).unwrap();
+        let server = serve(DeferLayer::new(MemoryStore::new()).layer(upstream)).await;
+        let c = HttpClient::new();
+
+        let id = c
+            .submit(
+                &server,
+                &json!({"path": "/v1/predict?x=1", "data": {"n": 7}, "headers": {"x-custom": "env"}}),
+            )
+            .await;
+        let doc = c.finished(&server.url(&format!("/async/{id}"))).await;
+        assert_eq!(doc["status"], "succeeded", "{doc}");
+        let out = c
+            .get(&server.url(&format!("/async/{id}/output")))
+            .await
+            .json();
         assert_eq!(
-            c.finished(&server.url(&format!("/async/{id}"))).await["status"],
-            "succeeded"
+            out["output"],
+            json!({
+                "method": "POST",
+                "uri": "/v1/predict?x=1",
+                "host": model.addr.to_string(),
+                "x-custom": "env",
+                "body": {"n": 7},
+            })
         );
+
+        let a = c
+            .request(
+                Method::POST,
+                &server.url("/v1/chat"),
+                &[("prefer", "respond-async, wait=10"), ("x-custom", "prefer")],
+                "{\"m\": 1}",
+            )
+            .await;
+        assert_eq!(a.status, 200, "{a:?}");
+        assert_eq!(a.json()["uri"], "/v1/chat");
+        assert_eq!(a.json()["x-custom"], "prefer");
+        assert_eq!(a.json()["body"], json!({"m": 1}));
+
+        let a = c.get(&server.url("/models?list=1")).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(
+            a.json()["uri"],
+            "/models?list=1",
+            "pass-through goes upstream"
+        );
+        assert_eq!(a.json()["method"], "GET");
     }
-    assert_eq!(max.load(Ordering::SeqCst), 2);
+
+    #[tokio::test]
+    async fn an_upstream_down_at_first_runs_the_job_once_it_is_up_without_spending_an_attempt() {
+        // Reserve a port, then free it: connections are refused until the
+        // upstream starts on it.
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let upstream = Upstream::new(format!("http://127.0.0.1:{port}").parse().unwrap()).unwrap();
+        let server = serve(DeferLayer::new(MemoryStore::new()).layer(upstream)).await;
+        let c = HttpClient::new();
+        let id = c
+            .submit(&server, &json!({"path": "/v1/predict", "data": {"n": 7}}))
+            .await;
+
+        // Refused: back in the queue, waiting for the upstream, no attempt
+        // spent. (Polled, not long-polled: a long-poll answers with the state
+        // after the next change, and the refused call is over in an instant.)
+        let doc = loop {
+            let a = c.get(&server.url(&format!("/async/{id}"))).await;
+            assert_eq!(a.status, 202, "{a:?}");
+            let doc = a.json();
+            if doc["status"] == "queued" && doc["error"]["code"] == "upstream_unavailable" {
+                break doc;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        assert_eq!(doc["attempts"], 0, "{doc}");
+        assert!(doc["retry_at"].is_string(), "{doc}");
+        let message = doc["error"]["message"].as_str().unwrap();
+        assert!(message.contains("unavailable"), "{message}");
+
+        // The upstream comes up on that port.
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let _model = serve_on(listener, echo_model());
+        let doc = c.finished(&server.url(&format!("/async/{id}"))).await;
+        assert_eq!(doc["status"], "succeeded", "{doc}");
+        assert_eq!(
+            doc["attempts"], 1,
+            "waiting for the upstream spent no attempt"
+        );
+        assert!(doc.get("error").is_none(), "{doc}");
+        let out = c
+            .get(&server.url(&format!("/async/{id}/output")))
+            .await
+            .json();
+        assert_eq!(out["status"], "completed");
+        assert_eq!(out["output"]["body"], json!({"n": 7}));
+    }
 }

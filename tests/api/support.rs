@@ -2,9 +2,11 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -13,18 +15,23 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use serde_json::Value;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Serves `service` on a fresh port; the server stops when the handle drops.
+/// A server on a fresh port. [`Server::stop`] (or dropping it) closes the
+/// listener and every open connection.
 pub struct Server {
     pub addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -32,8 +39,18 @@ impl Server {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+
+    /// Stops accepting and drops every connection; resolves once it has.
+    pub async fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
 }
 
+/// Serves `service` (any tower service over hyper's `Incoming` body) on
+/// 127.0.0.1:0 with hyper-util's auto (HTTP/1 + HTTP/2) connection builder.
 pub async fn serve<S, B>(service: S) -> Server
 where
     S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -43,21 +60,39 @@ where
     B::Error: Into<BoxError>,
 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(listener, service)
+}
+
+/// Serves `service` on a listener the caller bound.
+pub fn serve_on<S, B>(listener: tokio::net::TcpListener, service: S) -> Server
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
+        // Connections live in this set, so aborting the accept loop drops them too.
+        let mut connections = JoinSet::new();
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            while connections.try_join_next().is_some() {}
             let service = TowerToHyperService::new(service.clone());
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
         }
     });
-    Server { addr, task }
+    Server {
+        addr,
+        task: Some(task),
+    }
 }
 
 pub struct Answer {
@@ -66,27 +101,79 @@ pub struct Answer {
     pub body: Bytes,
 }
 
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {:?} {:?}",
+            self.status,
+            self.headers,
+            String::from_utf8_lossy(&self.body)
+        )
+    }
+}
+
 impl Answer {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
     }
 
-    /// The problem document's `code`, after checking it is one.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} header: {self:?}"))
+            .to_str()
+            .unwrap()
+    }
+
+    /// The `id` of a submission's answer, checked to be a VESSL-valid id.
+    pub fn id(&self) -> String {
+        let id = self.json()["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no id: {self:?}"))
+            .to_owned();
+        assert_valid_id(&id);
+        id
+    }
+
+    /// The problem document's `code` and `detail`, after checking it is one
+    /// whose `status` is the answer's.
     pub fn problem(&self) -> (String, String) {
         assert_eq!(
-            self.headers["content-type"],
-            "application/problem+json",
-            "{:?}",
-            String::from_utf8_lossy(&self.body)
+            self.headers["content-type"], "application/problem+json",
+            "{self:?}"
         );
         let doc = self.json();
-        assert_eq!(doc["status"], self.status.as_u16());
+        assert_eq!(doc["status"], self.status.as_u16(), "{self:?}");
+        assert!(doc["title"].is_string() && doc["type"].is_string(), "{doc}");
         (
             doc["code"].as_str().unwrap().to_owned(),
             doc["detail"].as_str().unwrap().to_owned(),
         )
     }
+
+    /// Asserts a problem answer: exact status, exact code, and a detail that
+    /// names `names`.
+    pub fn assert_problem(&self, status: u16, code: &str, names: &str) {
+        assert_eq!(self.status, status, "{self:?}");
+        assert!(!self.status.is_server_error());
+        let (c, detail) = self.problem();
+        assert_eq!(c, code, "{self:?}");
+        assert!(
+            detail.contains(names),
+            "the detail {detail:?} does not name {names:?}"
+        );
+    }
+}
+
+/// VESSL's rule for ids: 1 to 16 lowercase alphanumerics.
+pub fn assert_valid_id(id: &str) {
+    assert!((1..=16).contains(&id.len()), "{id:?}");
+    assert!(
+        id.bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()),
+        "{id:?}"
+    );
 }
 
 #[derive(Clone)]
@@ -108,36 +195,74 @@ impl HttpClient {
         }
     }
 
+    /// Any method, headers and body.
+    pub async fn request(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Answer {
+        let mut req = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        self.send(req.body(Full::new(body.into())).unwrap()).await
+    }
+
     pub async fn get(&self, url: &str) -> Answer {
-        self.send(Request::get(url).body(Full::default()).unwrap())
-            .await
+        self.request(Method::GET, url, &[], Bytes::new()).await
     }
 
     pub async fn post_json(&self, url: &str, body: &Value) -> Answer {
-        let req = Request::post(url)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap();
-        self.send(req).await
+        self.request(
+            Method::POST,
+            url,
+            &[("content-type", "application/json")],
+            body.to_string(),
+        )
+        .await
     }
 
     pub async fn delete(&self, url: &str) -> Answer {
-        self.send(Request::delete(url).body(Full::default()).unwrap())
-            .await
+        self.request(Method::DELETE, url, &[], Bytes::new()).await
     }
 
-    /// Long-polls `url` (a status route) until it answers 200.
+    /// Submits an envelope to `POST {server}/async` and returns the new id.
+    pub async fn submit(&self, server: &Server, envelope: &Value) -> String {
+        let a = self.post_json(&server.url("/async"), envelope).await;
+        assert_eq!(a.status, 201, "{a:?}");
+        a.id()
+    }
+
+    /// Long-polls `url` (a status route) until it answers 200; the document.
     pub async fn finished(&self, url: &str) -> Value {
         loop {
-            let req = Request::get(url)
-                .header("prefer", "wait=30")
-                .body(Full::default())
-                .unwrap();
-            let a = self.send(req).await;
+            let a = self
+                .request(Method::GET, url, &[("prefer", "wait=30")], Bytes::new())
+                .await;
             if a.status == 200 {
                 return a.json();
             }
-            assert_eq!(a.status, 202, "{:?}", String::from_utf8_lossy(&a.body));
+            assert_eq!(a.status, 202, "{a:?}");
+        }
+    }
+
+    /// Waits, by long-polling the status, until job `id` has status `status`.
+    pub async fn until_status(&self, server: &Server, id: &str, status: &str) -> Value {
+        let url = server.url(&format!("/async/{id}"));
+        loop {
+            let a = self
+                .request(Method::GET, &url, &[("prefer", "wait=5")], Bytes::new())
+                .await;
+            let doc = a.json();
+            if doc["status"] == status {
+                return doc;
+            }
+            assert!(
+                a.status == 202,
+                "job {id} ended {doc} while waiting for {status}"
+            );
         }
     }
 }
@@ -152,4 +277,88 @@ pub fn json_response(status: u16, body: &Value) -> Response<tower_defer::Body> {
 
 pub fn infallible<T>(t: T) -> Result<T, Infallible> {
     Ok(t)
+}
+
+/// Holds inner calls until the test lets them go, and counts them in flight.
+#[derive(Clone)]
+pub struct Gate {
+    permits: Arc<Semaphore>,
+    started: Arc<Notify>,
+    /// Calls that have started and not yet returned.
+    pub in_flight: Arc<AtomicUsize>,
+    /// The most calls in flight at once.
+    pub max_in_flight: Arc<AtomicUsize>,
+    /// Calls started so far.
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl Gate {
+    pub fn new() -> Self {
+        Gate {
+            permits: Arc::new(Semaphore::new(0)),
+            started: Arc::default(),
+            in_flight: Arc::default(),
+            max_in_flight: Arc::default(),
+            calls: Arc::default(),
+        }
+    }
+
+    /// An open gate: calls pass at once.
+    pub fn open() -> Self {
+        let gate = Gate::new();
+        gate.release(Semaphore::MAX_PERMITS / 2);
+        gate
+    }
+
+    /// Lets `n` more calls through.
+    pub fn release(&self, n: usize) {
+        self.permits.add_permits(n);
+    }
+
+    /// Waits until at least `n` calls have started in total.
+    pub async fn started(&self, n: usize) {
+        loop {
+            let notified = self.started.notified();
+            if self.calls.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Called by an inner service: counts the call, waits for a permit.
+    /// The returned guard counts it out when the call ends or is dropped.
+    pub async fn pass(&self) -> InFlight {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(self.in_flight.clone());
+        self.started.notify_waiters();
+        self.permits.acquire().await.unwrap().forget();
+        guard
+    }
+}
+
+/// One inner call in flight; counted out on drop.
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A body sent in chunks, with no length known in advance.
+pub struct Chunks(pub std::vec::IntoIter<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.next().map(|b| Ok(http_body::Frame::data(b))))
+    }
 }

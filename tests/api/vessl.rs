@@ -1,23 +1,28 @@
-//! The VESSL client flow of ../shared/reference/002 and 000: create, poll
-//! `/output` until finished, every field and value as the reference shows it.
+//! The VESSL client flow of the references (create an async request, then
+//! fetch its output): every field and value as the reference shows it; the
+//! status route and its long-poll; 200 concurrent submissions.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use http::Request;
+use bytes::Bytes;
+use http::{Method, Request};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use tokio::sync::Semaphore;
 use tower::Layer;
 use tower_defer::{Body, DeferLayer, MemoryStore};
 
 use crate::support::*;
 
-/// What the inner service saw: method, path, content type, body.
-type Seen = Arc<Mutex<Vec<(String, String, String, Value)>>>;
+/// What the inner service saw: method, path, content type, body bytes.
+type Seen = Arc<Mutex<Vec<(Method, String, Option<String>, Bytes)>>>;
 
-/// A model answering per path: JSON, plain text, or VESSL's 400. It waits for
-/// a permit on `gate` first, so a test can hold jobs pending.
-async fn vessl_server(gate: Arc<Semaphore>) -> (Server, Seen) {
+/// A model answering per path: JSON (byte for byte the reference's
+/// `raw_output`), plain text, or the reference's 400. Every call passes
+/// `gate` first, so a test can hold jobs in progress.
+async fn vessl_server(gate: Gate, concurrency: usize) -> (Server, Seen) {
     let seen: Seen = Arc::default();
     let inner = {
         let seen = seen.clone();
@@ -26,18 +31,17 @@ async fn vessl_server(gate: Arc<Semaphore>) -> (Server, Seen) {
             async move {
                 let (parts, body) = req.into_parts();
                 let body = body.collect().await.unwrap().to_bytes();
-                let ct = parts
+                let content_type = parts
                     .headers
                     .get("content-type")
-                    .map_or("", |v| v.to_str().unwrap())
-                    .to_owned();
+                    .map(|v| v.to_str().unwrap().to_owned());
                 seen.lock().unwrap().push((
-                    parts.method.to_string(),
+                    parts.method.clone(),
                     parts.uri.path().to_owned(),
-                    ct,
-                    serde_json::from_slice(&body).unwrap_or(Value::Null),
+                    content_type,
+                    body,
                 ));
-                let _permit = gate.acquire().await.unwrap();
+                let _call = gate.pass().await;
                 let response = match parts.uri.path() {
                     "/predictions/text" => {
                         let mut r = http::Response::new(Body::from("Hello, plain!"));
@@ -45,12 +49,16 @@ async fn vessl_server(gate: Arc<Semaphore>) -> (Server, Seen) {
                             .insert("content-type", "text/plain".parse().unwrap());
                         r
                     }
-                    "/predictions/bad" => json_response(
-                        400,
-                        &json!({"message": "Request body must contain field 'data'."}),
-                    ),
+                    "/predictions/bad" => {
+                        let mut r = http::Response::new(Body::from(
+                            "{\"message\":\"Request body must contain field 'data'.\"}",
+                        ));
+                        *r.status_mut() = http::StatusCode::BAD_REQUEST;
+                        r.headers_mut()
+                            .insert("content-type", "application/json".parse().unwrap());
+                        r
+                    }
                     _ => {
-                        // Byte for byte as in the reference's raw_output.
                         let mut r = http::Response::new(Body::from("{\"text\": \"Hello!\"}"));
                         r.headers_mut()
                             .insert("content-type", "application/json".parse().unwrap());
@@ -61,10 +69,13 @@ async fn vessl_server(gate: Arc<Semaphore>) -> (Server, Seen) {
             }
         })
     };
-    let app = DeferLayer::new(MemoryStore::new()).layer(inner);
+    let app = DeferLayer::new(MemoryStore::new())
+        .concurrency(concurrency)
+        .layer(inner);
     (serve(app).await, seen)
 }
 
+/// The reference's create call, with `path`; checks the 201 answer exactly.
 async fn create(client: &HttpClient, server: &Server, path: &str) -> String {
     let a = client
         .post_json(
@@ -72,47 +83,57 @@ async fn create(client: &HttpClient, server: &Server, path: &str) -> String {
             &json!({"method": "POST", "path": path, "data": {"question": "How are you?"}}),
         )
         .await;
-    assert_eq!(a.status, 201);
-    let doc = a.json();
-    assert_eq!(doc.as_object().unwrap().len(), 1, "{doc}");
-    let id = doc["id"].as_str().unwrap().to_owned();
-    assert!((1..=16).contains(&id.len()));
-    assert!(id
-        .bytes()
-        .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()));
-    assert_eq!(a.headers["location"], format!("/async/{id}").as_str());
+    assert_eq!(a.status, 201, "{a:?}");
+    let id = a.id();
+    assert_eq!(a.json(), json!({ "id": id }), "only the id");
+    assert_eq!(a.header("location"), format!("/async/{id}"));
     id
 }
 
-async fn output_when_done(client: &HttpClient, server: &Server, id: &str) -> Value {
-    client.finished(&server.url(&format!("/async/{id}"))).await;
-    let a = client
-        .get(&server.url(&format!("/async/{id}/output")))
-        .await;
-    assert_eq!(a.status, 200);
-    a.json()
+/// Polls `/output` until it reads completed or failed. While unfinished the
+/// document is exactly `{"status": "pending" | "in_progress"}`.
+async fn poll_output(client: &HttpClient, server: &Server, id: &str) -> Value {
+    loop {
+        let a = client
+            .get(&server.url(&format!("/async/{id}/output")))
+            .await;
+        assert_eq!(a.status, 200, "{a:?}");
+        let doc = a.json();
+        match doc["status"].as_str() {
+            Some("completed" | "failed") => return doc,
+            Some("pending" | "in_progress") => {
+                assert_eq!(doc.as_object().unwrap().len(), 1, "only the status: {doc}")
+            }
+            _ => panic!("unexpected output document {doc}"),
+        }
+        // Wait for a change rather than spin.
+        client
+            .request(
+                Method::GET,
+                &server.url(&format!("/async/{id}")),
+                &[("prefer", "wait=5")],
+                Bytes::new(),
+            )
+            .await;
+    }
 }
 
 #[tokio::test]
 async fn a_json_output_reads_exactly_as_the_reference() {
-    let gate = Arc::new(Semaphore::new(0));
-    let (server, seen) = vessl_server(gate.clone()).await;
+    let gate = Gate::new();
+    let (server, seen) = vessl_server(gate.clone(), 4).await;
     let client = HttpClient::new();
     let id = create(&client, &server, "/predictions/my-model").await;
 
-    let pending = client
+    gate.started(1).await;
+    let running = client
         .get(&server.url(&format!("/async/{id}/output")))
         .await;
-    let status = pending.json()["status"].clone();
-    assert!(status == "pending" || status == "in_progress", "{status}");
-    assert_eq!(
-        pending.json().as_object().unwrap().len(),
-        1,
-        "only the status while unfinished"
-    );
+    assert_eq!(running.status, 200);
+    assert_eq!(running.json(), json!({"status": "in_progress"}));
 
-    gate.add_permits(1);
-    let doc = output_when_done(&client, &server, &id).await;
+    gate.release(1);
+    let doc = poll_output(&client, &server, &id).await;
     assert_eq!(
         doc,
         json!({
@@ -122,47 +143,62 @@ async fn a_json_output_reads_exactly_as_the_reference() {
             "output": {"text": "Hello!"}
         })
     );
+
+    // The inner service got the envelope's method, path, and `data` as a JSON body.
     let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "one inner call");
+    let (method, path, content_type, body) = &seen[0];
+    assert_eq!(method, Method::POST);
+    assert_eq!(path, "/predictions/my-model");
+    assert_eq!(content_type.as_deref(), Some("application/json"));
     assert_eq!(
-        seen,
-        [(
-            "POST".to_owned(),
-            "/predictions/my-model".to_owned(),
-            "application/json".to_owned(),
-            json!({"question": "How are you?"})
-        )]
+        serde_json::from_slice::<Value>(body).unwrap(),
+        json!({"question": "How are you?"})
     );
 }
 
 #[tokio::test]
-async fn a_job_waiting_for_a_worker_shows_exactly_pending() {
-    let gate = Arc::new(Semaphore::new(0));
-    let inner = tower::service_fn(move |_req: Request<Body>| {
-        let gate = gate.clone();
-        async move {
-            let _p = gate.acquire().await.unwrap();
-            infallible(json_response(200, &json!({})))
-        }
-    });
-    let app = DeferLayer::new(MemoryStore::new())
-        .concurrency(1)
-        .layer(inner);
-    let server = serve(app).await;
+async fn a_queued_job_is_exactly_pending_and_its_status_is_202() {
+    let gate = Gate::new();
+    let (server, _) = vessl_server(gate.clone(), 1).await;
     let client = HttpClient::new();
-    create(&client, &server, "/").await; // holds the only worker
+    let first = create(&client, &server, "/").await;
+    gate.started(1).await; // the only worker is busy with `first`
     let second = create(&client, &server, "/").await;
+
     let a = client
         .get(&server.url(&format!("/async/{second}/output")))
         .await;
+    assert_eq!(a.status, 200);
     assert_eq!(a.json(), json!({"status": "pending"}));
+
+    for (id, status) in [(&second, "queued"), (&first, "in_progress")] {
+        let a = client.get(&server.url(&format!("/async/{id}"))).await;
+        assert_eq!(a.status, 202, "{a:?}");
+        assert_eq!(a.header("retry-after"), "1");
+        assert_eq!(a.header("location"), format!("/async/{id}"));
+        let doc = a.json();
+        assert_eq!(doc["id"], id.as_str());
+        assert_eq!(doc["status"], status);
+    }
+
+    gate.release(2);
+    for id in [&first, &second] {
+        let doc = poll_output(&client, &server, id).await;
+        assert_eq!(doc["status"], "completed");
+        let a = client.get(&server.url(&format!("/async/{id}"))).await;
+        assert_eq!(a.status, 200, "terminal: {a:?}");
+        assert_eq!(a.json()["status"], "succeeded");
+        assert!(!a.headers.contains_key("retry-after"));
+    }
 }
 
 #[tokio::test]
 async fn a_non_json_output_has_no_output_field() {
-    let (server, _) = vessl_server(Arc::new(Semaphore::new(100))).await;
+    let (server, _) = vessl_server(Gate::open(), 4).await;
     let client = HttpClient::new();
     let id = create(&client, &server, "/predictions/text").await;
-    let doc = output_when_done(&client, &server, &id).await;
+    let doc = poll_output(&client, &server, &id).await;
     assert_eq!(
         doc,
         json!({"status": "completed", "status_code": 200, "raw_output": "Hello, plain!"})
@@ -171,10 +207,10 @@ async fn a_non_json_output_has_no_output_field() {
 
 #[tokio::test]
 async fn an_inner_400_fails_with_the_reference_fields() {
-    let (server, _) = vessl_server(Arc::new(Semaphore::new(100))).await;
+    let (server, _) = vessl_server(Gate::open(), 4).await;
     let client = HttpClient::new();
     let id = create(&client, &server, "/predictions/bad").await;
-    let doc = output_when_done(&client, &server, &id).await;
+    let doc = poll_output(&client, &server, &id).await;
     assert_eq!(
         doc,
         json!({
@@ -185,60 +221,68 @@ async fn an_inner_400_fails_with_the_reference_fields() {
             "fail_reason": "Server responded with status code 400"
         })
     );
+    let status = client.get(&server.url(&format!("/async/{id}"))).await;
+    assert_eq!(status.status, 200);
+    assert_eq!(status.json()["status"], "failed");
+    assert_eq!(status.json()["status_code"], 400);
 }
 
-#[tokio::test]
+/// On tokio's paused clock: a long-poll that missed the job's end would sit
+/// until its 30 s deadline (or the lease renewal at 10 s), which the clock
+/// would jump to; coming back in under a (virtual) second proves it woke on
+/// the end itself.
+#[tokio::test(start_paused = true)]
 async fn a_long_poll_returns_as_soon_as_the_job_finishes() {
-    let gate = Arc::new(Semaphore::new(0));
-    let (server, _) = vessl_server(gate.clone()).await;
+    let gate = Gate::new();
+    let (server, _) = vessl_server(gate.clone(), 4).await;
     let client = HttpClient::new();
     let id = create(&client, &server, "/").await;
+    gate.started(1).await;
     let url = server.url(&format!("/async/{id}"));
-    let running = client.get(&url).await;
-    assert_eq!(running.status, 202);
-    assert_eq!(running.headers["retry-after"], "1");
-    assert_eq!(running.headers["location"], format!("/async/{id}").as_str());
 
-    // Started before the job can finish; it must come back with the end, not
-    // at its 30 s deadline: it is released only by the gate.
+    let released = Arc::new(AtomicBool::new(false));
+    let start = tokio::time::Instant::now();
     let poll = {
-        let (client, url) = (client.clone(), url.clone());
+        let (client, url, released) = (client.clone(), url.clone(), released.clone());
         tokio::spawn(async move {
-            let req = Request::get(&url)
-                .header("prefer", "wait=30")
-                .body(Default::default())
-                .unwrap();
-            client.send(req).await
+            let a = client
+                .request(Method::GET, &url, &[("prefer", "wait=30")], Bytes::new())
+                .await;
+            (a, released.load(Ordering::SeqCst))
         })
     };
-    tokio::task::yield_now().await;
-    assert!(!poll.is_finished());
-    gate.add_permits(1);
-    let answer = tokio::time::timeout(std::time::Duration::from_secs(20), poll)
-        .await
-        .expect("the long-poll returned when the job finished, well before its 30 s")
-        .unwrap();
-    // It may wake on in_progress first (any change ends a long-poll); the
-    // final status is then one more poll away.
-    let doc = if answer.status == 200 {
-        answer.json()
-    } else {
-        client.finished(&url).await
-    };
-    assert_eq!(doc["status"], "succeeded");
+    // Virtual time: everything runs until idle, so the poll is now waiting
+    // in the layer.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !poll.is_finished(),
+        "the long-poll waits while the job runs"
+    );
+
+    released.store(true, Ordering::SeqCst);
+    gate.release(1);
+    let (answer, after_release) = poll.await.unwrap();
+    assert!(after_release, "it returned after the release");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "it returned on the job's end, not at a deadline: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json()["status"], "succeeded");
+    assert!(!answer.headers.contains_key("retry-after"));
 }
 
 #[tokio::test]
 async fn two_hundred_concurrent_submissions_each_run_exactly_once() {
-    let counts: Arc<Mutex<std::collections::HashMap<Value, usize>>> = Arc::default();
+    let counts: Arc<Mutex<HashMap<Bytes, usize>>> = Arc::default();
     let inner = {
         let counts = counts.clone();
         tower::service_fn(move |req: Request<Body>| {
             let counts = counts.clone();
             async move {
                 let body = req.into_body().collect().await.unwrap().to_bytes();
-                let v: Value = serde_json::from_slice(&body).unwrap();
-                *counts.lock().unwrap().entry(v).or_insert(0) += 1;
+                *counts.lock().unwrap().entry(body).or_insert(0) += 1;
                 infallible(json_response(200, &json!({})))
             }
         })
@@ -251,17 +295,21 @@ async fn two_hundred_concurrent_submissions_each_run_exactly_once() {
             tokio::spawn(async move { client.post_json(&url, &json!({"data": {"n": n}})).await })
         })
         .collect();
-    let mut ids = Vec::new();
+    let mut ids = std::collections::HashSet::new();
     for s in submits {
         let a = s.await.unwrap();
-        assert_eq!(a.status, 201);
-        ids.push(a.json()["id"].as_str().unwrap().to_owned());
+        assert_eq!(a.status, 201, "{a:?}");
+        assert!(ids.insert(a.id()), "ids are distinct");
     }
     for id in &ids {
         let doc = client.finished(&server.url(&format!("/async/{id}"))).await;
-        assert_eq!(doc["status"], "succeeded");
+        assert_eq!(doc["status"], "succeeded", "{doc}");
+        assert_eq!(doc["attempts"], 1);
     }
     let counts = counts.lock().unwrap();
     assert_eq!(counts.len(), 200, "every request ran");
-    assert!(counts.values().all(|&n| n == 1), "none ran twice");
+    for n in 0..200 {
+        let body = Bytes::from(json!({ "n": n }).to_string());
+        assert_eq!(counts.get(&body), Some(&1), "body {n} ran exactly once");
+    }
 }
