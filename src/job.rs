@@ -696,6 +696,9 @@ impl Job {
         self.lease = Some(lease);
         self.retry_at = None;
         self.started_at = Some(now);
+        // The previous attempt's error no longer describes the job (the last
+        // response stays: a final failure keeps it).
+        self.error = None;
         self.touch(JobStatus::InProgress, now);
         Some(lease)
     }
@@ -989,6 +992,8 @@ mod tests {
         assert_eq!(j.retry_at, Some(at));
         assert!(!j.is_runnable(t0));
         assert!(j.is_runnable(at));
+        j.claim(at, LEASE).unwrap();
+        assert_eq!(j.error, None, "a new attempt clears the last one's error");
     }
 
     #[test]

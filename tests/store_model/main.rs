@@ -764,6 +764,8 @@ impl<S: Store> Harness<S> {
         j.status = JobStatus::InProgress;
         j.ready = None;
         j.retry_at = None;
+        // A new attempt clears the last one's error.
+        j.error = None;
         let until = now.after(lease);
         j.lease = Some((LeaseToken(j.claims), until));
         ensure!(

@@ -227,6 +227,8 @@ local function claim_job(j, lease_ms)
   put(j, 'attempts', j.attempts + 1)
   put(j, 'retry_at', nil)
   put(j, 'started_at', NOW)
+  -- The previous attempt's error no longer describes the job.
+  set_error(j, nil, nil)
   touch(j, 'in_progress')
   return j.claims
 end
