@@ -34,6 +34,13 @@ pub(crate) struct Config {
     pub(crate) owner: Option<OwnerFn>,
     pub(crate) bifrost: bool,
     pub(crate) baseten: Option<Arc<crate::api::BasetenState>>,
+    /// Webhook delivery, when configured; `None` refuses every webhook.
+    #[cfg(feature = "webhooks")]
+    pub(crate) webhooks: Option<Arc<crate::Webhooks>>,
+    /// Baseten's `model_id` and `deployment_id`, for its webhook body
+    /// (`None`: empty strings).
+    #[cfg_attr(not(feature = "webhooks"), allow(dead_code))]
+    pub(crate) baseten_ids: Option<(String, String)>,
 }
 
 impl Default for Config {
@@ -55,6 +62,9 @@ impl Default for Config {
             owner: None,
             bifrost: false,
             baseten: None,
+            #[cfg(feature = "webhooks")]
+            webhooks: None,
+            baseten_ids: None,
         }
     }
 }
@@ -295,6 +305,15 @@ impl<St: Store> DeferLayer<St> {
     /// `…/async_queue_status`, as Baseten's async API does.
     pub fn baseten(mut self, settings: crate::Baseten) -> Self {
         self.config.baseten = Some(Arc::new(crate::api::BasetenState::new(settings)));
+        self
+    }
+
+    /// Delivers a signed event to the job's webhook when it ends (see
+    /// [`webhook`](crate::webhook)). Without it, a submission naming a
+    /// webhook answers `400`.
+    #[cfg(feature = "webhooks")]
+    pub fn webhooks(mut self, webhooks: crate::Webhooks) -> Self {
+        self.config.webhooks = Some(Arc::new(webhooks));
         self
     }
 

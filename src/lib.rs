@@ -58,6 +58,8 @@
 //! - `policy.rs`: classification, backoff and header rules as pure functions.
 //! - `upstream` (feature `proxy`): `Upstream`, the forwarding client of the
 //!   reverse proxy.
+//! - `webhook` (feature `webhooks`): signed delivery of each job's end, on a
+//!   loop beside the worker pool.
 //! - [`time`]: wall-clock timestamps that follow tokio's (pausable) clock.
 
 // Here rather than in Cargo.toml's [lints], which also reach tests, examples
@@ -78,6 +80,10 @@ pub mod store;
 pub mod time;
 #[cfg(feature = "proxy")]
 pub mod upstream;
+#[cfg(feature = "webhooks")]
+pub mod webhook;
+#[cfg(not(feature = "webhooks"))]
+mod webhook;
 mod worker;
 
 pub use api::Baseten;
@@ -89,6 +95,9 @@ pub use service::Defer;
 pub use store::{MemoryStore, Store};
 #[cfg(feature = "redis")]
 pub use store::{RedisStore, RedisStoreBuilder};
+pub(crate) use webhook::webhook_target;
+#[cfg(feature = "webhooks")]
+pub use webhook::Webhooks;
 pub use worker::{DeferHandle, InnerService, Worker};
 
 /// Internal parsers exposed for the fuzz targets in `fuzz/` (feature

@@ -10,6 +10,7 @@
 //! | `tower_defer_jobs_finished_total` | counter | `status` |
 //! | `tower_defer_retries_total` | counter | `reason` (`unavailable`, `attempt`, `shutdown`) |
 //! | `tower_defer_inner_responses_total` | counter | `status_code` |
+//! | `tower_defer_webhook_deliveries_total` | counter | `result` (`succeeded`, `retrying`, `failed`), per attempt |
 //! | `tower_defer_queue_wait_seconds` | histogram | |
 //! | `tower_defer_execution_seconds` | histogram | |
 //! | `tower_defer_in_flight` | gauge | |
@@ -50,6 +51,16 @@ pub(crate) fn inner_response(status: http::StatusCode) {
         .increment(1);
     #[cfg(not(feature = "metrics"))]
     let _ = status;
+}
+
+/// A webhook delivery attempt ended: `succeeded`, `retrying` or `failed`
+/// (for good).
+#[cfg_attr(not(feature = "webhooks"), allow(dead_code))]
+pub(crate) fn webhook_delivery(result: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("tower_defer_webhook_deliveries_total", "result" => result).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = result;
 }
 
 /// An attempt started after the job waited `wait` since it was submitted.

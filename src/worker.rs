@@ -6,6 +6,8 @@
 //! service is ready (`poll_ready`), claims a job and spawns its call. A job
 //! waiting out a backoff sits in the store, not in a worker. A second loop
 //! sweeps the store (deadlines, lapsed leases, retries coming due, TTLs).
+//! With webhooks configured, a third loop delivers them, with permits of its
+//! own (see `webhook`).
 //!
 //! While a call runs, its task renews the lease and watches the job: when the
 //! job is canceled (or another worker took it over) the call's future is
@@ -178,7 +180,10 @@ where
 
 /// Resolves with the grace period once the pool is told to stop (or every
 /// handle to it is gone, which takes the default grace).
-async fn stopped(control: &mut watch::Receiver<Control>, default_grace: Duration) -> Duration {
+pub(crate) async fn stopped(
+    control: &mut watch::Receiver<Control>,
+    default_grace: Duration,
+) -> Duration {
     match control.wait_for(|c| *c != Control::Run).await {
         Ok(c) => match *c {
             Control::Stop { grace } => grace,
@@ -198,6 +203,15 @@ where
     let (hand_back_tx, hand_back) = watch::channel(false);
     let mut tasks = JoinSet::new();
     tasks.spawn(sweep_loop(shared.clone(), control.clone()));
+    // Webhook deliveries run beside the workers, with permits of their own.
+    #[cfg(feature = "webhooks")]
+    if let Some(webhooks) = shared.config.webhooks.clone() {
+        tasks.spawn(crate::webhook::deliver_loop(
+            shared.clone(),
+            webhooks,
+            control.clone(),
+        ));
+    }
 
     // Several claimers, so that a store with a network round trip per claim
     // (Redis) is not one round trip per job behind a single loop. They are
@@ -615,7 +629,7 @@ where
 }
 
 /// An error and its sources, joined with ": ".
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut next = e.source();
     while let Some(s) = next {

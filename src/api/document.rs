@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::job::{Job, JobId};
+use crate::job::{DeliveryStatus, Job, JobId};
 use crate::time::Timestamp;
 
 /// `GET {prefix}/{id}`: where a job is, and how it ended.
@@ -27,6 +27,38 @@ pub(crate) struct StatusDocument<'a> {
     status_code: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<ErrorDocument<'a>>,
+    /// Present when the job has a webhook: `pending` until it has ended and
+    /// its event was delivered or given up on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook: Option<WebhookDocument<'a>>,
+}
+
+#[derive(Serialize)]
+struct WebhookDocument<'a> {
+    status: &'static str,
+    attempts: u32,
+    last_status_code: Option<u16>,
+    last_error: Option<&'a str>,
+}
+
+impl<'a> WebhookDocument<'a> {
+    fn new(job: &'a Job) -> Option<Self> {
+        job.options.webhook.as_ref()?;
+        Some(match &job.webhook {
+            None => WebhookDocument {
+                status: DeliveryStatus::Pending.as_str(),
+                attempts: 0,
+                last_status_code: None,
+                last_error: None,
+            },
+            Some(w) => WebhookDocument {
+                status: w.status.as_str(),
+                attempts: w.attempts,
+                last_status_code: w.last_status_code,
+                last_error: w.last_error.as_deref(),
+            },
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -54,6 +86,7 @@ impl<'a> StatusDocument<'a> {
                 code: e.code.as_str(),
                 message: &e.message,
             }),
+            webhook: WebhookDocument::new(job),
         }
     }
 }

@@ -4,8 +4,6 @@
 //!
 //! The wrappers answer in plain types so that no API type becomes public.
 
-use std::time::Duration;
-
 use http::{HeaderMap, HeaderValue, Method};
 
 use super::{bifrost, native, Prefer, PREFER};
@@ -23,12 +21,15 @@ pub struct Refused {
 /// The native envelope parser (`POST {prefix}`), with default job options and
 /// the layer's default cap on the result TTL (7 days).
 pub fn parse_envelope(body: &[u8]) -> Result<NewJob, Refused> {
-    native::parse_envelope(body, JobOptions::default(), Duration::from_secs(7 * 86_400)).map_err(
-        |p| Refused {
-            status: p.status.as_u16(),
-            code: p.code,
-        },
+    native::parse_envelope(
+        body,
+        JobOptions::default(),
+        &crate::layer::Config::default(),
     )
+    .map_err(|p| Refused {
+        status: p.status.as_u16(),
+        code: p.code,
+    })
 }
 
 /// What a route matcher decided, flattened.

@@ -25,6 +25,7 @@ use super::vessl::OutputDocument;
 use super::{json, options, read_body, store_unavailable, Prefer};
 use crate::error::Problem;
 use crate::job::{CancelOutcome, Job, JobId, JobOptions, NewJob, StoredRequest};
+use crate::layer::Config;
 use crate::policy;
 use crate::service::Shared;
 use crate::store::Store;
@@ -278,7 +279,7 @@ where
     }
     let options = base_options(shared, parts)?;
     let bytes = read_body(&shared.config, &parts.headers, body).await?;
-    let mut job = parse_envelope(&bytes, options, shared.config.max_result_ttl)?;
+    let mut job = parse_envelope(&bytes, options, &shared.config)?;
     job.request.headers =
         policy::request_headers_to_store(&job.request.headers, shared.config.forward_credentials);
     let enqueued = enqueue(shared, job).await?;
@@ -299,12 +300,12 @@ fn invalid(field: &str, detail: impl std::fmt::Display) -> Problem {
 }
 
 /// Parses the envelope: `data` (required), `method` (POST), `path` (/),
-/// `headers`, and the per-job options of [`options`].
+/// `headers`, the per-job options of [`options`], and `webhook`.
 /// Fields it does not know are ignored, as VESSL does.
 pub(crate) fn parse_envelope(
     bytes: &[u8],
     mut options: JobOptions,
-    max_result_ttl: Duration,
+    config: &Config,
 ) -> Result<NewJob, Problem> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         Problem::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
@@ -365,7 +366,8 @@ pub(crate) fn parse_envelope(
     if !headers.contains_key(CONTENT_TYPE) {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
-    options::from_envelope(&envelope, &mut options, max_result_ttl)?;
+    options::from_envelope(&envelope, &mut options, config.max_result_ttl)?;
+    options::webhook_from_envelope(&envelope, &mut options, config)?;
     let body = serde_json::to_vec(&data).unwrap_or_default();
     Ok(NewJob {
         request: StoredRequest {
@@ -418,6 +420,7 @@ where
     let (parts, body) = req.into_parts();
     let mut options = base_options(shared, &parts)?;
     options::from_headers(&parts.headers, &mut options, shared.config.max_result_ttl)?;
+    options::webhook_from_headers(&parts.headers, &mut options, &shared.config)?;
     let bytes = read_body(&shared.config, &parts.headers, body).await?;
     let path_and_query = parts
         .uri

@@ -11,7 +11,8 @@ use http::HeaderMap;
 use serde_json::{Map, Value};
 
 use crate::error::Problem;
-use crate::job::{JobOptions, Priority};
+use crate::job::{JobOptions, Priority, WebhookFormat};
+use crate::layer::Config;
 
 /// What an option sets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,6 +207,61 @@ pub(crate) fn from_headers(
         apply(options, spec.target, n, max_result_ttl);
     }
     check_delays(options)
+}
+
+/// The envelope field naming a job's webhook URL.
+pub(crate) const WEBHOOK_FIELD: &str = "webhook";
+/// The header naming it on a `Prefer: respond-async` submission.
+pub(crate) const WEBHOOK_HEADER: &str = "defer-webhook";
+
+/// Reads the envelope's `webhook` (a URL string), checked against the
+/// layer's webhook settings.
+pub(crate) fn webhook_from_envelope(
+    envelope: &Map<String, Value>,
+    options: &mut JobOptions,
+    config: &Config,
+) -> Result<(), Problem> {
+    match envelope.get(WEBHOOK_FIELD) {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(url)) => {
+            let target =
+                crate::webhook_target(config, url, WebhookFormat::Standard, WEBHOOK_FIELD)?;
+            options.webhook = Some(target);
+            Ok(())
+        }
+        Some(_) => Err(Problem::bad_request(
+            "invalid_field",
+            format!("`{WEBHOOK_FIELD}` must be a string (an http or https URL)"),
+        )),
+    }
+}
+
+/// Reads `Defer-Webhook`, checked against the layer's webhook settings.
+pub(crate) fn webhook_from_headers(
+    headers: &HeaderMap,
+    options: &mut JobOptions,
+    config: &Config,
+) -> Result<(), Problem> {
+    let mut values = headers.get_all(WEBHOOK_HEADER).iter();
+    let Some(value) = values.next() else {
+        return Ok(());
+    };
+    if values.next().is_some() {
+        return Err(Problem::bad_request(
+            "invalid_header",
+            format!("`{WEBHOOK_HEADER}` was sent more than once"),
+        ));
+    }
+    let url = value.to_str().map_err(|_| {
+        Problem::bad_request(
+            "invalid_header",
+            format!("`{WEBHOOK_HEADER}` must be an http or https URL"),
+        )
+    })?;
+    let target =
+        crate::webhook_target(config, url.trim(), WebhookFormat::Standard, WEBHOOK_HEADER)?;
+    options.webhook = Some(target);
+    Ok(())
 }
 
 fn check_delays(options: &JobOptions) -> Result<(), Problem> {
