@@ -13,6 +13,10 @@
 //! let proxy = DeferLayer::new(MemoryStore::new()).layer(upstream);
 //! # let _ = proxy; }
 //! ```
+//!
+//! [`Upstream::builder`] sets the connection: HTTP/2 with prior knowledge
+//! (h2c) instead of HTTP/1.1, and a connect timeout. A timeout on the whole
+//! request is tower's `Timeout` around it (the proxy example does that).
 
 use std::fmt;
 use std::task::{Context, Poll};
@@ -65,10 +69,52 @@ impl fmt::Display for InvalidUpstream {
 
 impl std::error::Error for InvalidUpstream {}
 
+/// Builds an [`Upstream`]: get one from [`Upstream::builder`].
+#[derive(Debug, Clone)]
+pub struct UpstreamBuilder {
+    base: Uri,
+    http2: bool,
+    connect_timeout: Option<Duration>,
+}
+
+impl UpstreamBuilder {
+    /// Speaks HTTP/2 with prior knowledge (h2c: no upgrade, no TLS) instead of
+    /// HTTP/1.1 (default `false`). Many calls then share one connection.
+    pub fn http2_prior_knowledge(mut self, yes: bool) -> Self {
+        self.http2 = yes;
+        self
+    }
+
+    /// Gives up on a connection attempt after `d` (default: the OS's own).
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = Some(d);
+        self
+    }
+
+    /// The upstream, or why its URL cannot be used.
+    pub fn build(self) -> Result<Upstream, InvalidUpstream> {
+        Upstream::with(self)
+    }
+}
+
 impl Upstream {
     /// Forwards to `base` (`http://host:port`, optionally with a base path that
-    /// every request path is appended to).
+    /// every request path is appended to), over HTTP/1.1.
     pub fn new(base: Uri) -> Result<Self, InvalidUpstream> {
+        Upstream::builder(base).build()
+    }
+
+    /// A builder for an upstream at `base`, to set how it connects.
+    pub fn builder(base: Uri) -> UpstreamBuilder {
+        UpstreamBuilder {
+            base,
+            http2: false,
+            connect_timeout: None,
+        }
+    }
+
+    fn with(settings: UpstreamBuilder) -> Result<Self, InvalidUpstream> {
+        let base = settings.base;
         let scheme = base.scheme().cloned().ok_or_else(|| {
             InvalidUpstream(format!(
                 "the upstream {base} has no scheme: write http://host:port"
@@ -85,8 +131,10 @@ impl Upstream {
             .ok_or_else(|| InvalidUpstream(format!("the upstream {base} has no host")))?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        connector.set_connect_timeout(settings.connect_timeout);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
+            .http2_only(settings.http2)
             .build(connector);
         Ok(Upstream {
             client,

@@ -1,0 +1,443 @@
+//! The command line: every flag, each also read from `TOWER_DEFER_<NAME>`,
+//! and the effective configuration printed at start with secrets masked.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use http::Uri;
+
+use crate::auth::Tokens;
+
+/// A reverse proxy that gives any HTTP server the async request API.
+///
+/// Every flag may also be set in the environment as TOWER_DEFER_<FLAG>
+/// (TOWER_DEFER_LISTEN, TOWER_DEFER_TOKEN=a,b, ...); a flag wins over its
+/// variable. Repeatable flags take comma-separated lists there. Durations are
+/// `500ms`, `30s`, `10m`, `1h`, `7d` (a bare number is seconds); sizes are
+/// `512KiB`, `10MiB`, `1GiB` (a bare number is bytes).
+#[derive(Parser, Debug)]
+#[command(name = "proxy", version, max_term_width = 100)]
+pub(crate) struct Args {
+    /// The address to serve on; port 0 picks a free one (the bound address is printed).
+    #[arg(long, env = "TOWER_DEFER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub(crate) listen: SocketAddr,
+
+    /// The server to forward to (http://host:port[/base]); none serves a built-in demo model.
+    #[arg(long, env = "TOWER_DEFER_UPSTREAM", value_parser = upstream_url)]
+    pub(crate) upstream: Option<Uri>,
+
+    /// Speak HTTP/2 with prior knowledge (h2c) to the upstream instead of HTTP/1.1.
+    #[arg(long, env = "TOWER_DEFER_UPSTREAM_HTTP2", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    pub(crate) upstream_http2: bool,
+
+    /// How long a connection to the upstream may take to open.
+    #[arg(long, env = "TOWER_DEFER_UPSTREAM_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub(crate) upstream_connect_timeout: Duration,
+
+    /// How long the upstream may take to start answering a request (its head; the body then streams).
+    #[arg(long, env = "TOWER_DEFER_UPSTREAM_TIMEOUT", default_value = "10m", value_parser = duration)]
+    pub(crate) upstream_timeout: Duration,
+
+    /// Where the native async API lives.
+    #[arg(long, env = "TOWER_DEFER_PREFIX", default_value = "/async", value_parser = prefix)]
+    pub(crate) prefix: String,
+
+    /// At most this many inner calls at once.
+    #[arg(long, env = "TOWER_DEFER_CONCURRENCY", default_value = "16", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) concurrency: u32,
+
+    /// `memory`, or `redis://[user:password@]host:port/db` to share one queue between proxies (feature `redis`).
+    #[arg(long, env = "TOWER_DEFER_STORE", default_value = "memory", value_parser = store)]
+    pub(crate) store: StoreUrl,
+
+    /// The largest request body accepted for a job (larger: 413).
+    #[arg(long, env = "TOWER_DEFER_MAX_BODY", default_value = "10MiB", value_parser = size)]
+    pub(crate) max_body: usize,
+
+    /// At most this many queued jobs (past it: 429 + Retry-After).
+    #[arg(long, env = "TOWER_DEFER_MAX_QUEUE", default_value = "10000")]
+    pub(crate) max_queue: usize,
+
+    /// The largest inner response kept for a job (larger: the job fails, response_too_large).
+    #[arg(long, env = "TOWER_DEFER_MAX_OUTPUT", default_value = "100MiB", value_parser = size)]
+    pub(crate) max_output: usize,
+
+    /// How long a finished job's result stays retrievable, unless the job asks otherwise.
+    #[arg(long, env = "TOWER_DEFER_RESULT_TTL", default_value = "1h", value_parser = duration)]
+    pub(crate) result_ttl: Duration,
+
+    /// The longest result TTL a job may ask for.
+    #[arg(long, env = "TOWER_DEFER_MAX_RESULT_TTL", default_value = "7d", value_parser = duration)]
+    pub(crate) max_result_ttl: Duration,
+
+    /// A job not started this long after submission ends `expired`.
+    #[arg(long, env = "TOWER_DEFER_MAX_TIME_IN_QUEUE", default_value = "10m", value_parser = duration)]
+    pub(crate) max_time_in_queue: Duration,
+
+    /// How long one inner call of a job may run (then the job fails, execution_timeout).
+    #[arg(long, env = "TOWER_DEFER_EXECUTION_TIMEOUT", default_value = "10m", value_parser = duration)]
+    pub(crate) execution_timeout: Duration,
+
+    /// Attempts in all after a 500, 502, 503 or 504, the first included.
+    #[arg(long, env = "TOWER_DEFER_RETRY_ATTEMPTS", default_value = "3", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) retry_attempts: u32,
+
+    /// The delay before the second attempt; it doubles after each.
+    #[arg(long, env = "TOWER_DEFER_RETRY_INITIAL_DELAY", default_value = "1s", value_parser = duration)]
+    pub(crate) retry_initial_delay: Duration,
+
+    /// The cap on the delay between attempts.
+    #[arg(long, env = "TOWER_DEFER_RETRY_MAX_DELAY", default_value = "5s", value_parser = duration)]
+    pub(crate) retry_max_delay: Duration,
+
+    /// How fast waiting jobs gain priority, or `off` for strict priority.
+    #[arg(long, env = "TOWER_DEFER_PRIORITY_AGING", default_value = "60s", value_parser = aging)]
+    pub(crate) priority_aging: Aging,
+
+    /// The longest `Prefer: wait=N` honoured.
+    #[arg(long, env = "TOWER_DEFER_MAX_WAIT", default_value = "60s", value_parser = duration)]
+    pub(crate) max_wait: Duration,
+
+    /// How long a worker's claim on a job lasts without renewal (a crashed proxy's jobs run again after it).
+    #[arg(long, env = "TOWER_DEFER_LEASE", default_value = "30s", value_parser = duration)]
+    pub(crate) lease: Duration,
+
+    /// On SIGTERM or SIGINT: how long in-flight calls and connections may take to finish.
+    #[arg(long, env = "TOWER_DEFER_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
+    pub(crate) shutdown_grace: Duration,
+
+    /// Send the client's Authorization and Cookie on to the upstream (default: the proxy's token stops here).
+    #[arg(long, env = "TOWER_DEFER_FORWARD_CREDENTIALS", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    pub(crate) forward_credentials: bool,
+
+    /// Also answer a hosted platform's async API (repeatable): baseten, bifrost.
+    #[arg(
+        long = "dialect",
+        env = "TOWER_DEFER_DIALECT",
+        value_enum,
+        value_delimiter = ','
+    )]
+    pub(crate) dialects: Vec<Dialect>,
+
+    /// Baseten: the upstream route that async_predict calls.
+    #[arg(long, env = "TOWER_DEFER_PREDICT_PATH", default_value = "/predict", value_parser = path)]
+    pub(crate) predict_path: String,
+
+    /// Baseten: the model_id reported in status documents.
+    #[arg(long, env = "TOWER_DEFER_MODEL_ID", default_value = "")]
+    pub(crate) model_id: String,
+
+    /// Baseten: the deployment_id reported in status documents.
+    #[arg(long, env = "TOWER_DEFER_DEPLOYMENT_ID", default_value = "")]
+    pub(crate) deployment_id: String,
+
+    /// A webhook signing secret, `whsec_<base64>` (repeatable: the first signs, all are listed for rotation).
+    #[arg(long = "webhook-secret", env = "TOWER_DEFER_WEBHOOK_SECRET", value_delimiter = ',', hide_env_values = true, value_parser = webhook_secret)]
+    pub(crate) webhook_secrets: Vec<String>,
+
+    /// Baseten dialect: the secret its webhooks are signed with (X-BASETEN-SIGNATURE).
+    #[arg(
+        long,
+        env = "TOWER_DEFER_BASETEN_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
+    pub(crate) baseten_webhook_secret: Option<String>,
+
+    /// Accept webhook URLs on these hosts only (repeatable; `*.example.com` for subdomains). Default: any.
+    #[arg(
+        long = "webhook-allow-host",
+        env = "TOWER_DEFER_WEBHOOK_ALLOW_HOST",
+        value_delimiter = ','
+    )]
+    pub(crate) webhook_allow_hosts: Vec<String>,
+
+    /// Allow webhook receivers on loopback and private addresses (refused by default).
+    #[arg(long, env = "TOWER_DEFER_WEBHOOK_ALLOW_PRIVATE", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    pub(crate) webhook_allow_private: bool,
+
+    /// This service's public base URL (https://api.example.com), to make result URLs in webhook events absolute.
+    #[arg(long, env = "TOWER_DEFER_PUBLIC_URL")]
+    pub(crate) public_url: Option<String>,
+
+    /// A client token (repeatable), accepted as `Authorization: Bearer T` or `Api-Key T`.
+    #[arg(
+        long = "token",
+        env = "TOWER_DEFER_TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub(crate) tokens: Vec<String>,
+
+    /// A file of client tokens, one a line, each `token` or `name:token`; `#` starts a comment.
+    #[arg(long, env = "TOWER_DEFER_TOKENS_FILE")]
+    pub(crate) tokens_file: Option<PathBuf>,
+
+    /// Logs on stderr as text or as one JSON object a line.
+    #[arg(
+        long,
+        env = "TOWER_DEFER_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub(crate) log_format: LogFormat,
+}
+
+/// A front door besides the native API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Dialect {
+    Baseten,
+    Bifrost,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where jobs are kept.
+#[derive(Clone, Debug)]
+pub(crate) enum StoreUrl {
+    Memory,
+    Redis(String),
+}
+
+/// The aging period, `None` for strict priority.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Aging(pub(crate) Option<Duration>);
+
+fn upstream_url(s: &str) -> Result<Uri, String> {
+    let uri: Uri = s.parse().map_err(|e| format!("{e}"))?;
+    match uri.scheme_str() {
+        Some("http") if uri.authority().is_some() => Ok(uri),
+        Some("https") => Err("https upstreams are not supported by this build: \
+             put a TLS-terminating sidecar in front, or use http://"
+            .into()),
+        _ => Err("write http://host:port, optionally with a base path".into()),
+    }
+}
+
+fn prefix(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && !s.trim_end_matches('/').is_empty() {
+        Ok(s.trim_end_matches('/').to_owned())
+    } else {
+        Err("must start with '/' and name a path, such as /async".into())
+    }
+}
+
+fn path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && s.parse::<http::uri::PathAndQuery>().is_ok() {
+        Ok(s.to_owned())
+    } else {
+        Err("must be a path starting with '/'".into())
+    }
+}
+
+fn store(s: &str) -> Result<StoreUrl, String> {
+    if s == "memory" || s.is_empty() {
+        Ok(StoreUrl::Memory)
+    } else if s.starts_with("redis://") || s.starts_with("rediss://") {
+        Ok(StoreUrl::Redis(s.to_owned()))
+    } else {
+        Err("must be memory or redis://host:port/db".into())
+    }
+}
+
+fn webhook_secret(s: &str) -> Result<String, String> {
+    match s.strip_prefix("whsec_") {
+        Some(rest) if !rest.is_empty() => Ok(s.to_owned()),
+        _ => Err("a webhook secret is whsec_ followed by its base64 key".into()),
+    }
+}
+
+fn aging(s: &str) -> Result<Aging, String> {
+    match s {
+        "off" | "none" => Ok(Aging(None)),
+        _ => match duration(s)? {
+            Duration::ZERO => Err("must be positive, or off".into()),
+            d => Ok(Aging(Some(d))),
+        },
+    }
+}
+
+/// `500ms`, `30s`, `10m`, `1h`, `7d`; a bare number is seconds.
+pub(crate) fn duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 30s, 10m, 1h or 7d"))?;
+    let unit_ms: u64 = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => return Err(format!("unknown unit {other:?}: use ms, s, m, h or d")),
+    };
+    n.checked_mul(unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+/// `512KiB`, `10MiB`, `1GiB` (or `k`, `M`, `G`, also binary); a bare number is bytes.
+pub(crate) fn size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: usize = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 512KiB or 10MiB"))?;
+    let unit: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?}: use KiB, MiB or GiB")),
+    };
+    n.checked_mul(unit)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// A URL with its password, if any, replaced by `****`.
+pub(crate) fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:****@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0s".into(),
+        ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+fn bytes(n: usize) -> String {
+    match n {
+        n if n != 0 && n % (1 << 30) == 0 => format!("{}GiB", n >> 30),
+        n if n != 0 && n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+        n if n != 0 && n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        n => format!("{n}B"),
+    }
+}
+
+impl Args {
+    /// The configuration in force, one `name value` line each, secrets masked.
+    pub(crate) fn effective(&self, tokens: &Tokens) -> Vec<(&'static str, String)> {
+        let store = match &self.store {
+            StoreUrl::Memory => "memory".to_owned(),
+            StoreUrl::Redis(url) => mask_url(url),
+        };
+        let upstream = match &self.upstream {
+            Some(u) => format!(
+                "{u} ({}, connect timeout {}, timeout {})",
+                if self.upstream_http2 {
+                    "h2c"
+                } else {
+                    "HTTP/1.1"
+                },
+                human(self.upstream_connect_timeout),
+                human(self.upstream_timeout)
+            ),
+            None => "none: the built-in demo model".to_owned(),
+        };
+        let dialects = if self.dialects.is_empty() {
+            "none (native API only)".to_owned()
+        } else {
+            let mut names: Vec<&str> = self
+                .dialects
+                .iter()
+                .map(|d| match d {
+                    Dialect::Baseten => "baseten",
+                    Dialect::Bifrost => "bifrost",
+                })
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            names.join(", ")
+        };
+        let webhooks = if !cfg!(feature = "webhooks") {
+            "off: this build has no webhook support".to_owned()
+        } else {
+            let signed = match self.webhook_secrets.len() {
+                0 => "UNSIGNED (no --webhook-secret)".to_owned(),
+                n => format!("signed with {n} secret(s) whsec_****"),
+            };
+            let baseten = match &self.baseten_webhook_secret {
+                Some(_) => ", Baseten's signed (****)",
+                None => "",
+            };
+            let hosts = match self.webhook_allow_hosts.len() {
+                0 => "any host".to_owned(),
+                _ => format!("hosts {}", self.webhook_allow_hosts.join(", ")),
+            };
+            let private = if self.webhook_allow_private {
+                "private addresses allowed"
+            } else {
+                "private addresses refused"
+            };
+            format!("on: {signed}{baseten}; {hosts}; {private}")
+        };
+        vec![
+            ("listen", self.listen.to_string()),
+            ("upstream", upstream),
+            ("prefix", self.prefix.clone()),
+            ("store", store),
+            ("concurrency", self.concurrency.to_string()),
+            ("max-body", bytes(self.max_body)),
+            ("max-queue", self.max_queue.to_string()),
+            ("max-output", bytes(self.max_output)),
+            ("result-ttl", human(self.result_ttl)),
+            ("max-result-ttl", human(self.max_result_ttl)),
+            ("max-time-in-queue", human(self.max_time_in_queue)),
+            ("execution-timeout", human(self.execution_timeout)),
+            (
+                "retry",
+                format!(
+                    "{} attempts, {} doubling to {}",
+                    self.retry_attempts,
+                    human(self.retry_initial_delay),
+                    human(self.retry_max_delay)
+                ),
+            ),
+            (
+                "priority-aging",
+                self.priority_aging.0.map_or("off".into(), human),
+            ),
+            ("max-wait", human(self.max_wait)),
+            ("lease", human(self.lease)),
+            ("shutdown-grace", human(self.shutdown_grace)),
+            ("forward-credentials", self.forward_credentials.to_string()),
+            ("dialects", dialects),
+            ("predict-path", self.predict_path.clone()),
+            ("model-id", self.model_id.clone()),
+            ("deployment-id", self.deployment_id.clone()),
+            ("webhooks", webhooks),
+            (
+                "public-url",
+                self.public_url.clone().unwrap_or_else(|| "none".into()),
+            ),
+            ("tokens", tokens.describe()),
+            (
+                "log-format",
+                format!("{:?}", self.log_format).to_lowercase(),
+            ),
+        ]
+    }
+}
