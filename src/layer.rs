@@ -304,6 +304,7 @@ impl<St: Store> DeferLayer<St> {
     /// `/deployment/{id}`), `GET` and `DELETE /async_request/{id}`, and
     /// `…/async_queue_status`, as Baseten's async API does.
     pub fn baseten(mut self, settings: crate::Baseten) -> Self {
+        self.config.baseten_ids = Some(settings.ids());
         self.config.baseten = Some(Arc::new(crate::api::BasetenState::new(settings)));
         self
     }

@@ -24,7 +24,9 @@ use serde_json::{json, Value};
 use super::jobs::{base_options, enqueue, lookup, no_job};
 use super::{json, options, read_body, store_unavailable};
 use crate::error::Problem;
-use crate::job::{DeliveryStatus, ErrorCode, Job, JobId, JobStatus, NewJob, StoredRequest};
+use crate::job::{
+    DeliveryStatus, ErrorCode, Job, JobId, JobStatus, NewJob, StoredRequest, WebhookFormat,
+};
 use crate::service::Shared;
 use crate::store::{QueuedCancel, Store};
 use crate::BoxError;
@@ -92,6 +94,11 @@ impl Baseten {
     pub fn deployment_id(mut self, id: impl Into<String>) -> Self {
         self.deployment_id = id.into();
         self
+    }
+
+    /// `model_id` and `deployment_id`, for the webhook body.
+    pub(crate) fn ids(&self) -> (String, String) {
+        (self.model_id.clone(), self.deployment_id.clone())
     }
 
     /// Status polls allowed per owner and second (default 20); `None` for no limit.
@@ -249,6 +256,23 @@ where
         .remove("model_input")
         .ok_or_else(|| Problem::bad_request("missing_field", "missing field `model_input`"))?;
     options::from_envelope(&fields, &mut options, shared.config.max_result_ttl)?;
+    match fields.get("webhook_endpoint") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(url)) => {
+            options.webhook = Some(crate::webhook_target(
+                &shared.config,
+                url,
+                WebhookFormat::Baseten,
+                "webhook_endpoint",
+            )?);
+        }
+        Some(other) => {
+            return Err(Problem::bad_request(
+                "invalid_field",
+                format!("`webhook_endpoint` must be a URL string, got {other}"),
+            ))
+        }
+    }
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let request = StoredRequest {

@@ -293,6 +293,61 @@ async fn baseten_events_have_baseten_body_and_signature() {
 }
 
 #[tokio::test]
+async fn a_baseten_submission_with_webhook_endpoint_gets_the_baseten_webhook() {
+    const BASETEN_SECRET: &str = "bt-secret";
+    let mut receiver = Receiver::start(|_| ok()).await;
+    let layer = layer()
+        .baseten(
+            tower_defer::Baseten::new()
+                .model_id("abcd1234")
+                .deployment_id("dep5678"),
+        )
+        .webhooks(local().secret(secret(KEY)).baseten_secret(BASETEN_SECRET));
+    let app = app(layer);
+    let req = Request::post("/production/async_predict")
+        .body(Body::from(
+            json!({"model_input": {"q": 1}, "webhook_endpoint": receiver.url("/bt")}).to_string(),
+        ))
+        .unwrap();
+    let answer = call(&app, req).await;
+    assert_eq!(answer.status, 201, "{}", answer.text());
+    let id = answer.json()["request_id"].as_str().unwrap().to_owned();
+    let hit = receiver.next().await;
+    assert_eq!(hit.header("x-baseten-request-id"), id);
+    assert_eq!(
+        hit.header("x-baseten-signature"),
+        baseten_signature(BASETEN_SECRET, &hit.body)
+    );
+    let event = hit.json();
+    assert_eq!(event["model_id"], "abcd1234");
+    assert_eq!(event["deployment_id"], "dep5678");
+    assert_eq!(event["type"], "async_request_completed");
+    // Baseten's status document reports the delivery.
+    let doc = loop {
+        let doc = get(&app, &format!("/async_request/{id}")).await.json();
+        if doc["webhook_status"] != "PENDING" {
+            break doc;
+        }
+        tokio::time::sleep(ms(20)).await;
+    };
+    assert_eq!(doc["status"], "SUCCEEDED");
+    assert_eq!(doc["webhook_status"], "SUCCEEDED");
+    // A bad endpoint is a 400 naming the field.
+    let req = Request::post("/async_predict")
+        .body(Body::from(
+            json!({"model_input": 1, "webhook_endpoint": "ftp://x"}).to_string(),
+        ))
+        .unwrap();
+    let answer = call(&app, req).await;
+    assert_eq!(answer.status, 400);
+    assert!(
+        answer.problem().1.contains("webhook_endpoint"),
+        "{:?}",
+        answer.problem()
+    );
+}
+
+#[tokio::test]
 async fn outputs_too_large_or_not_json_are_sent_as_result_urls() {
     let mut receiver = Receiver::start(|_| ok()).await;
     let app = app(layer().webhooks(
