@@ -340,8 +340,9 @@ fn baseten_status(job: &Job) -> &'static str {
     }
 }
 
-/// Baseten's error codes for what went wrong.
-fn baseten_errors(job: &Job) -> Vec<Value> {
+/// Baseten's error codes for what went wrong, as its status document and
+/// its webhook show them.
+pub(crate) fn baseten_errors(job: &Job) -> Vec<Value> {
     let error = |code: &str, message: String| json!({ "code": code, "message": message });
     if let Some(e) = &job.error {
         if job.status.is_terminal() {

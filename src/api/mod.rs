@@ -27,6 +27,8 @@ mod prefer;
 mod recent;
 mod vessl;
 
+#[cfg_attr(not(feature = "webhooks"), allow(unused_imports))]
+pub(crate) use baseten::baseten_errors;
 pub use baseten::Baseten;
 pub(crate) use baseten::BasetenState;
 pub(crate) use prefer::{Prefer, PREFER};

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::sign::baseten_signature;
 use super::Webhooks;
-use crate::job::{ErrorCode, Job, JobId, JobStatus, WebhookFormat};
+use crate::job::{Job, JobId, JobStatus, WebhookFormat};
 use crate::time::Timestamp;
 
 /// `webhook-id`: the same for every attempt at one job's event.
@@ -152,7 +152,7 @@ struct BasetenEvent<'a> {
     kind: &'static str,
     time: Timestamp,
     data: Value,
-    errors: Vec<ErrorBody<'a>>,
+    errors: Vec<Value>,
 }
 
 fn baseten<'a>(job: &'a Job, cx: &Context<'a>) -> BasetenEvent<'a> {
@@ -167,40 +167,7 @@ fn baseten<'a>(job: &'a Job, cx: &Context<'a>) -> BasetenEvent<'a> {
         kind: "async_request_completed",
         time: job.completed_at.unwrap_or(job.status_at),
         data,
-        errors: baseten_errors(job),
-    }
-}
-
-/// Baseten's error codes, as its status document shows them.
-// Mirrors `api::baseten`'s mapping for the status document; keep them alike.
-fn baseten_errors(job: &Job) -> Vec<ErrorBody<'_>> {
-    if let Some(e) = &job.error {
-        let code = match e.code {
-            ErrorCode::ExecutionTimeout => "MODEL_PREDICT_TIMEOUT",
-            ErrorCode::QueueTimeout | ErrorCode::UpstreamUnavailable => "MODEL_UNAVAILABLE",
-            ErrorCode::Canceled => "CANCELED",
-            ErrorCode::UpstreamStatus | ErrorCode::UpstreamError | ErrorCode::ResponseBodyError => {
-                "MODEL_PREDICT_ERROR"
-            }
-            _ => "INTERNAL_SERVER_ERROR",
-        };
-        return vec![ErrorBody {
-            code,
-            message: Cow::Borrowed(&e.message),
-        }];
-    }
-    match (&job.response, job.status) {
-        (Some(r), JobStatus::Failed) => vec![ErrorBody {
-            code: if r.status.is_client_error() {
-                "MODEL_INVALID_INPUT"
-            } else {
-                "MODEL_PREDICT_ERROR"
-            },
-            message: Cow::Owned(format!(
-                "Server responded with status code {}",
-                r.status.as_u16()
-            )),
-        }],
-        _ => Vec::new(),
+        // The same errors as Baseten's status document shows.
+        errors: crate::api::baseten_errors(job),
     }
 }

@@ -40,10 +40,11 @@
 //!   [refused](Webhooks::deny_private_addresses) unless allowed.
 //!
 //! ```
+//! # #[cfg(feature = "webhooks")] mod example {
 //! use tower::Layer;
 //! use tower_defer::{Body, DeferLayer, MemoryStore, Webhooks};
 //!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! # pub async fn main() {
 //! let model = tower::service_fn(|_req: http::Request<Body>| async {
 //!     Ok::<_, std::convert::Infallible>(http::Response::new(Body::from("{}")))
 //! });
@@ -51,6 +52,9 @@
 //!     .webhooks(Webhooks::new().secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"))
 //!     .layer(model);
 //! # let _ = app;
+//! # } }
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! #     #[cfg(feature = "webhooks")] example::main().await;
 //! # }
 //! ```
 //!
