@@ -22,6 +22,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::jobs::{base_options, enqueue, lookup, no_job};
+use super::RequestBody;
 use super::{json, options, read_body, store_unavailable};
 use crate::error::Problem;
 use crate::job::{
@@ -29,7 +30,6 @@ use crate::job::{
 };
 use crate::service::Shared;
 use crate::store::{QueuedCancel, Store};
-use crate::BoxError;
 
 /// The Baseten dialect's settings.
 ///
@@ -191,8 +191,7 @@ pub(crate) async fn handle<St, B>(
 ) -> Result<Response<Bytes>, Problem>
 where
     St: Store,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: RequestBody,
 {
     let (parts, body) = req.into_parts();
     let owner = shared.config.owner_of(&parts);
@@ -238,8 +237,7 @@ async fn submit<St, B>(
 ) -> Result<Response<Bytes>, Problem>
 where
     St: Store,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: RequestBody,
 {
     let mut options = base_options(shared, parts)?;
     let bytes = read_body(&shared.config, &parts.headers, body).await?;

@@ -18,13 +18,13 @@ use http::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 use super::jobs::{base_options, enqueue, lookup, no_job};
+use super::RequestBody;
 use super::{json, read_body};
 use crate::error::Problem;
 use crate::job::{Job, JobId, JobStatus, NewJob, StoredRequest};
 use crate::policy;
 use crate::service::Shared;
 use crate::store::Store;
-use crate::BoxError;
 
 /// Where the dialect is mounted.
 pub(crate) const MOUNT: &str = "/v1/async";
@@ -82,8 +82,7 @@ pub(crate) async fn handle<St, B>(
 ) -> Response<Bytes>
 where
     St: Store,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: RequestBody,
 {
     let result = match endpoint {
         Endpoint::Submit { route } => submit(shared, &route, req).await,
@@ -134,8 +133,7 @@ async fn submit<St, B>(
 ) -> Result<Response<Bytes>, Problem>
 where
     St: Store,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: RequestBody,
 {
     let (parts, body) = req.into_parts();
     let mut options = base_options(shared, &parts)?;

@@ -34,6 +34,22 @@ pub(crate) use baseten::BasetenState;
 pub(crate) use prefer::{Prefer, PREFER};
 pub(crate) use recent::Recent;
 
+/// A request body the front doors can read: chunks of [`Bytes`], any error
+/// that boxes, sendable. Implemented for every such body.
+pub(crate) trait RequestBody:
+    http_body::Body<Data = Bytes, Error = Self::BodyError> + Send + 'static
+{
+    type BodyError: Into<BoxError>;
+}
+
+impl<B> RequestBody for B
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type BodyError = B::Error;
+}
+
 /// Where a request goes.
 pub(crate) enum Route {
     /// Not ours: to the inner service, untouched.
@@ -81,8 +97,7 @@ pub(crate) async fn handle<St, B>(
 ) -> Response<Bytes>
 where
     St: Store,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: RequestBody,
 {
     let result = match route {
         Route::Native(endpoint) => native::handle(shared, endpoint, req).await,

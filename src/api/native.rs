@@ -22,6 +22,7 @@ use serde_json::{Map, Value};
 use super::document::StatusDocument;
 use super::jobs::{base_options, enqueue, lookup, no_job};
 use super::vessl::OutputDocument;
+use super::RequestBody;
 use super::{json, options, read_body, store_unavailable, Prefer};
 use crate::error::Problem;
 use crate::job::{CancelOutcome, Job, JobId, JobOptions, NewJob, StoredRequest};
@@ -30,7 +31,6 @@ use crate::policy;
 use crate::service::Shared;
 use crate::store::Store;
 use crate::time::Timestamp;
-use crate::BoxError;
 
 /// The header naming the job on an inner response returned by `Prefer: wait`.
 pub(crate) const JOB_ID_HEADER: &str = "defer-job-id";
@@ -97,8 +97,7 @@ pub(crate) async fn handle<St, B>(
 ) -> Result<Response<Bytes>, Problem>
 where
     St: Store,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: RequestBody,
 {
     let (parts, body) = req.into_parts();
     let owner = shared.config.owner_of(&parts);
@@ -266,8 +265,7 @@ async fn submit_envelope<St, B>(
 ) -> Result<Response<Bytes>, Problem>
 where
     St: Store,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: RequestBody,
 {
     let content_type = parts.headers.get(CONTENT_TYPE);
     if content_type.is_some() && !policy::is_json_content_type(content_type) {
@@ -414,8 +412,7 @@ pub(crate) async fn submit_prefer<St, B>(
 ) -> Result<Response<Bytes>, Problem>
 where
     St: Store,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: RequestBody,
 {
     let (parts, body) = req.into_parts();
     let mut options = base_options(shared, &parts)?;
