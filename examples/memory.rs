@@ -4,16 +4,20 @@
 //! cargo run --release --example memory
 //! ```
 //!
-//! Prints the bytes each queued job costs beyond its 1 KiB payload. Linux only
-//! (reads `/proc/self/statm`).
+//! Each job is submitted through the layer, as a client would: `POST /predict`
+//! with `Content-Type: application/json`, `Prefer: respond-async` and a 1 KiB
+//! body, so what is measured is what the layer keeps (the stored request with
+//! its headers, the job, the store's indexes), not a hand-built job. The
+//! worker pool is never started (`DeferLayer::pair`), so every job stays
+//! queued. Prints the bytes each queued job costs beyond its 1 KiB payload.
+//! Linux only (reads `/proc/self/statm`).
 
+use std::convert::Infallible;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Method};
-use tower_defer::job::{JobOptions, NewJob, StoredRequest};
-use tower_defer::{MemoryStore, Store};
+use http::{Request, Response};
+use tower::{Service, ServiceExt};
+use tower_defer::{Body, DeferLayer, MemoryStore, Store};
 
 const JOBS: usize = 100_000;
 const PAYLOAD: usize = 1024;
@@ -24,36 +28,39 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
-fn job(n: usize) -> NewJob {
-    let mut headers = HeaderMap::new();
-    headers.insert("content-type", HeaderValue::from_static("application/json"));
+fn request(n: usize) -> Request<Body> {
     // A fresh allocation per job, as a real request body would be.
     let mut body = vec![b'x'; PAYLOAD];
     body[..8].copy_from_slice(&(n as u64).to_le_bytes());
-    NewJob {
-        request: StoredRequest {
-            method: Method::POST,
-            path_and_query: PathAndQuery::from_static("/predict"),
-            headers,
-            body: Bytes::from(body),
-        },
-        options: JobOptions {
-            max_time_in_queue: Duration::from_secs(3600),
-            ..JobOptions::default()
-        },
-    }
+    Request::post("/predict")
+        .header("content-type", "application/json")
+        .header("prefer", "respond-async")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+async fn never_called(_: Request<Body>) -> Result<Response<Body>, Infallible> {
+    unreachable!("the worker pool is not running")
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let store = MemoryStore::new();
+    let layer = DeferLayer::new(store.clone())
+        .max_queue(usize::MAX)
+        .max_time_in_queue(Duration::from_secs(3600));
+    let (mut app, _worker) = layer.pair(tower::service_fn(never_called));
+    let mut submit = async |n| {
+        let ready = ServiceExt::<Request<Body>>::ready(&mut app).await.unwrap();
+        assert_eq!(ready.call(request(n)).await.unwrap().status(), 202);
+    };
     // Warm up the allocator and the maps, then measure from there.
     for n in 0..1000 {
-        store.enqueue(job(n), usize::MAX).await.unwrap();
+        submit(n).await;
     }
     let before = rss_bytes();
     for n in 1000..1000 + JOBS {
-        store.enqueue(job(n), usize::MAX).await.unwrap();
+        submit(n).await;
     }
     let after = rss_bytes();
     let per_job = (after - before) as f64 / JOBS as f64;

@@ -1,11 +1,11 @@
 //! The worker pool: claims jobs, replays them against the inner service,
 //! classifies the answers and records them.
 //!
-//! One pool per wrapped service. A dispatcher loop holds a semaphore of
-//! `concurrency` permits: it takes a permit, waits until a clone of the inner
-//! service is ready (`poll_ready`), claims a job and spawns its call. A job
-//! waiting out a backoff sits in the store, not in a worker. A second loop
-//! sweeps the store (deadlines, lapsed leases, retries coming due, TTLs).
+//! One pool per wrapped service. Up to 16 claimer tasks share a semaphore of
+//! `concurrency` permits: each takes a permit, waits until a clone of the
+//! inner service is ready (`poll_ready`), claims a job and spawns its call.
+//! A job waiting out a backoff sits in the store, not in a worker. A second
+//! loop sweeps the store (deadlines, lapsed leases, retries coming due, TTLs).
 //! With webhooks configured, a third loop delivers them, with permits of its
 //! own (see `webhook`).
 //!
@@ -25,7 +25,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tower_service::Service;
 use tracing::Instrument;
@@ -214,49 +214,22 @@ where
     }
 
     // Several claimers, so that a store with a network round trip per claim
-    // (Redis) is not one round trip per job behind a single loop. They are
-    // long-lived tasks that hand each claim to this loop over a channel.
-    let (claims_tx, mut claims) = mpsc::channel(1);
+    // (Redis) is not one round trip per job behind a single loop. Each starts
+    // the calls it claims itself: no hop through a dispatcher per job.
     for _ in 0..shared.config.concurrency.min(MAX_CLAIMERS) {
-        tokio::spawn(claimer(
+        tasks.spawn(claimer(
             inner.clone(),
             shared.clone(),
             permits.clone(),
             control.clone(),
-            claims_tx.clone(),
+            hand_back.clone(),
         ));
     }
-    drop(claims_tx);
-    let grace = loop {
-        while tasks.try_join_next().is_some() {}
-        let next = tokio::select! {
-            grace = stopped(&mut control, default_grace) => break grace,
-            next = claims.recv() => next,
-        };
-        let Some((svc, claim, permit)) = next else {
-            // Every claimer is gone: only a stop does that.
-            break stopped(&mut control, default_grace).await;
-        };
-        // The client's W3C trace context travels with the job (it is a stored
-        // header, sent upstream too), so the attempt's logs can be joined to it.
-        let traceparent = claim.job.request.headers.get("traceparent");
-        let traceparent = traceparent
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let span =
-            tracing::info_span!("job", id = %claim.id(), attempt = claim.job.attempts, traceparent);
-        let job = run_job(svc, claim, shared.clone(), permit, hand_back.clone());
-        tasks.spawn(job.instrument(span));
-    };
+    let grace = stopped(&mut control, default_grace).await;
 
-    // Shutdown: no more claims. Each claimer stops at its next wait; a job
-    // claimed meanwhile is handed straight back. The channel closes when the
-    // last claimer has stopped.
-    while let Some((_, claim, _)) = claims.recv().await {
-        record(&shared, &claim, CallEnd::HandBack).await;
-    }
-    // In-flight calls get the grace period; after it they are told to hand
-    // their jobs back, which they do at once.
+    // Shutdown: the claimers stop claiming and wait for their calls. These get
+    // the grace period; after it they are told to hand their jobs back, which
+    // they do at once. Queued jobs stay in the store.
     let drain = async { while tasks.join_next().await.is_some() {} };
     tokio::pin!(drain);
     if tokio::time::timeout(grace, &mut drain).await.is_err() {
@@ -265,20 +238,21 @@ where
     }
 }
 
-type Next<S> = (S, Claim, OwnedSemaphorePermit);
-
-/// Claims jobs one after another and hands them to the pool, until it stops.
+/// Claims jobs one after another and starts each call, until the pool stops;
+/// then waits for its calls to end.
 async fn claimer<S, St>(
     inner: S,
     shared: Arc<Shared<St>>,
     permits: Arc<Semaphore>,
     control: watch::Receiver<Control>,
-    claims: mpsc::Sender<Next<S>>,
+    hand_back: watch::Receiver<bool>,
 ) where
     S: InnerService,
     St: Store,
 {
+    let mut calls = JoinSet::new();
     loop {
+        while calls.try_join_next().is_some() {}
         let next = next_job(
             inner.clone(),
             shared.clone(),
@@ -287,18 +261,24 @@ async fn claimer<S, St>(
         )
         .await;
         match next {
-            Some(next) => {
-                if let Err(mpsc::error::SendError((_, claim, _))) = claims.send(next).await {
-                    // The pool is gone: give the job back rather than sit on it.
-                    record(&shared, &claim, CallEnd::HandBack).await;
-                    return;
-                }
+            Some((svc, claim, permit)) => {
+                // The client's W3C trace context travels with the job (it is a
+                // stored header, sent upstream too), so the attempt's logs can
+                // be joined to it.
+                let traceparent = claim.job.request.headers.get("traceparent");
+                let traceparent = traceparent
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                let span = tracing::info_span!("job", id = %claim.id(), attempt = claim.job.attempts, traceparent);
+                let call = run_job(svc, claim, shared.clone(), permit, hand_back.clone());
+                calls.spawn(call.instrument(span));
             }
             // Stopping (or the inner service was not ready: try again).
-            None if control.has_changed().is_err() || *control.borrow() != Control::Run => return,
+            None if control.has_changed().is_err() || *control.borrow() != Control::Run => break,
             None => {}
         }
     }
+    while calls.join_next().await.is_some() {}
 }
 
 /// How many claims one pool makes at once, at most.
@@ -318,7 +298,7 @@ async fn next_job<S, St>(
     shared: Arc<Shared<St>>,
     permits: Arc<Semaphore>,
     mut control: watch::Receiver<Control>,
-) -> Option<Next<S>>
+) -> Option<(S, Claim, OwnedSemaphorePermit)>
 where
     S: InnerService,
     St: Store,
@@ -422,7 +402,10 @@ async fn run_job<S, St>(
         };
         collect(response, max_output).await
     };
+    // Biased, the call first: an inner service that answers on its first poll
+    // finishes before the lease keeper ever starts (no waiter, no timer).
     let end = tokio::select! {
+        biased;
         end = tokio::time::timeout(job.options.execution_timeout, call) => end.unwrap_or(CallEnd::TimedOut),
         () = keep_lease(&*shared, &claim) => CallEnd::LeaseLost,
         _ = hand_back.wait_for(|b| *b) => CallEnd::HandBack,

@@ -17,6 +17,7 @@ use crate::BoxError;
 mod baseten;
 mod bifrost;
 mod document;
+mod envelope;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz;
 mod jobs;

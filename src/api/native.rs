@@ -20,6 +20,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::{Map, Value};
 
 use super::document::StatusDocument;
+use super::envelope::{Envelope, EnvelopeError};
 use super::jobs::{base_options, enqueue, lookup, no_job};
 use super::vessl::OutputDocument;
 use super::RequestBody;
@@ -286,11 +287,22 @@ where
     } else {
         StatusCode::OK
     };
-    let mut response = json(status, &serde_json::json!({ "id": enqueued.job.id }));
+    let mut response = json(
+        status,
+        &Created {
+            id: enqueued.job.id,
+        },
+    );
     response
         .headers_mut()
         .insert(LOCATION, location(&shared.config.prefix, enqueued.job.id));
     Ok(response)
+}
+
+/// The answer to a submission: `{"id": …}`.
+#[derive(serde::Serialize)]
+struct Created {
+    id: JobId,
 }
 
 fn invalid(field: &str, detail: impl std::fmt::Display) -> Problem {
@@ -305,18 +317,19 @@ pub(crate) fn parse_envelope(
     mut options: JobOptions,
     config: &Config,
 ) -> Result<NewJob, Problem> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        Problem::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
-    })?;
-    let Value::Object(mut envelope) = value else {
-        return Err(Problem::bad_request(
+    let Envelope {
+        data,
+        fields: envelope,
+    } = Envelope::parse(bytes).map_err(|e| match e {
+        EnvelopeError::Malformed(e) => {
+            Problem::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+        }
+        EnvelopeError::NotAnObject => Problem::bad_request(
             "invalid_envelope",
             "the body must be a JSON object with a `data` field",
-        ));
-    };
-    let data = envelope
-        .remove("data")
-        .ok_or_else(|| Problem::bad_request("missing_field", "missing field `data`"))?;
+        ),
+    })?;
+    let data = data.ok_or_else(|| Problem::bad_request("missing_field", "missing field `data`"))?;
     let method = match envelope.get("method") {
         None | Some(Value::Null) => Method::POST,
         Some(Value::String(m)) => {
@@ -366,13 +379,12 @@ pub(crate) fn parse_envelope(
     }
     options::from_envelope(&envelope, &mut options, config.max_result_ttl)?;
     options::webhook_from_envelope(&envelope, &mut options, config)?;
-    let body = serde_json::to_vec(&data).unwrap_or_default();
     Ok(NewJob {
         request: StoredRequest {
             method,
             path_and_query: path,
             headers,
-            body: Bytes::from(body),
+            body: Bytes::copy_from_slice(data.get().as_bytes()),
         },
         options,
     })

@@ -157,6 +157,30 @@ async fn a_json_output_reads_exactly_as_the_reference() {
     );
 }
 
+/// `data` is forwarded as the client wrote it, never re-encoded: spacing,
+/// key order, `1.0` and integers beyond 64 bits reach the model unchanged.
+#[tokio::test]
+async fn data_reaches_the_model_byte_for_byte() {
+    let gate = Gate::new();
+    gate.release(1);
+    let (server, seen) = vessl_server(gate, 4).await;
+    let client = HttpClient::new();
+    let data = r#"{ "z": 1.0,  "a": 123456789012345678901234567890, "s": "caf\u00e9" }"#;
+    let envelope = format!(r#"{{"path": "/predictions/m", "data" :  {data} }}"#);
+    let a = client
+        .request(
+            Method::POST,
+            &server.url("/async"),
+            &[("content-type", "application/json")],
+            envelope,
+        )
+        .await;
+    assert_eq!(a.status, 201, "{a:?}");
+    poll_output(&client, &server, &a.id()).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen[0].3, Bytes::from(data));
+}
+
 #[tokio::test]
 async fn a_queued_job_is_exactly_pending_and_its_status_is_202() {
     let gate = Gate::new();

@@ -382,7 +382,7 @@ pub(super) fn decode_job(id: JobId, mut f: Fields) -> Result<Job, CodecError> {
             None => None,
         },
     };
-    let webhook = decode_delivery(&f)?;
+    let webhook = decode_delivery(&f)?.map(Box::new);
     let created_at = Timestamp::from_millis(req_num(&f, CREATED_AT)?);
     Ok(Job {
         id,
