@@ -60,6 +60,8 @@
 //!   reverse proxy.
 //! - `webhook` (feature `webhooks`): signed delivery of each job's end, on a
 //!   loop beside the worker pool.
+//! - `tls.rs` (feature `tls`): the rustls connector of https upstreams and
+//!   https webhook receivers, built in one place.
 //! - [`time`]: wall-clock timestamps that follow tokio's (pausable) clock.
 
 // Here rather than in Cargo.toml's [lints], which also reach tests, examples
@@ -78,6 +80,8 @@ mod policy;
 mod service;
 pub mod store;
 pub mod time;
+#[cfg(all(feature = "tls", any(feature = "proxy", feature = "webhooks")))]
+mod tls;
 #[cfg(feature = "proxy")]
 pub mod upstream;
 #[cfg(feature = "webhooks")]

@@ -6,6 +6,9 @@
 //! for what must happen with generous bounds and never assert how fast.
 
 mod support;
+#[cfg(feature = "tls")]
+#[path = "../common/tls.rs"]
+mod tls;
 
 use std::time::Duration;
 
@@ -646,19 +649,9 @@ async fn delivery_takes_no_worker_slot() {
 #[cfg(feature = "tls")]
 #[tokio::test]
 async fn delivers_to_an_https_receiver_with_a_trusted_self_signed_certificate() {
-    use std::sync::Arc;
-    use tokio_rustls::rustls;
-
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .unwrap();
-    let mut receiver = Receiver::start_tls(Arc::new(config), |_| ok()).await;
+    // The receiver speaks HTTP/1.1 only, and the client offers no ALPN.
+    let (cert, config) = tls::self_signed_localhost();
+    let mut receiver = Receiver::start_tls(config, |_| ok()).await;
     let url = format!("https://localhost:{}/secure", receiver.addr.port());
 
     // Trusted: delivered, signed.
