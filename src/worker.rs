@@ -36,6 +36,7 @@ use crate::policy::{self, Verdict};
 use crate::service::Shared;
 use crate::store::{Claim, Store};
 use crate::time::Timestamp;
+use crate::trace::{self, TraceContext};
 use crate::BoxError;
 
 /// A service the layer can wrap: it takes `Request<`[`Body`]`>`, is `Clone`
@@ -237,15 +238,24 @@ where
             // Every claimer is gone: only a stop does that.
             break stopped(&mut control, default_grace).await;
         };
-        // The client's W3C trace context travels with the job (it is a stored
-        // header, sent upstream too), so the attempt's logs can be joined to it.
-        let traceparent = claim.job.request.headers.get("traceparent");
-        let traceparent = traceparent
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let span =
-            tracing::info_span!("job", id = %claim.id(), attempt = claim.job.attempts, traceparent);
-        let job = run_job(svc, claim, shared.clone(), permit, hand_back.clone());
+        // Each attempt is a span of the job's trace, stored with the job at
+        // submission, with an id of its own that is sent upstream (trace.rs).
+        let trace = trace::Call::of(&claim.job.request.headers);
+        let span = trace::job_span!(
+            "job",
+            tracing::field::display(claim.id()),
+            trace.context,
+            trace.parent.as_ref(),
+            attempt = claim.job.attempts
+        );
+        let job = run_job(
+            svc,
+            claim,
+            trace.context,
+            shared.clone(),
+            permit,
+            hand_back.clone(),
+        );
         tasks.spawn(job.instrument(span));
     };
 
@@ -403,6 +413,7 @@ enum CallEnd {
 async fn run_job<S, St>(
     mut svc: S,
     claim: Claim,
+    trace: TraceContext,
     shared: Arc<Shared<St>>,
     _permit: OwnedSemaphorePermit,
     mut hand_back: watch::Receiver<bool>,
@@ -415,7 +426,9 @@ async fn run_job<S, St>(
     let started = tokio::time::Instant::now();
     crate::metrics::started(Timestamp::now().since(job.created_at));
     let call = async {
-        let response = svc.call(to_request(&job.request)).await.map_err(Into::into);
+        let mut request = to_request(&job.request);
+        trace.set_on(request.headers_mut());
+        let response = svc.call(request).await.map_err(Into::into);
         let response = match response {
             Ok(r) => r,
             Err(e) => return CallEnd::Failed(e),

@@ -62,6 +62,33 @@ async fn delivers_a_signed_event_the_receiver_verifies() {
 }
 
 #[tokio::test]
+async fn a_delivery_is_a_span_of_the_jobs_trace() {
+    let mut receiver = Receiver::start(|_| ok()).await;
+    let app = app(layer().webhooks(local()));
+    let submitted = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let answer = submit(
+        &app,
+        json!({"data": {}, "webhook": receiver.url("/h"), "headers": {"traceparent": submitted}}),
+    )
+    .await;
+    assert_eq!(answer.status, 201, "{}", answer.text());
+    let id = answer.json()["id"].as_str().unwrap().to_owned();
+    let hit = receiver.next().await;
+    // Stored: the job's trace, with the submission as the parent span.
+    let job = app.store().get(id.parse().unwrap()).await.unwrap().unwrap();
+    let stored = job.request.headers["traceparent"].to_str().unwrap();
+    let stored: Vec<&str> = stored.split('-').collect();
+    assert_eq!(stored[1], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_ne!(stored[2], "00f067aa0ba902b7");
+    // Delivered: the same trace, a span of its own whose parent is the submission.
+    let delivery = hit.header("traceparent");
+    let delivery: Vec<&str> = delivery.split('-').collect();
+    assert_eq!(delivery[1], stored[1]);
+    assert_ne!(delivery[2], stored[2]);
+    assert_eq!(delivery[2].len(), 16);
+}
+
+#[tokio::test]
 async fn the_defer_webhook_header_asks_for_one_on_prefer_submissions() {
     let mut receiver = Receiver::start(|_| ok()).await;
     let app = app(layer().webhooks(local().secret(secret(KEY))));
