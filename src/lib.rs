@@ -45,6 +45,19 @@
 //! # }
 //! ```
 //!
+//! # Tracing
+//!
+//! Each job is one W3C trace, whichever process runs it. The submission's
+//! `traceparent` is kept (a missing or malformed one is replaced by a new
+//! trace, never answered with a `4xx`) and stored with the job's request
+//! headers; every attempt and every webhook delivery sends a `traceparent`
+//! with the job's trace id and a span id of its own, so the upstream can tell
+//! attempts apart. The `tracing` spans `submit`, `job` (one per attempt) and
+//! `webhook` carry the same ids in the fields `job_id`, `trace_id`, `span_id`
+//! and `parent_span_id`: the logs of one job join up on them, across
+//! replicas too. An attempt's span is not the child of the submission's
+//! in-process, as that would keep state per queued job alive.
+//!
 //! # Layout
 //!
 //! - [`job`]: what a job is, and its state machine (pure methods on [`Job`]).
@@ -60,6 +73,10 @@
 //!   reverse proxy.
 //! - `webhook` (feature `webhooks`): signed delivery of each job's end, on a
 //!   loop beside the worker pool.
+//! - `trace.rs`: W3C trace context, one trace per job from submission
+//!   through each attempt (see [Tracing](#tracing)).
+//! - `tls.rs` (feature `tls`): the rustls connector of https upstreams and
+//!   https webhook receivers, built in one place.
 //! - [`time`]: wall-clock timestamps that follow tokio's (pausable) clock.
 
 // Here rather than in Cargo.toml's [lints], which also reach tests, examples
@@ -78,6 +95,9 @@ mod policy;
 mod service;
 pub mod store;
 pub mod time;
+#[cfg(all(feature = "tls", any(feature = "proxy", feature = "webhooks")))]
+mod tls;
+mod trace;
 #[cfg(feature = "proxy")]
 pub mod upstream;
 #[cfg(feature = "webhooks")]

@@ -17,6 +17,18 @@
 //! [`Upstream::builder`] sets the connection: HTTP/2 with prior knowledge
 //! (h2c) instead of HTTP/1.1, and a connect timeout. A timeout on the whole
 //! request is tower's `Timeout` around it (the proxy example does that).
+//!
+//! # https
+//!
+//! With the feature `tls`, the upstream may be `https://`: rustls on the ring
+//! provider, trusting Mozilla's roots (compiled in) plus any given to
+//! [`UpstreamBuilder::add_root_certificate`], for a private CA or a
+//! self-signed model server. HTTP/2 and HTTP/1.1 are both offered by ALPN and
+//! the server picks. A certificate the client does not trust fails the
+//! attempt with an error that says so (code `upstream_error` on the job),
+//! like any other error that is not a refused connection: the job is tried
+//! again per its retry policy, then fails. Without the feature, an `https`
+//! upstream is refused by [`UpstreamBuilder::build`].
 
 use std::fmt;
 use std::task::{Context, Poll};
@@ -32,6 +44,12 @@ use tower_service::Service;
 
 use crate::Body;
 
+/// Plain TCP for `http://`; with the feature `tls`, wrapped in TLS for `https://`.
+#[cfg(feature = "tls")]
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+#[cfg(not(feature = "tls"))]
+type Connector = HttpConnector;
+
 /// Idle pooled connections are closed after this long: less than common
 /// servers' keep-alive (uvicorn closes idle ones after 5 s), so the client
 /// never sends on a connection the server is closing.
@@ -41,7 +59,7 @@ const POOL_IDLE: Duration = Duration::from_secs(4);
 /// connections, keeping method, path, query, headers and a streaming body.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, Body>,
+    client: Client<Connector, Body>,
     scheme: Scheme,
     authority: Authority,
     base_path: String,
@@ -75,13 +93,30 @@ pub struct UpstreamBuilder {
     base: Uri,
     http2: bool,
     connect_timeout: Option<Duration>,
+    /// PEM texts, parsed and checked by `build`, which can say what is wrong.
+    #[cfg(feature = "tls")]
+    root_pems: Vec<Vec<u8>>,
 }
 
 impl UpstreamBuilder {
     /// Speaks HTTP/2 with prior knowledge (h2c: no upgrade, no TLS) instead of
     /// HTTP/1.1 (default `false`). Many calls then share one connection.
+    ///
+    /// To an `https` upstream, which picks its version by ALPN anyway, it
+    /// offers `h2` alone, so a server that cannot speak HTTP/2 is refused at
+    /// the handshake rather than spoken to in HTTP/1.1.
     pub fn http2_prior_knowledge(mut self, yes: bool) -> Self {
         self.http2 = yes;
+        self
+    }
+
+    /// Trusts the certificates in `pem` as roots for an `https` upstream,
+    /// beside Mozilla's: the upstream's private CA, or its self-signed
+    /// certificate. Repeatable. [`build`](Self::build) refuses text that
+    /// holds no certificate, or one that cannot be a root.
+    #[cfg(feature = "tls")]
+    pub fn add_root_certificate(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.root_pems.push(pem.as_ref().to_vec());
         self
     }
 
@@ -98,8 +133,9 @@ impl UpstreamBuilder {
 }
 
 impl Upstream {
-    /// Forwards to `base` (`http://host:port`, optionally with a base path that
-    /// every request path is appended to), over HTTP/1.1.
+    /// Forwards to `base` (`http://host:port`, or `https://` with the feature
+    /// `tls`, optionally with a base path that every request path is appended
+    /// to), over HTTP/1.1 (or, over TLS, what ALPN settles).
     pub fn new(base: Uri) -> Result<Self, InvalidUpstream> {
         Upstream::builder(base).build()
     }
@@ -110,6 +146,8 @@ impl Upstream {
             base,
             http2: false,
             connect_timeout: None,
+            #[cfg(feature = "tls")]
+            root_pems: Vec::new(),
         }
     }
 
@@ -120,18 +158,54 @@ impl Upstream {
                 "the upstream {base} has no scheme: write http://host:port"
             ))
         })?;
-        if scheme != Scheme::HTTP {
+        if scheme == Scheme::HTTPS && !cfg!(feature = "tls") {
             return Err(InvalidUpstream(format!(
-                "the upstream scheme {scheme} is not supported: only http"
+                "the upstream {base} is https, but this build has no TLS support: \
+                 enable tower-defer's feature tls"
+            )));
+        }
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(InvalidUpstream(format!(
+                "the upstream scheme {scheme} is not supported: use http or https"
             )));
         }
         let authority = base
             .authority()
             .cloned()
             .ok_or_else(|| InvalidUpstream(format!("the upstream {base} has no host")))?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(settings.connect_timeout);
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(settings.connect_timeout);
+        #[cfg(feature = "tls")]
+        let connector = {
+            use crate::tls::{self, Alpn};
+            let mut roots = Vec::new();
+            for pem in &settings.root_pems {
+                let certs = tls::certificates_in_pem(pem);
+                if certs.is_empty() {
+                    return Err(InvalidUpstream(
+                        "a root certificate for the upstream holds no PEM certificate".into(),
+                    ));
+                }
+                roots.extend(certs);
+            }
+            tls::check_roots(&roots).map_err(|e| {
+                InvalidUpstream(format!(
+                    "a root certificate for the upstream cannot be used: {e}"
+                ))
+            })?;
+            // Lets the TLS layer take `https://` URIs, which plain HTTP refuses.
+            http.enforce_http(false);
+            let alpn = if settings.http2 {
+                Alpn::Http2
+            } else {
+                Alpn::Both
+            };
+            tls::connector(http, &roots, alpn)
+        };
+        #[cfg(not(feature = "tls"))]
+        let connector = http;
+        // Over TLS the version is the one ALPN settled, unless h2 is required.
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
             .http2_only(settings.http2)
@@ -170,5 +244,36 @@ impl Service<Request<Body>> for Upstream {
         req.headers_mut().remove(http::header::HOST);
         crate::policy::strip_connection_headers(req.headers_mut());
         self.client.request(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(url: &str) -> String {
+        Upstream::new(url.parse().unwrap()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn an_upstream_url_that_cannot_be_used_is_refused_saying_why() {
+        assert_eq!(
+            refusal("ftp://files.example.com"),
+            "the upstream scheme ftp is not supported: use http or https"
+        );
+        assert_eq!(
+            refusal("/predict"),
+            "the upstream /predict has no scheme: write http://host:port"
+        );
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn an_https_upstream_needs_the_tls_feature() {
+        assert_eq!(
+            refusal("https://model.example.com"),
+            "the upstream https://model.example.com/ is https, but this build has no \
+             TLS support: enable tower-defer's feature tls"
+        );
     }
 }

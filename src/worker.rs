@@ -36,6 +36,7 @@ use crate::policy::{self, Verdict};
 use crate::service::Shared;
 use crate::store::{Claim, Store};
 use crate::time::Timestamp;
+use crate::trace::{self, TraceContext};
 use crate::BoxError;
 
 /// A service the layer can wrap: it takes `Request<`[`Body`]`>`, is `Clone`
@@ -262,15 +263,25 @@ async fn claimer<S, St>(
         .await;
         match next {
             Some((svc, claim, permit)) => {
-                // The client's W3C trace context travels with the job (it is a
-                // stored header, sent upstream too), so the attempt's logs can
-                // be joined to it.
-                let traceparent = claim.job.request.headers.get("traceparent");
-                let traceparent = traceparent
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
-                let span = tracing::info_span!("job", id = %claim.id(), attempt = claim.job.attempts, traceparent);
-                let call = run_job(svc, claim, shared.clone(), permit, hand_back.clone());
+                // Each attempt is a span of the job's trace, stored with the
+                // job at submission, with an id of its own that is sent
+                // upstream (trace.rs).
+                let trace = trace::Call::of(&claim.job.request.headers);
+                let span = trace::job_span!(
+                    "job",
+                    tracing::field::display(claim.id()),
+                    trace.context,
+                    trace.parent.as_ref(),
+                    attempt = claim.job.attempts
+                );
+                let call = run_job(
+                    svc,
+                    claim,
+                    trace.context,
+                    shared.clone(),
+                    permit,
+                    hand_back.clone(),
+                );
                 calls.spawn(call.instrument(span));
             }
             // Stopping (or the inner service was not ready: try again).
@@ -383,6 +394,7 @@ enum CallEnd {
 async fn run_job<S, St>(
     mut svc: S,
     claim: Claim,
+    trace: TraceContext,
     shared: Arc<Shared<St>>,
     _permit: OwnedSemaphorePermit,
     mut hand_back: watch::Receiver<bool>,
@@ -395,7 +407,9 @@ async fn run_job<S, St>(
     let started = tokio::time::Instant::now();
     crate::metrics::started(Timestamp::now().since(job.created_at));
     let call = async {
-        let response = svc.call(to_request(&job.request)).await.map_err(Into::into);
+        let mut request = to_request(&job.request);
+        trace.set_on(request.headers_mut());
+        let response = svc.call(request).await.map_err(Into::into);
         let response = match response {
             Ok(r) => r,
             Err(e) => return CallEnd::Failed(e),

@@ -24,9 +24,13 @@ pub(crate) struct Args {
     #[arg(long, env = "TOWER_DEFER_LISTEN", default_value = "127.0.0.1:8080")]
     pub(crate) listen: SocketAddr,
 
-    /// The server to forward to (http://host:port[/base]); none serves a built-in demo model.
+    /// The server to forward to (http://host:port[/base], or https:// in a build with feature tls); none serves a built-in demo model.
     #[arg(long, env = "TOWER_DEFER_UPSTREAM", value_parser = upstream_url)]
     pub(crate) upstream: Option<Uri>,
+
+    /// A PEM file of root certificates to trust for an https upstream, beside Mozilla's (its private CA, or its self-signed certificate).
+    #[arg(long, env = "TOWER_DEFER_UPSTREAM_CA")]
+    pub(crate) upstream_ca: Option<PathBuf>,
 
     /// Speak HTTP/2 with prior knowledge (h2c) to the upstream instead of HTTP/1.1.
     #[arg(long, env = "TOWER_DEFER_UPSTREAM_HTTP2", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_value = "false", default_missing_value = "true")]
@@ -212,9 +216,12 @@ fn upstream_url(s: &str) -> Result<Uri, String> {
     let uri: Uri = s.parse().map_err(|e| format!("{e}"))?;
     match uri.scheme_str() {
         Some("http") if uri.authority().is_some() => Ok(uri),
-        Some("https") => Err("https upstreams are not supported by this build: \
-             put a TLS-terminating sidecar in front, or use http://"
-            .into()),
+        Some("https") if uri.authority().is_some() && cfg!(feature = "tls") => Ok(uri),
+        Some("https") => Err(
+            "https upstreams need a build with TLS support (--features tls), \
+             or a TLS-terminating sidecar in front and http:// here"
+                .into(),
+        ),
         _ => Err("write http://host:port, optionally with a base path".into()),
     }
 }
@@ -346,11 +353,19 @@ impl Args {
         };
         let upstream = match &self.upstream {
             Some(u) => format!(
-                "{u} ({}, connect timeout {}, timeout {})",
-                if self.upstream_http2 {
-                    "h2c"
-                } else {
-                    "HTTP/1.1"
+                "{u} ({}{}, connect timeout {}, timeout {})",
+                match (
+                    u.scheme() == Some(&http::uri::Scheme::HTTPS),
+                    self.upstream_http2
+                ) {
+                    (false, false) => "HTTP/1.1",
+                    (false, true) => "h2c",
+                    (true, false) => "TLS, h2 or HTTP/1.1 by ALPN",
+                    (true, true) => "TLS, h2",
+                },
+                match &self.upstream_ca {
+                    Some(path) => format!(", also trusting {}", path.display()),
+                    None => String::new(),
                 },
                 human(self.upstream_connect_timeout),
                 human(self.upstream_timeout)

@@ -261,25 +261,73 @@ async fn run<St: Store + Clone>(
     };
     match &args.upstream {
         Some(url) => {
-            let upstream = Upstream::builder(url.clone())
-                .http2_prior_knowledge(args.upstream_http2)
-                .connect_timeout(args.upstream_connect_timeout)
-                .build()
-                .map_err(|e| Fail(2, format!("--upstream {url}: {e}")))?;
+            let upstream = upstream(args, url)?;
             let inner = ServiceBuilder::new()
                 .timeout(args.upstream_timeout)
                 .service(upstream);
             let authority = url.authority().map(|a| match a.port_u16() {
                 Some(_) => a.to_string(),
+                None if url.scheme_str() == Some("https") => format!("{}:443", a.host()),
                 None => format!("{}:80", a.host()),
             });
             serve(args, tokens, ops(authority), layer.layer(inner)).await
         }
+        None if args.upstream_ca.is_some() => Err(Fail(
+            2,
+            "--upstream-ca: there is no --upstream to trust it for".into(),
+        )),
         None => {
             let demo = tower::service_fn(demo::model);
             serve(args, tokens, ops(None), layer.layer(demo)).await
         }
     }
+}
+
+/// The upstream client, from the flags.
+fn upstream(args: &Args, url: &http::Uri) -> Result<Upstream, Fail> {
+    let builder = Upstream::builder(url.clone())
+        .http2_prior_knowledge(args.upstream_http2)
+        .connect_timeout(args.upstream_connect_timeout);
+    let builder = match &args.upstream_ca {
+        None => builder,
+        Some(path) if url.scheme_str() != Some("https") => {
+            return Err(Fail(
+                2,
+                format!(
+                    "--upstream-ca {}: the upstream {url} is not https",
+                    path.display()
+                ),
+            ))
+        }
+        Some(path) => with_upstream_ca(builder, path)?,
+    };
+    builder
+        .build()
+        .map_err(|e| Fail(2, format!("--upstream {url}: {e}")))
+}
+
+#[cfg(feature = "tls")]
+fn with_upstream_ca(
+    builder: tower_defer::upstream::UpstreamBuilder,
+    path: &std::path::Path,
+) -> Result<tower_defer::upstream::UpstreamBuilder, Fail> {
+    let pem = std::fs::read(path)
+        .map_err(|e| Fail(2, format!("--upstream-ca {}: {e}", path.display())))?;
+    Ok(builder.add_root_certificate(pem))
+}
+
+#[cfg(not(feature = "tls"))]
+fn with_upstream_ca(
+    _builder: tower_defer::upstream::UpstreamBuilder,
+    path: &std::path::Path,
+) -> Result<tower_defer::upstream::UpstreamBuilder, Fail> {
+    Err(Fail(
+        2,
+        format!(
+            "--upstream-ca {}: this build has no TLS support: build with --features tls",
+            path.display()
+        ),
+    ))
 }
 
 /// Accepts connections until SIGTERM or SIGINT, then drains.

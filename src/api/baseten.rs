@@ -279,7 +279,7 @@ where
         headers,
         body: Bytes::from(serde_json::to_vec(&model_input).unwrap_or_default()),
     };
-    let enqueued = enqueue(shared, NewJob { request, options }).await?;
+    let enqueued = enqueue(shared, NewJob { request, options }, &parts.headers).await?;
     let status = if enqueued.created {
         StatusCode::CREATED
     } else {

@@ -168,7 +168,7 @@ where
         headers,
         body: bytes,
     };
-    let enqueued = enqueue(shared, NewJob { request, options }).await?;
+    let enqueued = enqueue(shared, NewJob { request, options }, &parts.headers).await?;
     let job = &enqueued.job;
     let mut response = json(
         StatusCode::ACCEPTED,

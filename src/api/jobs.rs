@@ -3,10 +3,13 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use crate::error::Problem;
 use crate::job::{Job, JobId, JobOptions, NewJob};
 use crate::service::Shared;
 use crate::store::{Enqueued, Store};
+use crate::trace::{self, Submission, TraceContext};
 
 use super::{enqueue_refused, store_unavailable};
 
@@ -53,21 +56,39 @@ pub(crate) fn base_options<St>(
     Ok(options)
 }
 
-/// Enqueues, answering 429 / 422 / 503 when the store refuses.
+/// Enqueues, answering 429 / 422 / 503 when the store refuses. The job is
+/// stored with the trace context of its submission (see `trace.rs`), read
+/// from its own headers or else from those of the `submitted` request,
+/// inside a `submit` span that names the job and its trace.
 pub(crate) async fn enqueue<St: Store>(
     shared: &Shared<St>,
-    job: NewJob,
+    mut job: NewJob,
+    submitted: &http::HeaderMap,
 ) -> Result<Enqueued, Problem> {
+    let trace = Submission::stamp(&mut job.request.headers, submitted);
+    let span = trace::job_span!(
+        "submit",
+        tracing::field::Empty,
+        trace.context,
+        trace.parent.as_ref()
+    );
     let enqueued = shared
         .store
         .enqueue(job, shared.config.max_queue)
+        .instrument(span.clone())
         .await
         .map_err(|e| enqueue_refused(&e))?;
+    let _entered = span.enter();
+    let job = &enqueued.job;
+    span.record("job_id", tracing::field::display(job.id));
     if enqueued.created {
-        let job = &enqueued.job;
         shared.recent.push(job.id, job.options.owner.clone());
         crate::metrics::submitted();
-        tracing::info!(job = %enqueued.job.id, "job submitted");
+        tracing::info!("job submitted");
+    } else if let Some(first) = TraceContext::from_headers(&job.request.headers) {
+        // The idempotency key named a job submitted before, with its own trace.
+        span.record("trace_id", tracing::field::display(first.trace_id()));
+        span.record("span_id", tracing::field::display(first.span_id()));
     }
     Ok(enqueued)
 }

@@ -281,7 +281,7 @@ where
     let mut job = parse_envelope(&bytes, options, &shared.config)?;
     job.request.headers =
         policy::request_headers_to_store(&job.request.headers, shared.config.forward_credentials);
-    let enqueued = enqueue(shared, job).await?;
+    let enqueued = enqueue(shared, job, &parts.headers).await?;
     let status = if enqueued.created {
         StatusCode::CREATED
     } else {
@@ -445,7 +445,7 @@ where
         ),
         body: bytes,
     };
-    let enqueued = enqueue(shared, NewJob { request, options }).await?;
+    let enqueued = enqueue(shared, NewJob { request, options }, &parts.headers).await?;
     let mut job = enqueued.job;
     let wait = prefer
         .wait

@@ -41,11 +41,7 @@ impl Client {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(webhooks.attempt_timeout));
         #[cfg(feature = "tls")]
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(webhooks))
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let connector = crate::tls::connector(http, &webhooks.roots, crate::tls::Alpn::Http1);
         #[cfg(not(feature = "tls"))]
         let connector = http;
         let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
@@ -63,25 +59,6 @@ impl Client {
     ) -> Result<Response<Incoming>, BoxError> {
         self.inner.request(request).await.map_err(Into::into)
     }
-}
-
-/// Mozilla's roots plus the ones given with `add_root_certificate`, on the
-/// ring provider.
-#[cfg(feature = "tls")]
-fn tls_config(webhooks: &Webhooks) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for cert in &webhooks.roots {
-        if let Err(e) = roots.add(cert.clone()) {
-            tracing::warn!(error = %e, "an extra root certificate was refused");
-        }
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("the ring provider supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth()
 }
 
 /// Resolves host names with the system resolver, dropping private and

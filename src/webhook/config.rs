@@ -220,11 +220,7 @@ impl Webhooks {
     /// If `pem` holds no certificate.
     #[cfg(feature = "tls")]
     pub fn add_root_certificate(mut self, pem: impl AsRef<[u8]>) -> Self {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::CertificateDer;
-        let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_ref())
-            .filter_map(Result::ok)
-            .collect();
+        let certs = crate::tls::certificates_in_pem(pem.as_ref());
         assert!(!certs.is_empty(), "no PEM certificate found");
         self.roots.extend(certs);
         self

@@ -26,6 +26,7 @@ use crate::policy;
 use crate::service::Shared;
 use crate::store::{DeliveryClaim, Store};
 use crate::time::Timestamp;
+use crate::trace::{self, TraceContext};
 use crate::worker::{error_chain, stopped, Control};
 
 /// The longest `Retry-After` a receiver can ask for.
@@ -56,9 +57,13 @@ pub(crate) async fn deliver_loop<St: Store>(
         // delivery until its lease lapsed.
         match shared.store.claim_delivery(webhooks.lease()).await {
             Ok(Some(claim)) => {
-                let span = tracing::info_span!(
+                // A delivery is a span of the job's trace, like an attempt.
+                let trace = trace::Call::of(&claim.job.request.headers);
+                let span = trace::job_span!(
                     "webhook",
-                    job = %claim.job.id,
+                    tracing::field::display(claim.job.id),
+                    trace.context,
+                    trace.parent.as_ref(),
                     attempt = claim.job.webhook.as_ref().map_or(0, |w| w.attempts) + 1
                 );
                 let attempt = attempt(
@@ -66,6 +71,7 @@ pub(crate) async fn deliver_loop<St: Store>(
                     webhooks.clone(),
                     client.clone(),
                     claim,
+                    trace.context,
                     permit,
                 );
                 attempts.spawn(attempt.instrument(span));
@@ -114,6 +120,7 @@ async fn attempt<St: Store>(
     webhooks: Arc<Webhooks>,
     client: Client,
     claim: DeliveryClaim,
+    trace: TraceContext,
     _permit: OwnedSemaphorePermit,
 ) {
     let job = &claim.job;
@@ -151,7 +158,8 @@ async fn attempt<St: Store>(
         prefix: &shared.config.prefix,
         baseten_ids: (model_id, deployment_id),
     };
-    let event = event::render(job, target.format, &cx, Timestamp::now());
+    let mut event = event::render(job, target.format, &cx, Timestamp::now());
+    trace.set_on(&mut event.headers);
     let sent = match webhooks.check_url(&target.url) {
         Err(why) => Sent::Refused(format!("the webhook URL {why}")),
         Ok(()) => send(&client, &target.url, event, webhooks.attempt_timeout).await,

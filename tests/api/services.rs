@@ -1,6 +1,7 @@
 //! The three kinds of inner service: an axum `Router` wrapped whole, a plain
 //! `service_fn`, and `Upstream` forwarding to another server (feature
-//! `proxy`), including one that is down at first.
+//! `proxy`), including one that is down at first, and one over https
+//! (feature `tls`).
 
 use std::future::IntoFuture;
 use std::sync::{Arc, Mutex};
@@ -152,6 +153,7 @@ mod upstream {
             let (parts, body) = req.into_parts();
             let body = body.collect().await.unwrap().to_bytes();
             let seen = json!({
+                "version": format!("{:?}", parts.version),
                 "method": parts.method.as_str(),
                 "uri": parts.uri.to_string(),
                 "host": parts.headers.get("host").map(|h| h.to_str().unwrap().to_owned()),
@@ -188,6 +190,7 @@ mod upstream {
         assert_eq!(
             out["output"],
             json!({
+                "version": "HTTP/1.1",
                 "method": "POST",
                 "uri": "/v1/predict?x=1",
                 "host": model.addr.to_string(),
@@ -268,5 +271,85 @@ mod upstream {
             .json();
         assert_eq!(out["status"], "completed");
         assert_eq!(out["output"]["body"], json!({"n": 7}));
+    }
+
+    #[cfg(feature = "tls")]
+    mod https {
+        use super::*;
+        use tower_defer::job::RetryPolicy;
+
+        /// An https server with a self-signed certificate for `localhost`
+        /// that offers h2 and HTTP/1.1 by ALPN, and the certificate.
+        async fn https_model() -> (Server, rcgen::CertifiedKey) {
+            let (cert, config) = crate::tls::self_signed_localhost();
+            (serve_tls(config, echo_model()).await, cert)
+        }
+
+        #[tokio::test]
+        async fn jobs_and_pass_through_reach_an_https_upstream_trusted_by_its_root() {
+            let (model, cert) = https_model().await;
+            let url = format!("https://localhost:{}", model.addr.port());
+            let upstream = Upstream::builder(url.parse().unwrap())
+                .add_root_certificate(cert.cert.pem())
+                .build()
+                .unwrap();
+            let server = serve(DeferLayer::new(MemoryStore::new()).layer(upstream)).await;
+            let c = HttpClient::new();
+
+            let id = c
+                .submit(&server, &json!({"path": "/v1/predict", "data": {"n": 7}}))
+                .await;
+            let doc = c.finished(&server.url(&format!("/async/{id}"))).await;
+            assert_eq!(doc["status"], "succeeded", "{doc}");
+            let out = c
+                .get(&server.url(&format!("/async/{id}/output")))
+                .await
+                .json();
+            // The server preferred h2, and ALPN offered it: the request's
+            // URI is absolute there (h2's :scheme and :authority).
+            assert_eq!(out["output"]["version"], "HTTP/2.0");
+            assert_eq!(out["output"]["uri"], format!("{url}/v1/predict"));
+            assert_eq!(out["output"]["body"], json!({"n": 7}));
+
+            let a = c.get(&server.url("/models?list=1")).await;
+            assert_eq!(a.status, 200, "{a:?}");
+            assert_eq!(a.json()["uri"], format!("{url}/models?list=1"));
+            assert_eq!(a.json()["version"], "HTTP/2.0");
+        }
+
+        #[tokio::test]
+        async fn an_https_upstream_whose_certificate_is_not_trusted_fails_the_job_saying_so() {
+            let (model, _cert) = https_model().await;
+            let url = format!("https://localhost:{}", model.addr.port());
+            let upstream = Upstream::new(url.parse().unwrap()).unwrap();
+            let layer = DeferLayer::new(MemoryStore::new()).retry(RetryPolicy {
+                max_attempts: 1,
+                ..RetryPolicy::default()
+            });
+            let server = serve(layer.layer(upstream)).await;
+            let c = HttpClient::new();
+
+            let id = c.submit(&server, &json!({"data": {"n": 7}})).await;
+            let doc = c.finished(&server.url(&format!("/async/{id}"))).await;
+            assert_eq!(doc["status"], "failed", "{doc}");
+            assert_eq!(doc["error"]["code"], "upstream_error", "{doc}");
+            assert_eq!(
+                doc["error"]["message"],
+                "client error (Connect): invalid peer certificate: UnknownIssuer",
+                "{doc}"
+            );
+        }
+
+        #[test]
+        fn a_root_certificate_that_is_not_pem_is_refused_by_build() {
+            let e = Upstream::builder("https://localhost:8443".parse().unwrap())
+                .add_root_certificate("not a certificate")
+                .build()
+                .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "a root certificate for the upstream holds no PEM certificate"
+            );
+        }
     }
 }

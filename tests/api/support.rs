@@ -49,15 +49,49 @@ impl Server {
     }
 }
 
+/// What the servers here serve: any tower service over hyper's `Incoming`
+/// body, answering with a [`ServedBody`].
+pub trait Served<B>:
+    tower::Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> Served<B> for S where
+    S: tower::Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Error: Into<BoxError>,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// A response body the servers here can send.
+pub trait ServedBody:
+    http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static
+{
+}
+
+impl<B> ServedBody for B where
+    B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static
+{
+}
+
 /// Serves `service` (any tower service over hyper's `Incoming` body) on
 /// 127.0.0.1:0 with hyper-util's auto (HTTP/1 + HTTP/2) connection builder.
 pub async fn serve<S, B>(service: S) -> Server
 where
-    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: Served<B>,
+    B: ServedBody,
 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     serve_on(listener, service)
@@ -66,11 +100,35 @@ where
 /// Serves `service` on a listener the caller bound.
 pub fn serve_on<S, B>(listener: tokio::net::TcpListener, service: S) -> Server
 where
-    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: Served<B>,
+    B: ServedBody,
+{
+    serve_with(listener, None, service)
+}
+
+/// Serves `service` over https on 127.0.0.1:0, with this TLS configuration
+/// (its ALPN protocols decide between HTTP/2 and HTTP/1.1).
+pub async fn serve_tls<S, B>(config: Arc<tokio_rustls::rustls::ServerConfig>, service: S) -> Server
+where
+    S: Served<B>,
+    B: ServedBody,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_with(
+        listener,
+        Some(tokio_rustls::TlsAcceptor::from(config)),
+        service,
+    )
+}
+
+fn serve_with<S, B>(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    service: S,
+) -> Server
+where
+    S: Served<B>,
+    B: ServedBody,
 {
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -82,10 +140,17 @@ where
             };
             while connections.try_join_next().is_some() {}
             let service = TowerToHyperService::new(service.clone());
+            let tls = tls.clone();
             connections.spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let http = auto::Builder::new(TokioExecutor::new());
+                let _ = match tls {
+                    None => http.serve_connection(TokioIo::new(stream), service).await,
+                    // A refused handshake (an untrusting client) just ends the connection.
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
+                        Err(_) => return,
+                    },
+                };
             });
         }
     });

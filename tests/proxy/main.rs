@@ -4,6 +4,9 @@
 //! headless Chromium.
 
 mod support;
+#[cfg(feature = "tls")]
+#[path = "../common/tls.rs"]
+mod tls;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -349,6 +352,35 @@ fn h2c_to_the_upstream() {
     assert!(proxy.stdout().contains("h2c"), "{}", proxy.stdout());
 }
 
+#[cfg(feature = "tls")]
+#[test]
+fn an_https_upstream_is_trusted_through_upstream_ca_and_refused_without_it() {
+    let upstream = support::HttpsUpstream::start();
+    let url = format!("https://localhost:{}", upstream.port);
+    let ca = upstream.ca.to_str().unwrap();
+    let proxy = Proxy::start(&["--upstream", &url, "--upstream-ca", ca, "--token", "t"]);
+    let passed = proxy.post("/predict", Some("t"), &json!({}));
+    assert_eq!(passed.status, 200, "{}", passed.text());
+    assert_eq!(passed.json(), json!({"tls": true, "path": "/predict"}));
+    let id = proxy.submit(Some("t"), json!({"q": 1}));
+    assert_eq!(proxy.wait_done(Some("t"), &id)["status"], "succeeded");
+    let output = proxy.get(&format!("/async/{id}/output"), Some("t")).json();
+    assert_eq!(output["output"], json!({"tls": true, "path": "/"}));
+    let report = proxy.stdout();
+    assert!(report.contains(&format!("also trusting {ca}")), "{report}");
+
+    // Without the CA the certificate is not trusted: the job fails and says why.
+    let distrusting = Proxy::start(&["--upstream", &url, "--retry-attempts", "1"]);
+    let id = distrusting.submit(None, json!({"q": 2}));
+    let doc = distrusting.wait_done(None, &id);
+    assert_eq!(doc["status"], "failed", "{doc}");
+    assert_eq!(doc["error"]["code"], "upstream_error", "{doc}");
+    assert_eq!(
+        doc["error"]["message"], "client error (Connect): invalid peer certificate: UnknownIssuer",
+        "{doc}"
+    );
+}
+
 #[test]
 fn the_proxys_token_stops_at_the_proxy_unless_forwarded() {
     // An upstream that wants the same token shows what reaches it.
@@ -393,20 +425,48 @@ fn flags_come_from_the_environment_and_bad_ones_exit_2() {
         let _: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
     }
 
-    for (args, says) in [
+    let mut bad = vec![
         (&["--store", "memcached://x"][..], "--store"),
         (&["--concurrency", "0"][..], "--concurrency"),
-        (
-            &["--upstream", "https://example.com"][..],
-            "https upstreams",
-        ),
         (&["--result-ttl", "1w"][..], "unknown unit"),
         (&["--dialect", "openai"][..], "--dialect"),
         (
             &["--tokens-file", "/nonexistent/tokens"][..],
             "--tokens-file",
         ),
-    ] {
+        (
+            &["--upstream-ca", "/nonexistent/ca.pem"][..],
+            "--upstream-ca: there is no --upstream to trust it for",
+        ),
+        (
+            &[
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--upstream-ca",
+                "/nonexistent/ca.pem",
+            ][..],
+            "--upstream-ca /nonexistent/ca.pem: the upstream http://127.0.0.1:9/ is not https",
+        ),
+    ];
+    if cfg!(feature = "tls") {
+        bad.extend([
+            (
+                &["--upstream", "https://localhost:9", "--upstream-ca", "/nonexistent/ca.pem"][..],
+                "--upstream-ca /nonexistent/ca.pem: No such file or directory",
+            ),
+            (
+                &["--upstream", "https://localhost:9", "--upstream-ca", "/dev/null"][..],
+                "--upstream https://localhost:9/: a root certificate for the upstream holds no PEM certificate",
+            ),
+        ]);
+    } else {
+        bad.push((
+            &["--upstream", "https://example.com"][..],
+            "https upstreams need a build with TLS support (--features tls), \
+             or a TLS-terminating sidecar in front and http:// here",
+        ));
+    }
+    for (args, says) in bad {
         let out = Command::new(support::proxy_binary())
             .args(["--listen", "127.0.0.1:0"])
             .args(args)

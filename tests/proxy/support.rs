@@ -40,6 +40,8 @@ pub fn proxy_binary() -> &'static Path {
             ("proxy", cfg!(feature = "proxy")),
             ("metrics", cfg!(feature = "metrics")),
             ("redis", cfg!(feature = "redis")),
+            ("webhooks", cfg!(feature = "webhooks")),
+            ("tls", cfg!(feature = "tls")),
             ("fuzzing", cfg!(feature = "fuzzing")),
         ];
         if known.iter().all(|(_, on)| *on) {
@@ -367,6 +369,96 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// An https upstream on 127.0.0.1 with a fresh self-signed certificate for
+/// `localhost`, whose PEM is in the file `ca`. It answers every request
+/// with `{"tls": true, "path": …}`, over h2 or HTTP/1.1 as ALPN settles, on
+/// a thread of its own until dropped.
+#[cfg(feature = "tls")]
+pub struct HttpsUpstream {
+    pub port: u16,
+    pub ca: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+#[cfg(feature = "tls")]
+impl HttpsUpstream {
+    pub fn start() -> HttpsUpstream {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+
+        let (cert, config) = crate::tls::self_signed_localhost();
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let ca = std::env::temp_dir().join(format!(
+            "tower-defer-upstream-ca-{}-{}.pem",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let serve = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            // An untrusting client ends the handshake: nothing to serve.
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let answer = hyper::service::service_fn(
+                                |req: http::Request<hyper::body::Incoming>| async move {
+                                    let body =
+                                        serde_json::json!({"tls": true, "path": req.uri().path()});
+                                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                                        http_body_util::Full::new(bytes::Bytes::from(
+                                            body.to_string(),
+                                        )),
+                                    ))
+                                },
+                            );
+                            let _ =
+                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                    .serve_connection(TokioIo::new(stream), answer)
+                                    .await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    () = serve => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        HttpsUpstream {
+            port,
+            ca,
+            stop: Some(stop),
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+impl Drop for HttpsUpstream {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = std::fs::remove_file(&self.ca);
+    }
 }
 
 /// A private `redis-server` on a free port in a temp dir, killed when dropped.

@@ -6,6 +6,9 @@
 //! for what must happen with generous bounds and never assert how fast.
 
 mod support;
+#[cfg(feature = "tls")]
+#[path = "../common/tls.rs"]
+mod tls;
 
 use std::time::Duration;
 
@@ -56,6 +59,33 @@ async fn delivers_a_signed_event_the_receiver_verifies() {
         json!({"status": "succeeded", "attempts": 1, "last_status_code": 200, "last_error": null})
     );
     assert_eq!(receiver.count(), 1);
+}
+
+#[tokio::test]
+async fn a_delivery_is_a_span_of_the_jobs_trace() {
+    let mut receiver = Receiver::start(|_| ok()).await;
+    let app = app(layer().webhooks(local()));
+    let submitted = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let answer = submit(
+        &app,
+        json!({"data": {}, "webhook": receiver.url("/h"), "headers": {"traceparent": submitted}}),
+    )
+    .await;
+    assert_eq!(answer.status, 201, "{}", answer.text());
+    let id = answer.json()["id"].as_str().unwrap().to_owned();
+    let hit = receiver.next().await;
+    // Stored: the job's trace, with the submission as the parent span.
+    let job = app.store().get(id.parse().unwrap()).await.unwrap().unwrap();
+    let stored = job.request.headers["traceparent"].to_str().unwrap();
+    let stored: Vec<&str> = stored.split('-').collect();
+    assert_eq!(stored[1], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_ne!(stored[2], "00f067aa0ba902b7");
+    // Delivered: the same trace, a span of its own whose parent is the submission.
+    let delivery = hit.header("traceparent");
+    let delivery: Vec<&str> = delivery.split('-').collect();
+    assert_eq!(delivery[1], stored[1]);
+    assert_ne!(delivery[2], stored[2]);
+    assert_eq!(delivery[2].len(), 16);
 }
 
 #[tokio::test]
@@ -646,19 +676,9 @@ async fn delivery_takes_no_worker_slot() {
 #[cfg(feature = "tls")]
 #[tokio::test]
 async fn delivers_to_an_https_receiver_with_a_trusted_self_signed_certificate() {
-    use std::sync::Arc;
-    use tokio_rustls::rustls;
-
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .unwrap();
-    let mut receiver = Receiver::start_tls(Arc::new(config), |_| ok()).await;
+    // The receiver speaks HTTP/1.1 only, and the client offers no ALPN.
+    let (cert, config) = tls::self_signed_localhost();
+    let mut receiver = Receiver::start_tls(config, |_| ok()).await;
     let url = format!("https://localhost:{}/secure", receiver.addr.port());
 
     // Trusted: delivered, signed.
