@@ -47,11 +47,8 @@ pub struct JobId([u8; JOB_ID_LEN]);
 const ALPHABET: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
 
 impl JobId {
-    /// A fresh id from the operating system's CSPRNG.
-    ///
-    /// The OS's random bytes are fetched a kilobyte at a time into a
-    /// per-thread buffer, and each byte is used once: one system call serves
-    /// about sixty ids instead of one, which halves the cost of a submission.
+    /// A fresh id from the operating system's CSPRNG (drawn through a
+    /// per-thread buffer: one system call serves about sixty ids).
     ///
     /// # Panics
     ///
@@ -59,17 +56,16 @@ impl JobId {
     /// supported platform lacks.
     pub fn random() -> Self {
         let mut out = [0u8; JOB_ID_LEN];
-        OS_RANDOM.with_borrow_mut(|random| {
-            let mut filled = 0;
-            while filled < JOB_ID_LEN {
-                let b = random.next_byte();
-                // Rejection sampling: 252 = 7 * 36, so `b % 36` is uniform below it.
-                if b < 252 {
+        let mut filled = 0;
+        while filled < JOB_ID_LEN {
+            // Rejection sampling: 252 = 7 * 36, so `b % 36` is uniform below it.
+            for b in crate::random::bytes::<JOB_ID_LEN>() {
+                if b < 252 && filled < JOB_ID_LEN {
                     out[filled] = ALPHABET[usize::from(b % 36)];
                     filled += 1;
                 }
             }
-        });
+        }
         JobId(out)
     }
 
@@ -78,33 +74,6 @@ impl JobId {
         // Only ever built from ALPHABET bytes.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
-}
-
-/// Bytes from the OS CSPRNG, handed out once each, refilled a kilobyte at a
-/// time. Nothing is derived or stretched: every byte came from the OS. (A
-/// process that forks without exec would share the unused rest with its
-/// child; tokio does not survive a fork either, so there is nothing to guard.)
-struct OsRandom {
-    buf: [u8; 1024],
-    used: usize,
-}
-
-impl OsRandom {
-    fn next_byte(&mut self) -> u8 {
-        if self.used == self.buf.len() {
-            getrandom::fill(&mut self.buf).expect("the OS random source failed");
-            self.used = 0;
-        }
-        let b = self.buf[self.used];
-        self.used += 1;
-        b
-    }
-}
-
-thread_local! {
-    // Starts used up, so the first id fills it.
-    static OS_RANDOM: std::cell::RefCell<OsRandom> =
-        const { std::cell::RefCell::new(OsRandom { buf: [0; 1024], used: 1024 }) };
 }
 
 impl fmt::Display for JobId {

@@ -92,6 +92,7 @@ pub mod job;
 mod layer;
 pub mod metrics;
 mod policy;
+mod random;
 mod service;
 pub mod store;
 pub mod time;

@@ -2,14 +2,16 @@
 //! attempt and each webhook delivery, on whichever replica runs them.
 //!
 //! At submission the layer reads the request's `traceparent`. A valid one
-//! keeps its trace id and its sampled flag; a missing or malformed one (never
-//! a `4xx`: tracing is not the client's contract) is replaced by a new trace.
-//! The submission gets a span id of its own, and the job's stored headers get
-//! `traceparent: 00-<trace id>-<submission span id>-<flags>`, so the store
-//! carries the trace to any replica at no cost beyond one header. Each attempt
-//! and each webhook delivery is a child of the submission: a fresh span id,
-//! sent on as the `parent-id` of its own `traceparent`, so the upstream can
-//! tell attempts apart while their trace id stays the job's.
+//! keeps its trace id and its sampled flag: the submission gets a span id of
+//! its own, and the job's stored headers get `traceparent: 00-<trace id>-
+//! <submission span id>-<flags>`, so the store carries the trace to any
+//! replica. A missing or malformed one (never a `4xx`: tracing is not the
+//! client's contract) starts a trace of the job's own, derived from its id:
+//! every replica derives the same ids, so nothing is stored and a job whose
+//! client sends no trace context costs no memory for one. Each attempt and
+//! each webhook delivery is a child of the submission: a fresh span id, sent
+//! on as the `parent-id` of its own `traceparent`, so the upstream can tell
+//! attempts apart while their trace id stays the job's.
 //!
 //! The `tracing` spans carry the same ids as fields (`job_id`, `trace_id`,
 //! `span_id`, `parent_span_id`): `submit` while the job is enqueued, `job`
@@ -23,6 +25,8 @@ use std::fmt;
 
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
+
+use crate::job::JobId;
 
 pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
@@ -80,30 +84,38 @@ impl TraceContext {
         })
     }
 
-    /// A new, sampled trace, this span its first.
-    pub(crate) fn new_trace() -> Self {
-        // One read of the OS source for both ids: this is on the submit path.
-        let both: [u8; 24] = random_nonzero();
-        let (trace_id, span_id) = both.split_at(16);
-        let mut context = TraceContext {
-            trace_id: trace_id.try_into().expect("16 bytes"),
-            span_id: span_id.try_into().expect("8 bytes"),
+    /// The trace of a job whose client sent no trace context, and its
+    /// submission's span: derived from the job's id, the same on every
+    /// replica. The id is 16 random characters; two rounds of a bijective
+    /// mix spread them over the 128-bit trace id (distinct jobs, distinct
+    /// traces) and a third gives the span id.
+    pub(crate) fn of_job(id: JobId) -> Self {
+        let b = id.as_str().as_bytes();
+        let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let (lo, hi) = (word(0), word(8));
+        let first = mix(lo ^ mix(hi));
+        let second = mix(hi ^ 0x6a09_e667_f3bc_c908 ^ first);
+        let span = mix(first ^ second ^ 0xbb67_ae85_84ca_a73b);
+        let mut trace_id = [0u8; 16];
+        trace_id[..8].copy_from_slice(&first.to_be_bytes());
+        trace_id[8..].copy_from_slice(&second.to_be_bytes());
+        TraceContext {
+            trace_id: nonzero(trace_id),
+            span_id: nonzero(span.to_be_bytes()),
             flags: SAMPLED,
-        };
-        // Either half may still be all zeros (about 2^-64): draw those again.
-        if context.trace_id == [0; 16] {
-            context.trace_id = random_nonzero();
         }
-        if context.span_id == [0; 8] {
-            context.span_id = random_nonzero();
-        }
-        context
+    }
+
+    /// The submission span a stored job names: its stored `traceparent`, or
+    /// else the one derived from its id.
+    pub(crate) fn of_stored(headers: &HeaderMap, id: JobId) -> Self {
+        Self::from_headers(headers).unwrap_or_else(|| Self::of_job(id))
     }
 
     /// A span of the same trace, with an id of its own.
     pub(crate) fn child(&self) -> Self {
         TraceContext {
-            span_id: random_nonzero(),
+            span_id: nonzero(crate::random::bytes()),
             ..*self
         }
     }
@@ -119,8 +131,19 @@ impl TraceContext {
     /// Sets `traceparent` in `headers` to this context, replacing any.
     pub(crate) fn set_on(&self, headers: &mut HeaderMap) {
         let value =
-            HeaderValue::try_from(self.to_string()).expect("a traceparent is ASCII hex and dashes");
+            HeaderValue::from_bytes(&self.encode()).expect("a traceparent is ASCII hex and dashes");
         headers.insert(TRACEPARENT, value);
+    }
+
+    /// `00-<trace id>-<span id>-<flags>`, written without the formatting
+    /// machinery: this is on the path of every attempt.
+    fn encode(&self) -> [u8; 55] {
+        let mut out = [b'-'; 55];
+        out[..2].copy_from_slice(b"00");
+        hex_to(&self.trace_id, &mut out[3..35]);
+        hex_to(&self.span_id, &mut out[36..52]);
+        hex_to(&[self.flags], &mut out[53..55]);
+        out
     }
 }
 
@@ -128,13 +151,7 @@ impl TraceContext {
 /// as the parent of the next hop.
 impl fmt::Display for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            Hex(self.trace_id),
-            Hex(self.span_id),
-            self.flags
-        )
+        f.write_str(std::str::from_utf8(&self.encode()).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -144,24 +161,27 @@ impl fmt::Debug for TraceContext {
     }
 }
 
-/// The submission's side: the context the job is stored with, and the
-/// submitter's span it continues, if any.
+/// The submission's side: the submitter's span, if it named one, and the
+/// submission's own span when it is stored with the job.
 pub(crate) struct Submission {
-    /// The submission's own span, the parent of every attempt.
-    pub(crate) context: TraceContext,
     /// The submitter's span, from a valid incoming `traceparent`.
     pub(crate) parent: Option<TraceContext>,
+    /// The submission's span, stored in the job's headers; `None` when the
+    /// job's trace is derived from its id (see [`TraceContext::of_job`]).
+    stored: Option<TraceContext>,
 }
 
 impl Submission {
     /// Reads the trace the job's `headers` name or, failing that, the one
     /// the submission request's `submitted` headers name (an envelope's
     /// inner headers are the client's choice; its HTTP headers are its
-    /// tracing library's), else starts one; then writes the submission's own
-    /// span in `headers` in its place. A `tracestate` travels with the
-    /// `traceparent` it came with, and is dropped with a malformed one.
+    /// tracing library's). With one, writes the submission's own span in
+    /// `headers` in its place; without, removes a malformed one, and the
+    /// job's trace will be derived from its id. A `tracestate` travels with
+    /// the `traceparent` it came with, and is dropped with a malformed one.
     pub(crate) fn stamp(headers: &mut HeaderMap, submitted: &HeaderMap) -> Self {
         let parent = TraceContext::from_headers(headers).or_else(|| {
+            headers.remove(TRACEPARENT);
             headers.remove(TRACESTATE);
             let theirs = TraceContext::from_headers(submitted)?;
             for state in submitted.get_all(TRACESTATE) {
@@ -169,31 +189,35 @@ impl Submission {
             }
             Some(theirs)
         });
-        let context = parent
-            .as_ref()
-            .map_or_else(TraceContext::new_trace, TraceContext::child);
-        context.set_on(headers);
-        Submission { context, parent }
+        let stored = parent.as_ref().map(TraceContext::child);
+        if let Some(context) = &stored {
+            context.set_on(headers);
+        }
+        Submission { parent, stored }
+    }
+
+    /// The submission's span, once the store has named the job.
+    pub(crate) fn context(&self, id: JobId) -> TraceContext {
+        self.stored.unwrap_or_else(|| TraceContext::of_job(id))
     }
 }
 
 /// One call made for a job (an attempt, or a webhook delivery): a child of
-/// the span the job was stored with.
+/// the job's submission span.
 pub(crate) struct Call {
     pub(crate) context: TraceContext,
-    /// The submission's span; `None` for a job stored without a valid
-    /// `traceparent` (by an older version), whose calls start a trace each.
-    pub(crate) parent: Option<TraceContext>,
+    /// The submission's span.
+    pub(crate) parent: TraceContext,
 }
 
 impl Call {
-    /// A new call for a job stored with `headers`.
-    pub(crate) fn of(headers: &HeaderMap) -> Self {
-        let parent = TraceContext::from_headers(headers);
-        let context = parent
-            .as_ref()
-            .map_or_else(TraceContext::new_trace, TraceContext::child);
-        Call { context, parent }
+    /// A new call for the job `id`, stored with `headers`.
+    pub(crate) fn of(headers: &HeaderMap, id: JobId) -> Self {
+        let parent = TraceContext::of_stored(headers, id);
+        Call {
+            context: parent.child(),
+            parent,
+        }
     }
 }
 
@@ -223,17 +247,35 @@ struct Hex<const N: usize>([u8; N]);
 
 impl<const N: usize> fmt::Display for Hex<N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        let mut out = [0u8; 32];
+        let out = &mut out[..2 * N];
+        hex_to(&self.0, out);
+        f.write_str(std::str::from_utf8(out).map_err(|_| fmt::Error)?)
     }
 }
 
-fn random_nonzero<const N: usize>() -> [u8; N] {
-    let mut id = [0u8; N];
-    // All zeros is the one invalid id; the loop almost never runs twice.
-    while id == [0; N] {
-        getrandom::fill(&mut id).expect("the OS random source failed");
+/// Lowercase hex of `bytes` into `out`, two digits a byte.
+fn hex_to(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
+    }
+}
+
+/// All zeros is the one invalid id: make the last bit 1 (about 2^-64 odds).
+fn nonzero<const N: usize>(mut id: [u8; N]) -> [u8; N] {
+    if id == [0; N] {
+        id[N - 1] = 1;
     }
     id
+}
+
+/// SplitMix64's finalizer: a bijection on 64 bits that spreads every input bit.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 fn hex_digit(c: u8) -> Option<u8> {
@@ -316,15 +358,16 @@ mod tests {
 
     #[test]
     fn a_submission_continues_a_valid_trace_and_replaces_a_bad_one() {
+        let id: JobId = "0123456789abcdef".parse().unwrap();
         let mut headers = HeaderMap::new();
         headers.insert(TRACEPARENT, HeaderValue::from_static(VALID));
         headers.insert(TRACESTATE, HeaderValue::from_static("vendor=1"));
         let s = Submission::stamp(&mut headers, &HeaderMap::new());
         let parent = s.parent.unwrap();
         assert_eq!(parent.to_string(), VALID);
-        assert_eq!(s.context.trace_id, parent.trace_id);
-        assert_ne!(s.context.span_id, parent.span_id);
-        assert_eq!(TraceContext::from_headers(&headers), Some(s.context));
+        assert_eq!(s.context(id).trace_id, parent.trace_id);
+        assert_ne!(s.context(id).span_id, parent.span_id);
+        assert_eq!(TraceContext::from_headers(&headers), Some(s.context(id)));
         assert_eq!(headers[TRACESTATE], "vendor=1", "kept with its trace");
 
         let mut headers = HeaderMap::new();
@@ -332,23 +375,20 @@ mod tests {
         headers.insert(TRACESTATE, HeaderValue::from_static("vendor=1"));
         let s = Submission::stamp(&mut headers, &HeaderMap::new());
         assert!(s.parent.is_none());
-        assert_eq!(TraceContext::from_headers(&headers), Some(s.context));
-        assert!(headers[TRACEPARENT].to_str().unwrap().ends_with("-01"));
-        assert!(
-            !headers.contains_key(TRACESTATE),
-            "it described another trace"
-        );
+        assert!(headers.is_empty(), "nothing stored: {headers:?}");
+        assert_eq!(s.context(id), TraceContext::of_job(id));
     }
 
     #[test]
     fn without_a_trace_of_its_own_a_job_continues_the_submission_requests() {
+        let id: JobId = "0123456789abcdef".parse().unwrap();
         let mut submitted = HeaderMap::new();
         submitted.insert(TRACEPARENT, HeaderValue::from_static(VALID));
         submitted.insert(TRACESTATE, HeaderValue::from_static("vendor=2"));
         let mut headers = HeaderMap::new();
         let s = Submission::stamp(&mut headers, &submitted);
         assert_eq!(s.parent.unwrap().to_string(), VALID);
-        assert_eq!(s.context.trace_id, s.parent.unwrap().trace_id);
+        assert_eq!(s.context(id).trace_id, s.parent.unwrap().trace_id);
         assert_eq!(headers[TRACESTATE], "vendor=2");
 
         // The job's own trace wins over the submission request's.
@@ -364,16 +404,40 @@ mod tests {
     }
 
     #[test]
-    fn each_call_is_a_new_child_of_the_stored_span() {
+    fn a_job_without_a_trace_derives_one_from_its_id_the_same_everywhere() {
+        let a: JobId = "0123456789abcdef".parse().unwrap();
+        let b: JobId = "0123456789abcdeg".parse().unwrap();
+        let (ta, tb) = (TraceContext::of_job(a), TraceContext::of_job(b));
+        assert_eq!(ta, TraceContext::of_job(a), "deterministic");
+        assert_ne!(
+            ta.trace_id, tb.trace_id,
+            "one character apart, other traces"
+        );
+        assert_ne!(ta.span_id, tb.span_id);
+        // A valid traceparent, sampled, that parses back to itself.
+        assert_eq!(parse(&ta.to_string()), Some(ta));
+        assert!(ta.to_string().ends_with("-01"));
+        // Pinned, so that replicas of other versions derive the same trace.
+        assert_eq!(
+            ta.to_string(),
+            "00-39f2a7a0701fc21178e5fd3ee69ecd86-8772053b1617af10-01"
+        );
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            assert!(seen.insert(TraceContext::of_job(JobId::random()).trace_id));
+        }
+    }
+
+    #[test]
+    fn each_call_is_a_new_child_of_the_submission_span() {
+        let id = JobId::random();
         let mut headers = HeaderMap::new();
-        let stored = Submission::stamp(&mut headers, &HeaderMap::new()).context;
-        let (a, b) = (Call::of(&headers), Call::of(&headers));
-        assert_eq!(a.parent, Some(stored));
+        let stored = Submission::stamp(&mut headers, &HeaderMap::new()).context(id);
+        let (a, b) = (Call::of(&headers, id), Call::of(&headers, id));
+        assert_eq!(a.parent, stored);
         assert_eq!(a.context.trace_id, stored.trace_id);
         assert_eq!(b.context.trace_id, stored.trace_id);
         assert_ne!(a.context.span_id, b.context.span_id);
         assert_ne!(a.context.span_id, stored.span_id);
-        let orphan = Call::of(&HeaderMap::new());
-        assert!(orphan.parent.is_none());
     }
 }

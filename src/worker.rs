@@ -266,12 +266,12 @@ async fn claimer<S, St>(
                 // Each attempt is a span of the job's trace, stored with the
                 // job at submission, with an id of its own that is sent
                 // upstream (trace.rs).
-                let trace = trace::Call::of(&claim.job.request.headers);
+                let trace = trace::Call::of(&claim.job.request.headers, claim.job.id);
                 let span = trace::job_span!(
                     "job",
                     tracing::field::display(claim.id()),
                     trace.context,
-                    trace.parent.as_ref(),
+                    Some(&trace.parent),
                     attempt = claim.job.attempts
                 );
                 let call = run_job(
@@ -642,9 +642,5 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// A number in `[0, 1)` for backoff jitter.
 fn jitter() -> f64 {
-    let mut b = [0u8; 4];
-    match getrandom::fill(&mut b) {
-        Ok(()) => f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0),
-        Err(_) => 0.5,
-    }
+    f64::from(u32::from_le_bytes(crate::random::bytes())) / (f64::from(u32::MAX) + 1.0)
 }

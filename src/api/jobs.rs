@@ -66,11 +66,14 @@ pub(crate) async fn enqueue<St: Store>(
     submitted: &http::HeaderMap,
 ) -> Result<Enqueued, Problem> {
     let trace = Submission::stamp(&mut job.request.headers, submitted);
-    let span = trace::job_span!(
+    // The ids are recorded once the store has named the job: a trace may be
+    // derived from its id (see `trace.rs`).
+    let span = tracing::info_span!(
         "submit",
-        tracing::field::Empty,
-        trace.context,
-        trace.parent.as_ref()
+        job_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        parent_span_id = trace::parent_span_id(trace.parent.as_ref()),
     );
     let enqueued = shared
         .store
@@ -80,15 +83,21 @@ pub(crate) async fn enqueue<St: Store>(
         .map_err(|e| enqueue_refused(&e))?;
     let _entered = span.enter();
     let job = &enqueued.job;
-    span.record("job_id", tracing::field::display(job.id));
+    let context = if enqueued.created {
+        trace.context(job.id)
+    } else {
+        // The idempotency key named a job submitted before, with its own trace.
+        TraceContext::of_stored(&job.request.headers, job.id)
+    };
+    if !span.is_disabled() {
+        span.record("job_id", tracing::field::display(job.id));
+        span.record("trace_id", tracing::field::display(context.trace_id()));
+        span.record("span_id", tracing::field::display(context.span_id()));
+    }
     if enqueued.created {
         shared.recent.push(job.id, job.options.owner.clone());
         crate::metrics::submitted();
         tracing::info!("job submitted");
-    } else if let Some(first) = TraceContext::from_headers(&job.request.headers) {
-        // The idempotency key named a job submitted before, with its own trace.
-        span.record("trace_id", tracing::field::display(first.trace_id()));
-        span.record("span_id", tracing::field::display(first.span_id()));
     }
     Ok(enqueued)
 }

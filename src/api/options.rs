@@ -151,20 +151,26 @@ pub(crate) fn from_envelope(
         }
     };
     for spec in &SPECS {
-        let (value, name) = if is_retry_field(spec.target) {
-            (
-                retry.and_then(|m| m.get(spec.field)),
-                format!("{RETRY_OBJECT}.{}", spec.field),
-            )
+        let retry_field = is_retry_field(spec.target);
+        let value = if retry_field {
+            retry.and_then(|m| m.get(spec.field))
         } else {
-            (envelope.get(spec.field), spec.field.to_owned())
+            envelope.get(spec.field)
         };
         let Some(value) = value.filter(|v| !v.is_null()) else {
             continue;
         };
         let n = whole_number(value)
             .filter(|n| (spec.min..=spec.max).contains(n))
-            .ok_or_else(|| out_of_range(&name, spec, value))?;
+            .ok_or_else(|| {
+                // Named only when refused: this loop runs on every submission.
+                let name = if retry_field {
+                    format!("{RETRY_OBJECT}.{}", spec.field)
+                } else {
+                    spec.field.to_owned()
+                };
+                out_of_range(&name, spec, value)
+            })?;
         apply(options, spec.target, n, max_result_ttl);
     }
     check_delays(options)

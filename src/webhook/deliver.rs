@@ -58,12 +58,12 @@ pub(crate) async fn deliver_loop<St: Store>(
         match shared.store.claim_delivery(webhooks.lease()).await {
             Ok(Some(claim)) => {
                 // A delivery is a span of the job's trace, like an attempt.
-                let trace = trace::Call::of(&claim.job.request.headers);
+                let trace = trace::Call::of(&claim.job.request.headers, claim.job.id);
                 let span = trace::job_span!(
                     "webhook",
                     tracing::field::display(claim.job.id),
                     trace.context,
-                    trace.parent.as_ref(),
+                    Some(&trace.parent),
                     attempt = claim.job.webhook.as_ref().map_or(0, |w| w.attempts) + 1
                 );
                 let attempt = attempt(
