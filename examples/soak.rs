@@ -1,12 +1,21 @@
 //! A soak run: a bounded loop of submit -> long-poll -> result over loopback,
 //! with memory sampled every 10 s; then it waits for the results to expire and
-//! checks that memory returns to its baseline.
+//! shows whether memory returns to its baseline.
 //!
 //! ```text
-//! cargo run --release --features proxy --example soak -- --minutes 10
+//! cargo run --release --example soak -- --minutes 10
 //! ```
 //!
+//! It runs on the proxy's allocator (jemalloc, `examples/proxy/alloc.rs`),
+//! and prints two figures per sample: `rss`, what the process holds from the
+//! OS, and `heap`, what is allocated and not yet freed (jemalloc's
+//! `stats.allocated`). `heap` back at its baseline says the store let go of
+//! everything; `rss` back too says the allocator gave the pages back.
+//!
 //! Linux only (reads `/proc/self/statm`). Everything stays on 127.0.0.1.
+
+#[path = "proxy/alloc.rs"]
+mod alloc;
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -23,11 +32,43 @@ use tower_defer::{Body, DeferLayer, MemoryStore, Store};
 
 const TTL: Duration = Duration::from_secs(30);
 const CLIENTS: usize = 16;
+/// How long to keep sampling once the load stops: the results expire after
+/// `TTL`, then jemalloc purges freed pages within its 10 s decay.
+const DRAIN: Duration = Duration::from_secs(90);
 
 fn rss_mib() -> f64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
     let pages: f64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
     pages * 4096.0 / (1 << 20) as f64
+}
+
+/// Bytes allocated and not freed, in MiB, per jemalloc (its statistics are
+/// cached: advancing the epoch refreshes them).
+#[cfg(not(target_env = "msvc"))]
+fn heap_mib() -> f64 {
+    tikv_jemalloc_ctl::epoch::advance().expect("jemalloc epoch");
+    let bytes = tikv_jemalloc_ctl::stats::allocated::read().expect("jemalloc stats");
+    bytes as f64 / (1 << 20) as f64
+}
+
+/// jemalloc does not build with MSVC: no heap figure there.
+#[cfg(target_env = "msvc")]
+fn heap_mib() -> f64 {
+    f64::NAN
+}
+
+/// One sample line: memory, and what the store holds.
+async fn sample(start: Instant, store: &MemoryStore) -> f64 {
+    let rss = rss_mib();
+    let stats = store.stats().await.unwrap();
+    println!(
+        "t={}s rss={rss:.1} MiB heap={:.1} MiB queued={} in_progress={} {store:?}",
+        start.elapsed().as_secs(),
+        heap_mib(),
+        stats.queued,
+        stats.in_progress
+    );
+    rss
 }
 
 async fn model(req: Request<Body>) -> Result<Response<Body>, Infallible> {
@@ -67,12 +108,12 @@ async fn main() {
         }
     });
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let baseline = rss_mib();
+    let (baseline, baseline_heap) = (rss_mib(), heap_mib());
     println!(
         "soak: {minutes} min on http://{addr}, {CLIENTS} clients, result TTL {} s",
         TTL.as_secs()
     );
-    println!("t=0s rss={baseline:.1} MiB");
+    println!("t=0s rss={baseline:.1} MiB heap={baseline_heap:.1} MiB (baseline)");
     let end = Instant::now() + Duration::from_secs(minutes * 60);
     let mut workers = Vec::new();
     for c in 0..CLIENTS {
@@ -119,27 +160,26 @@ async fn main() {
     let mut peak: f64 = baseline;
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let rss = rss_mib();
-        peak = peak.max(rss);
-        let stats = store.stats().await.unwrap();
-        println!(
-            "t={}s rss={rss:.1} MiB queued={} in_progress={}",
-            start.elapsed().as_secs(),
-            stats.queued,
-            stats.in_progress
-        );
+        peak = peak.max(sample(start, &store).await);
     }
     let mut total = 0;
     for w in workers {
         total += w.await.unwrap();
     }
     println!(
-        "load done: {total} jobs submitted, run and fetched in {} s ({:.0}/s)",
+        "load done: {total} jobs submitted, run and fetched in {} s ({:.0}/s); peak rss {peak:.1} MiB",
         start.elapsed().as_secs(),
         total as f64 / start.elapsed().as_secs_f64()
     );
-    // Let every result expire and be swept, then look again.
-    tokio::time::sleep(TTL + Duration::from_secs(5)).await;
-    let after = rss_mib();
-    println!("after expiry: rss={after:.1} MiB (baseline {baseline:.1}, peak {peak:.1}); store: {store:?}");
+    // Let every result expire and be swept, and the allocator purge.
+    let drained = Instant::now() + DRAIN;
+    while Instant::now() < drained {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        sample(start, &store).await;
+    }
+    let (after, after_heap) = (rss_mib(), heap_mib());
+    println!(
+        "after expiry: rss={after:.1} MiB heap={after_heap:.1} MiB \
+         (baseline rss={baseline:.1} heap={baseline_heap:.1}, peak rss={peak:.1}); {store:?}"
+    );
 }

@@ -14,6 +14,7 @@
 //!
 //! # Layout
 //!
+//! - `alloc.rs`: the global allocator (jemalloc), and why.
 //! - `config.rs`: the flags (clap), and the start-up report.
 //! - `auth.rs`: client tokens and `AuthLayer`, which makes each token's
 //!   identity the owner of the jobs it submits.
@@ -34,6 +35,7 @@
 //! `--store redis://...` another replica runs them; the in-memory store goes
 //! with the process). Then it exits 0.
 
+mod alloc;
 mod auth;
 mod config;
 mod demo;

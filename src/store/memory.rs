@@ -41,8 +41,11 @@ pub struct MemoryStore {
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The table's capacity too: it shows whether the store gave back
+        // what a burst made it grow to (see `sweep`).
         f.debug_struct("MemoryStore")
             .field("jobs", &self.inner.jobs.len())
+            .field("capacity", &self.inner.jobs.capacity())
             .finish()
     }
 }
@@ -280,6 +283,12 @@ impl MemoryStore {
         }
         None
     }
+}
+
+/// A table worth shrinking: mostly empty, and not small. The slack keeps a
+/// steady load from shrinking and regrowing the table on every sweep.
+fn oversized(len: usize, capacity: usize) -> bool {
+    capacity > 4 * len + 4096
 }
 
 fn is_ready(job: &Job) -> bool {
@@ -605,13 +614,75 @@ impl Store for MemoryStore {
     async fn sweep(&self) -> Result<Option<Timestamp>, StoreError> {
         let mut sched = self.schedule();
         let next = self.sweep_now(&mut sched, Timestamp::now());
+        // After a burst, give back what the hash tables grew to: a table
+        // sized for the peak would otherwise stay that size for the
+        // process's life. (The B-tree indexes free their nodes as they
+        // empty.)
+        let idempotency = &mut sched.idempotency;
+        if oversized(idempotency.len(), idempotency.capacity()) {
+            idempotency.shrink_to_fit();
+        }
         drop(sched);
-        // After a burst, give back what the maps grew to: a table sized for
-        // the peak would otherwise stay that size for the process's life.
-        let (len, capacity) = (self.inner.jobs.len(), self.inner.jobs.capacity());
-        if capacity > 4 * len + 4096 {
+        if oversized(self.inner.jobs.len(), self.inner.jobs.capacity()) {
             self.inner.jobs.shrink_to_fit();
         }
         Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::uri::PathAndQuery;
+    use http::{HeaderMap, Method};
+
+    use super::*;
+    use crate::job::{JobOptions, StoredRequest};
+
+    fn keyed(n: usize) -> NewJob {
+        NewJob {
+            request: StoredRequest {
+                method: Method::POST,
+                path_and_query: PathAndQuery::from_static("/run"),
+                headers: HeaderMap::new(),
+                body: Bytes::from_static(b"{}"),
+            },
+            options: JobOptions {
+                idempotency_key: Some(n.to_string().into()),
+                result_ttl: Duration::from_secs(1),
+                ..JobOptions::default()
+            },
+        }
+    }
+
+    fn capacities(store: &MemoryStore) -> (usize, usize) {
+        let idempotency = store.schedule().idempotency.capacity();
+        (store.inner.jobs.capacity(), idempotency)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sweep_gives_back_the_tables_a_burst_grew() {
+        let store = MemoryStore::new();
+        let mut ids = Vec::new();
+        for n in 0..20_000 {
+            ids.push(store.enqueue(keyed(n), usize::MAX).await.unwrap().job.id);
+        }
+        let (jobs, idempotency) = capacities(&store);
+        assert!(
+            jobs >= 20_000 && idempotency >= 20_000,
+            "{jobs} {idempotency}"
+        );
+        // Every job ends, and its result expires a second later.
+        for id in ids {
+            store.cancel(id, None).await.unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        store.sweep().await.unwrap();
+        assert_eq!(store.inner.jobs.len(), 0);
+        let (jobs, idempotency) = capacities(&store);
+        assert!(jobs < 4096 && idempotency < 4096, "{jobs} {idempotency}");
+        assert!(format!("{store:?}").contains("jobs: 0"), "{store:?}");
     }
 }

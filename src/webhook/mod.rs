@@ -21,6 +21,11 @@
 //! Jobs submitted through the Baseten dialect get Baseten's body and
 //! `X-BASETEN-SIGNATURE` instead.
 //!
+//! A receiver written in Rust checks those headers with [`Verifier`]
+//! (constant-time comparison, a window on the timestamp against replays, any
+//! of several secrets while one rotates); any Standard Webhooks library
+//! does the same in other languages.
+//!
 //! # Delivery
 //!
 //! - Any `2xx` is delivered. `429`, `5xx`, no connection and no answer within
@@ -71,6 +76,8 @@ mod event;
 #[cfg(feature = "webhooks")]
 mod sign;
 mod target;
+#[cfg(feature = "webhooks")]
+mod verify;
 
 #[cfg(feature = "webhooks")]
 pub use config::Webhooks;
@@ -79,3 +86,5 @@ pub(crate) use deliver::deliver_loop;
 #[cfg(feature = "webhooks")]
 pub use sign::{baseten_signature, InvalidSecret, Secret};
 pub(crate) use target::webhook_target;
+#[cfg(feature = "webhooks")]
+pub use verify::{Verifier, VerifyError};

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-type HmacSha256 = Hmac<Sha256>;
+pub(super) type HmacSha256 = Hmac<Sha256>;
 
 /// The prefix of a Standard Webhooks secret's text.
 const PREFIX: &str = "whsec_";
@@ -50,14 +50,23 @@ impl Secret {
     /// The signature of one message: `v1,` and the base64 of
     /// HMAC-SHA256(key, `"{msg_id}.{timestamp}.{payload}"`).
     pub fn sign(&self, msg_id: &str, timestamp: u64, payload: &[u8]) -> String {
+        let mac = self.mac(msg_id, timestamp.to_string().as_bytes(), payload);
+        format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+    }
+
+    /// The HMAC of one message, not yet finalized: [`sign`](Self::sign)
+    /// encodes it, [`Verifier`](super::Verifier) compares it in constant
+    /// time. The timestamp is the text as sent, so that a verifier checks
+    /// the bytes the header carried, not a re-formatting of their value.
+    pub(super) fn mac(&self, msg_id: &str, timestamp: &[u8], payload: &[u8]) -> HmacSha256 {
         let mut mac =
             HmacSha256::new_from_slice(&self.key).expect("HMAC takes a key of any length");
         mac.update(msg_id.as_bytes());
         mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
+        mac.update(timestamp);
         mac.update(b".");
         mac.update(payload);
-        format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+        mac
     }
 }
 

@@ -17,7 +17,7 @@ use serde_json::json;
 use support::*;
 use tower::Layer;
 use tower_defer::job::{JobOptions, NewJob, StoredRequest, WebhookFormat, WebhookTarget};
-use tower_defer::webhook::{baseten_signature, Secret};
+use tower_defer::webhook::{baseten_signature, Secret, Verifier};
 use tower_defer::{Body, DeferLayer, MemoryStore, Store, Webhooks};
 
 const KEY: &[u8] = b"a key of thirty-two bytes, really";
@@ -42,6 +42,10 @@ async fn delivers_a_signed_event_the_receiver_verifies() {
         .unwrap()
         .verify(&hit.body, &hit.headers)
         .expect("standardwebhooks verifies our delivery");
+    // And so does ours, as a receiver would run it.
+    let ours = |key| Verifier::new(secret(key).parse().unwrap());
+    assert_eq!(ours(KEY).verify(&hit.headers, &hit.body), Ok(()));
+    assert!(ours(OLD_KEY).verify(&hit.headers, &hit.body).is_err());
 
     let event = hit.json();
     assert_eq!(event["type"], "job.succeeded");
@@ -195,7 +199,14 @@ async fn rotation_signs_with_every_secret() {
             .unwrap()
             .verify(&hit.body, &hit.headers)
             .unwrap();
+        let ours = Verifier::new(secret(key).parse().unwrap());
+        assert_eq!(ours.verify(&hit.headers, &hit.body), Ok(()));
     }
+    // A receiver in the middle of its own rotation, with a secret the
+    // sender no longer uses beside one it does.
+    let rotating =
+        Verifier::new(secret(b"retired").parse().unwrap()).secret(secret(OLD_KEY).parse().unwrap());
+    assert_eq!(rotating.verify(&hit.headers, &hit.body), Ok(()));
     assert_eq!(delivered(&app, &id).await["webhook"]["status"], "succeeded");
 }
 
@@ -635,6 +646,60 @@ fn our_signatures_match_the_reference_implementation() {
         theirs.verify(payload, &headers).expect("verified");
         headers.insert("webhook-id", "msg_other".parse().unwrap());
         assert!(theirs.verify(payload, &headers).is_err());
+    }
+}
+
+#[test]
+fn our_verifier_agrees_with_the_reference_implementation() {
+    let payload = br#"{"type":"job.succeeded","id":"0123456789abcdef"}"#;
+    let now = unix_now() as i64;
+    for key in [KEY, OLD_KEY, b"k".as_slice()] {
+        let text = secret(key);
+        let theirs = standardwebhooks::Webhook::new(&text).unwrap();
+        let ours = Verifier::new(text.parse().unwrap());
+        // Signed by the reference at times inside and outside its 5-minute
+        // window (10 s clear of the edges, so a second ticking over in
+        // between cannot tip either), then received as sent or changed.
+        for at in [now, now - 290, now + 290, now - 310, now + 310] {
+            let signature = theirs.sign("msg_abc", at, payload).unwrap();
+            let sent = |id: &str, signature: &str| {
+                let mut h = http::HeaderMap::new();
+                h.insert("webhook-id", id.parse().unwrap());
+                h.insert("webhook-timestamp", at.to_string().parse().unwrap());
+                h.insert("webhook-signature", signature.parse().unwrap());
+                h
+            };
+            let other = secret(b"another key").parse::<Secret>().unwrap();
+            let cases = [
+                (sent("msg_abc", &signature), &payload[..]),
+                (sent("msg_abd", &signature), &payload[..]),
+                (sent("msg_abc", &signature), &payload[1..]),
+                (
+                    sent(
+                        "msg_abc",
+                        &format!("{} {signature}", other.sign("msg_abc", at as u64, payload)),
+                    ),
+                    &payload[..],
+                ),
+                (
+                    sent("msg_abc", &other.sign("msg_abc", at as u64, payload)),
+                    &payload[..],
+                ),
+            ];
+            for (n, (headers, body)) in cases.iter().enumerate() {
+                let expected = theirs.verify(body, headers).is_ok();
+                assert_eq!(
+                    ours.verify(headers, body).is_ok(),
+                    expected,
+                    "case {n} at {at} (now {now})"
+                );
+            }
+            // Both accept the delivery as sent exactly when it is in time.
+            assert_eq!(
+                theirs.verify(payload, &cases[0].0).is_ok(),
+                (at - now).abs() < 300
+            );
+        }
     }
 }
 
