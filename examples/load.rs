@@ -14,12 +14,18 @@
 //!
 //! 1. `health`: `GET /health`, passed through the layer and answered by the
 //!    model: what the same server does for a trivial route.
-//! 2. `submit`: `POST /async` with a JSON envelope: parsed, stored, `201`.
+//! 2. `predict`: `POST /predict` with the same JSON body as the submission,
+//!    passed through and echoed by the model: a trivial route with a request
+//!    of the submission's shape (the same bytes to read, a body to answer).
+//! 3. `submit`: `POST /async` with a JSON envelope: parsed, stored, `201`.
+//! 4. `cycle`: a job's whole life as a client lives it: `POST /async`, then
+//!    `GET /async/{id}` with `Prefer: wait=10` (a long-poll that answers when
+//!    the job has ended), then `GET /async/{id}/result`. Counted in jobs.
 //!
 //! and prints requests per second, p50 and p99 latency, and the ratio of the
-//! two throughputs: the layer's cost, as the figure of merit. After the submit
-//! run it waits for the workers to run every submitted job and prints how long
-//! that took. Client, server and workers share this machine's cores, so the
+//! submit throughput to each trivial route's: the layer's cost, as the figure of merit.
+//! After the submit run it waits for the workers to run every submitted job
+//! and prints how long that took. Client, server and workers share this machine's cores, so the
 //! absolute figures are lower than a dedicated server's; the ratio is fair.
 //!
 //! With `--no-workers` the worker pool is never started (`DeferLayer::pair`):
@@ -141,14 +147,61 @@ impl Run {
     }
 }
 
+/// What each connection does, again and again.
+#[derive(Clone, Copy)]
+enum Scenario {
+    Health,
+    /// `POST /predict` passed through: the same shape as a submission.
+    Predict,
+    Submit,
+    /// Submit, long-poll to the end, fetch the result: one count per job.
+    Cycle,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// Sends `req` and reads the whole answer: its status and body.
+async fn exchange(send: &mut Sender, req: Request<Full<Bytes>>) -> (http::StatusCode, Bytes) {
+    send.ready().await.unwrap();
+    let response = send.send_request(req).await.unwrap();
+    let status = response.status();
+    (
+        status,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
+}
+
+/// One round of `scenario`; whether every answer was a success.
+async fn round(send: &mut Sender, scenario: Scenario) -> bool {
+    match scenario {
+        Scenario::Health => exchange(send, health()).await.0.is_success(),
+        Scenario::Predict => exchange(send, predict()).await.0.is_success(),
+        Scenario::Submit => exchange(send, submit()).await.0.is_success(),
+        Scenario::Cycle => {
+            let (status, body) = exchange(send, submit()).await;
+            if status != 201 {
+                return false;
+            }
+            let created: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let id = created["id"].as_str().unwrap().to_owned();
+            let (status, _) = exchange(send, get(&format!("/async/{id}"), Some("wait=10"))).await;
+            if status != 200 {
+                return false;
+            }
+            let (status, _) = exchange(send, get(&format!("/async/{id}/result"), None)).await;
+            status == 200
+        }
+    }
+}
+
 /// Drives `addr` with `connections` keep-alive connections until `budget`
-/// requests in all have been sent or `duration` has passed.
+/// rounds in all have been run or `duration` has passed.
 async fn drive(
     addr: SocketAddr,
     connections: usize,
     duration: Duration,
     budget: usize,
-    make: fn() -> Request<Full<Bytes>>,
+    scenario: Scenario,
 ) -> Run {
     let budget = Arc::new(std::sync::atomic::AtomicUsize::new(budget));
     let start = Instant::now();
@@ -174,10 +227,7 @@ async fn drive(
                     .is_ok()
             {
                 let sent = Instant::now();
-                send.ready().await.unwrap();
-                let response = send.send_request(make()).await.unwrap();
-                let ok = response.status().is_success();
-                response.into_body().collect().await.unwrap();
+                let ok = round(&mut send, scenario).await;
                 latencies.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
                 errors += usize::from(!ok);
             }
@@ -206,6 +256,24 @@ fn health() -> Request<Full<Bytes>> {
         .header("host", "127.0.0.1")
         .body(Full::default())
         .unwrap()
+}
+
+fn predict() -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(Method::POST)
+        .uri("/predict")
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(ENVELOPE.as_bytes())))
+        .unwrap()
+}
+
+fn get(path: &str, prefer: Option<&str>) -> Request<Full<Bytes>> {
+    let mut req = Request::get(path).header("host", "127.0.0.1");
+    if let Some(prefer) = prefer {
+        req = req.header("prefer", prefer);
+    }
+    req.body(Full::default()).unwrap()
 }
 
 fn submit() -> Request<Full<Bytes>> {
@@ -269,16 +337,19 @@ async fn main() {
     );
     // Warm up: connections, allocator, caches; results discarded.
     let warm = Duration::from_millis(500);
-    drive(addr, options.connections, warm, 20_000, health).await;
+    drive(addr, options.connections, warm, 20_000, Scenario::Health).await;
 
     let (c, d, n) = (options.connections, options.duration, options.requests);
-    let pass = drive(addr, c, d, n, health).await;
+    let pass = drive(addr, c, d, n, Scenario::Health).await;
     pass.print("health");
-    let sub = drive(addr, c, d, n, submit).await;
+    let predict = drive(addr, c, d, n, Scenario::Predict).await;
+    predict.print("predict");
+    let sub = drive(addr, c, d, n, Scenario::Submit).await;
     sub.print("submit");
     println!(
-        "ratio    submit / health = {:.2}",
-        sub.per_second() / pass.per_second()
+        "ratio    submit / health = {:.2}, submit / predict = {:.2}",
+        sub.per_second() / pass.per_second(),
+        sub.per_second() / predict.per_second()
     );
 
     if !options.workers {
@@ -308,4 +379,8 @@ async fn main() {
         sub.requests,
         (sub.elapsed + drained).as_secs_f64()
     );
+    // A job's whole life per round: submit, long-poll until it has ended,
+    // fetch the result. Latency is the client's wait for its answer.
+    let cycle = drive(addr, c, d, n, Scenario::Cycle).await;
+    cycle.print("cycle");
 }
