@@ -8,14 +8,31 @@
 //! `tokio::time::pause()` it moves only when the test advances time.
 
 use std::fmt;
+use std::num::NonZeroU64;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A point in wall-clock time, in milliseconds since the Unix epoch.
 ///
 /// Displays as RFC 3339 in UTC with milliseconds: `2026-11-22T08:53:46.123Z`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Timestamp(u64);
+///
+/// Held as the milliseconds plus one in a `NonZeroU64`, so that an
+/// `Option<Timestamp>` is 8 bytes, not 16: a job has five of them.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(NonZeroU64);
+
+impl Default for Timestamp {
+    /// The Unix epoch.
+    fn default() -> Self {
+        Timestamp::from_millis(0)
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Timestamp").field(&self.as_millis()).finish()
+    }
+}
 
 static ANCHOR: OnceLock<(u64, tokio::time::Instant)> = OnceLock::new();
 
@@ -38,47 +55,51 @@ impl Timestamp {
         // paused clocks in one process), so "now" may be before it: count
         // back rather than stop there, so that every clock keeps moving.
         match now.checked_duration_since(at) {
-            Some(elapsed) => Timestamp(wall.saturating_add(elapsed.as_millis() as u64)),
+            Some(elapsed) => {
+                Timestamp::from_millis(wall.saturating_add(elapsed.as_millis() as u64))
+            }
             None => {
                 let before = at.duration_since(now);
                 // Round up, so that `after` stays exact: floor(x + d) = floor(x) + d.
                 let ms =
                     before.as_millis() as u64 + u64::from(before.subsec_nanos() % 1_000_000 != 0);
-                Timestamp(wall.saturating_sub(ms))
+                Timestamp::from_millis(wall.saturating_sub(ms))
             }
         }
     }
 
     /// A timestamp from milliseconds since the Unix epoch.
+    /// The last millisecond, `u64::MAX`, reads as the one before it.
     pub const fn from_millis(millis: u64) -> Self {
-        Timestamp(millis)
+        Timestamp(NonZeroU64::MIN.saturating_add(millis))
     }
 
     /// Milliseconds since the Unix epoch.
     pub const fn as_millis(self) -> u64 {
-        self.0
+        self.0.get() - 1
     }
 
     /// This time plus `d`, saturating.
     pub fn after(self, d: Duration) -> Self {
-        Timestamp(
-            self.0
+        Timestamp::from_millis(
+            self.as_millis()
                 .saturating_add(d.as_millis().min(u64::MAX as u128) as u64),
         )
     }
 
     /// How long from `earlier` to `self` (zero if `earlier` is later).
     pub fn since(self, earlier: Timestamp) -> Duration {
-        Duration::from_millis(self.0.saturating_sub(earlier.0))
+        Duration::from_millis(self.as_millis().saturating_sub(earlier.as_millis()))
     }
 
     /// The tokio instant at which tokio's clock reads this time, for timers.
     pub fn to_instant(self) -> tokio::time::Instant {
         let (wall, at) = anchor();
-        if self.0 >= wall {
-            at + Duration::from_millis(self.0 - wall)
+        let ms = self.as_millis();
+        if ms >= wall {
+            at + Duration::from_millis(ms - wall)
         } else {
-            at.checked_sub(Duration::from_millis(wall - self.0))
+            at.checked_sub(Duration::from_millis(wall - ms))
                 .unwrap_or(at)
         }
     }
@@ -86,8 +107,8 @@ impl Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let millis = self.0 % 1000;
-        let secs = self.0 / 1000;
+        let millis = self.as_millis() % 1000;
+        let secs = self.as_millis() / 1000;
         let days = (secs / 86_400) as i64;
         let rem = secs % 86_400;
         let (y, m, d) = civil_from_days(days);
@@ -127,19 +148,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn formats_rfc3339_utc_with_millis() {
-        assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00.000Z");
+    fn millis_round_trip_and_an_absent_time_costs_nothing() {
+        for ms in [0, 1, 1_795_337_626_123, u64::MAX - 1] {
+            assert_eq!(Timestamp::from_millis(ms).as_millis(), ms);
+        }
+        assert_eq!(Timestamp::from_millis(u64::MAX).as_millis(), u64::MAX - 1);
+        assert_eq!(Timestamp::default().as_millis(), 0);
+        assert!(Timestamp::from_millis(1) < Timestamp::from_millis(2));
         assert_eq!(
-            Timestamp(1_795_337_626_123).to_string(),
+            Timestamp::from_millis(5).after(Duration::MAX),
+            Timestamp::from_millis(u64::MAX)
+        );
+        assert_eq!(std::mem::size_of::<Option<Timestamp>>(), 8);
+    }
+
+    #[test]
+    fn formats_rfc3339_utc_with_millis() {
+        assert_eq!(
+            Timestamp::from_millis(0).to_string(),
+            "1970-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            Timestamp::from_millis(1_795_337_626_123).to_string(),
             "2026-11-22T08:53:46.123Z"
         );
         // A leap day and the end of a leap year.
         assert_eq!(
-            Timestamp(951_782_400_000).to_string(),
+            Timestamp::from_millis(951_782_400_000).to_string(),
             "2000-02-29T00:00:00.000Z"
         );
         assert_eq!(
-            Timestamp(1_735_689_599_999).to_string(),
+            Timestamp::from_millis(1_735_689_599_999).to_string(),
             "2024-12-31T23:59:59.999Z"
         );
     }
