@@ -105,8 +105,40 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, written digit by digit (every status
+    /// document carries several), or `None` past the year 9999.
+    fn rfc3339(self) -> Option<[u8; 24]> {
+        let millis = self.as_millis() % 1000;
+        let secs = self.as_millis() / 1000;
+        let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+        let rem = secs % 86_400;
+        if !(0..=9999).contains(&y) {
+            return None;
+        }
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut n: u64| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        };
+        put(0, 4, y as u64);
+        put(5, 2, u64::from(m));
+        put(8, 2, u64::from(d));
+        put(11, 2, rem / 3600);
+        put(14, 2, rem % 3600 / 60);
+        put(17, 2, rem % 60);
+        put(20, 3, millis);
+        Some(out)
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(text) = self.rfc3339() {
+            return f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?);
+        }
         let millis = self.as_millis() % 1000;
         let secs = self.as_millis() / 1000;
         let days = (secs / 86_400) as i64;
@@ -124,7 +156,10 @@ impl fmt::Display for Timestamp {
 
 impl serde::Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        match self.rfc3339() {
+            Some(text) => s.serialize_str(std::str::from_utf8(&text).unwrap_or_default()),
+            None => s.collect_str(self),
+        }
     }
 }
 
@@ -146,6 +181,18 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn years_past_9999_still_format() {
+        assert_eq!(
+            Timestamp::from_millis(253_402_300_800_000).to_string(),
+            "10000-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            serde_json::to_string(&Timestamp::from_millis(1_795_337_626_123)).unwrap(),
+            "\"2026-11-22T08:53:46.123Z\""
+        );
+    }
 
     #[test]
     fn millis_round_trip_and_an_absent_time_costs_nothing() {

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use serde_json::{Map, Value};
 
 use crate::error::Problem;
@@ -29,7 +29,7 @@ enum Target {
 /// One option: where it is read from, and what values it takes.
 struct Spec {
     field: &'static str,
-    header: &'static str,
+    header: HeaderName,
     min: u64,
     max: u64,
     target: Target,
@@ -37,52 +37,52 @@ struct Spec {
 
 /// The options, with the ranges the hosted APIs use (Baseten's for the queue
 /// deadline and the retry configuration).
-const SPECS: [Spec; 7] = [
+static SPECS: [Spec; 7] = [
     Spec {
         field: "priority",
-        header: "defer-priority",
+        header: HeaderName::from_static("defer-priority"),
         min: 0,
         max: 2,
         target: Target::Priority,
     },
     Spec {
         field: "max_time_in_queue_seconds",
-        header: "defer-max-time-in-queue",
+        header: HeaderName::from_static("defer-max-time-in-queue"),
         min: 10,
         max: 259_200,
         target: Target::MaxTimeInQueue,
     },
     Spec {
         field: "result_ttl_seconds",
-        header: "defer-result-ttl",
+        header: HeaderName::from_static("defer-result-ttl"),
         min: 1,
         max: u32::MAX as u64,
         target: Target::ResultTtl,
     },
     Spec {
         field: "execution_timeout_seconds",
-        header: "defer-execution-timeout",
+        header: HeaderName::from_static("defer-execution-timeout"),
         min: 1,
         max: 86_400,
         target: Target::ExecutionTimeout,
     },
     Spec {
         field: "max_attempts",
-        header: "defer-max-attempts",
+        header: HeaderName::from_static("defer-max-attempts"),
         min: 1,
         max: 10,
         target: Target::MaxAttempts,
     },
     Spec {
         field: "initial_delay_ms",
-        header: "defer-retry-initial-delay-ms",
+        header: HeaderName::from_static("defer-retry-initial-delay-ms"),
         min: 0,
         max: 10_000,
         target: Target::InitialDelay,
     },
     Spec {
         field: "max_delay_ms",
-        header: "defer-retry-max-delay-ms",
+        header: HeaderName::from_static("defer-retry-max-delay-ms"),
         min: 0,
         max: 60_000,
         target: Target::MaxDelay,
@@ -184,7 +184,7 @@ pub(crate) fn from_headers(
     max_result_ttl: Duration,
 ) -> Result<(), Problem> {
     for spec in &SPECS {
-        let mut values = headers.get_all(spec.header).iter();
+        let mut values = headers.get_all(&spec.header).iter();
         let Some(value) = values.next() else { continue };
         if values.next().is_some() {
             return Err(Problem::bad_request(
