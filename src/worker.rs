@@ -282,7 +282,9 @@ async fn claimer<S, St>(
                     permit,
                     hand_back.clone(),
                 );
-                calls.spawn(call.instrument(span));
+                // Boxed: the call's future is a few kilobytes, and the task
+                // would otherwise copy it whole as it is spawned and run.
+                calls.spawn(Box::pin(call).instrument(span));
             }
             // Stopping (or the inner service was not ready: try again).
             None if control.has_changed().is_err() || *control.borrow() != Control::Run => break,
