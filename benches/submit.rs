@@ -24,42 +24,19 @@
 //! Sample sizes and measurement times are kept small so the whole run takes
 //! a minute or two.
 
-use std::convert::Infallible;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use http::{Request, Response};
+use http::Request;
 use tower::{Layer, Service, ServiceExt};
 use tower_defer::time::Timestamp;
 use tower_defer::{Body, DeferLayer, JobId, MemoryStore, Store};
 
-const ENVELOPE: &str =
-    r#"{"data": {"prompt": "How are you?", "max_tokens": 16}, "path": "/predict"}"#;
-const INPUT: &str = r#"{"prompt": "How are you?", "max_tokens": 16}"#;
-
-/// The inner service: answers at once.
-async fn instant(_req: Request<Body>) -> Result<Response<Body>, Infallible> {
-    Ok(Response::new(Body::from(r#"{"text":"fine"}"#)))
-}
-
-fn envelope() -> Request<Body> {
-    Request::post("/async")
-        .header("content-type", "application/json")
-        .header("user-agent", "bench/1.0")
-        .header("accept", "application/json")
-        .body(Body::from(ENVELOPE))
-        .unwrap()
-}
-
-fn predict() -> Request<Body> {
-    Request::post("/predict")
-        .header("content-type", "application/json")
-        .header("user-agent", "bench/1.0")
-        .header("accept", "application/json")
-        .body(Body::from(INPUT))
-        .unwrap()
-}
+#[allow(dead_code)]
+#[path = "../examples/support/workload.rs"]
+mod workload;
+use workload::{envelope, instant, predict};
 
 fn submit(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()

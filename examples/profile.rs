@@ -22,38 +22,25 @@
 //!
 //! Taking the difference of two runs cancels start-up and shutdown.
 
-use std::convert::Infallible;
 use std::str::FromStr;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::Request;
 use tower::{Layer, Service, ServiceExt};
 use tower_defer::time::Timestamp;
 use tower_defer::{Body, DeferLayer, JobId, MemoryStore, Store};
 
-const ENVELOPE: &str =
-    r#"{"data": {"prompt": "How are you?", "max_tokens": 16}, "path": "/predict"}"#;
-const INPUT: &str = r#"{"prompt": "How are you?", "max_tokens": 16}"#;
+#[allow(dead_code)]
+#[path = "support/workload.rs"]
+mod workload;
+use workload::{envelope, instant, predict};
 
-async fn instant(_req: Request<Body>) -> Result<Response<Body>, Infallible> {
-    Ok(Response::new(Body::from(r#"{"text":"fine"}"#)))
-}
-
-fn envelope() -> Request<Body> {
-    Request::post("/async")
-        .header("content-type", "application/json")
-        .header("user-agent", "bench/1.0")
-        .body(Body::from(ENVELOPE))
-        .unwrap()
-}
-
+/// `predict()` with `Prefer: respond-async`.
 fn prefer() -> Request<Body> {
-    Request::post("/predict")
-        .header("content-type", "application/json")
-        .header("user-agent", "bench/1.0")
-        .header("prefer", "respond-async")
-        .body(Body::from(INPUT))
-        .unwrap()
+    let mut req = predict();
+    req.headers_mut()
+        .insert("prefer", http::HeaderValue::from_static("respond-async"));
+    req
 }
 
 #[tokio::main(flavor = "current_thread")]
