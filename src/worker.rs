@@ -409,8 +409,7 @@ async fn run_job<S, St>(
     let started = tokio::time::Instant::now();
     crate::metrics::started(Timestamp::now().since(job.created_at));
     let call = async {
-        let mut request = to_request(&job.request);
-        trace.set_on(request.headers_mut());
+        let request = to_request(&job.request, &trace);
         let response = svc.call(request).await.map_err(Into::into);
         let response = match response {
             Ok(r) => r,
@@ -597,12 +596,20 @@ async fn keep_lease<St: Store>(shared: &Shared<St>, claim: &Claim) {
     }
 }
 
-/// Rebuilds the stored request for the inner service.
-pub(crate) fn to_request(stored: &StoredRequest) -> Request<Body> {
+/// Rebuilds the stored request for the inner service, with the attempt's
+/// `traceparent`.
+fn to_request(stored: &StoredRequest, trace: &TraceContext) -> Request<Body> {
     let mut request = Request::new(Body::full(stored.body.clone()));
     *request.method_mut() = stored.method.clone();
     *request.uri_mut() = stored.path_and_query.clone().into();
-    *request.headers_mut() = stored.headers.clone();
+    // Room for the traceparent up front: a clone of the stored map is full,
+    // and adding one header to it would grow and rehash it.
+    let headers = request.headers_mut();
+    headers.reserve(stored.headers.len() + 1);
+    for (name, value) in &stored.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    trace.set_on(headers);
     request
 }
 
