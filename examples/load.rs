@@ -174,11 +174,14 @@ async fn exchange(send: &mut Sender, req: Request<Full<Bytes>>) -> (http::Status
 /// One round of `scenario`; whether every answer was a success.
 async fn round(send: &mut Sender, scenario: Scenario) -> bool {
     match scenario {
-        Scenario::Health => exchange(send, health()).await.0.is_success(),
-        Scenario::Predict => exchange(send, predict()).await.0.is_success(),
-        Scenario::Submit => exchange(send, submit()).await.0.is_success(),
+        Scenario::Health => exchange(send, get("/health", None)).await.0.is_success(),
+        Scenario::Predict => exchange(send, post_envelope("/predict"))
+            .await
+            .0
+            .is_success(),
+        Scenario::Submit => exchange(send, post_envelope("/async")).await.0.is_success(),
         Scenario::Cycle => {
-            let (status, body) = exchange(send, submit()).await;
+            let (status, body) = exchange(send, post_envelope("/async")).await;
             if status != 201 {
                 return false;
             }
@@ -251,17 +254,12 @@ async fn drive(
     run
 }
 
-fn health() -> Request<Full<Bytes>> {
-    Request::get("/health")
-        .header("host", "127.0.0.1")
-        .body(Full::default())
-        .unwrap()
-}
-
-fn predict() -> Request<Full<Bytes>> {
+/// `POST path` with the JSON envelope: a submission at `/async`, the same
+/// bytes passed through at `/predict`.
+fn post_envelope(path: &str) -> Request<Full<Bytes>> {
     Request::builder()
         .method(Method::POST)
-        .uri("/predict")
+        .uri(path)
         .header("host", "127.0.0.1")
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(ENVELOPE.as_bytes())))
@@ -274,16 +272,6 @@ fn get(path: &str, prefer: Option<&str>) -> Request<Full<Bytes>> {
         req = req.header("prefer", prefer);
     }
     req.body(Full::default()).unwrap()
-}
-
-fn submit() -> Request<Full<Bytes>> {
-    Request::builder()
-        .method(Method::POST)
-        .uri("/async")
-        .header("host", "127.0.0.1")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(ENVELOPE.as_bytes())))
-        .unwrap()
 }
 
 #[tokio::main]

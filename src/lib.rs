@@ -48,9 +48,10 @@
 //! # Tracing
 //!
 //! Each job is one W3C trace, whichever process runs it. The submission's
-//! `traceparent` is kept (a missing or malformed one is replaced by a new
-//! trace, never answered with a `4xx`) and stored with the job's request
-//! headers; every attempt and every webhook delivery sends a `traceparent`
+//! `traceparent` is kept and stored with the job's request headers; without
+//! one (or with a malformed one, never answered with a `4xx`) the job's trace
+//! is derived from its id, the same on every replica, and nothing is stored.
+//! Every attempt and every webhook delivery sends a `traceparent`
 //! with the job's trace id and a span id of its own, so the upstream can tell
 //! attempts apart. The `tracing` spans `submit`, `job` (one per attempt) and
 //! `webhook` carry the same ids in the fields `job_id`, `trace_id`, `span_id`

@@ -106,13 +106,19 @@ impl Timestamp {
 }
 
 impl Timestamp {
+    /// Year, month, day, hour, minute, second and millisecond, in UTC.
+    fn civil(self) -> (i64, u32, u32, u64, u64, u64, u64) {
+        let ms = self.as_millis();
+        let secs = ms / 1000;
+        let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+        let rem = secs % 86_400;
+        (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60, ms % 1000)
+    }
+
     /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, written digit by digit (every status
     /// document carries several), or `None` past the year 9999.
     fn rfc3339(self) -> Option<[u8; 24]> {
-        let millis = self.as_millis() % 1000;
-        let secs = self.as_millis() / 1000;
-        let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-        let rem = secs % 86_400;
+        let (y, m, d, hour, minute, second, millis) = self.civil();
         if !(0..=9999).contains(&y) {
             return None;
         }
@@ -126,9 +132,9 @@ impl Timestamp {
         put(0, 4, y as u64);
         put(5, 2, u64::from(m));
         put(8, 2, u64::from(d));
-        put(11, 2, rem / 3600);
-        put(14, 2, rem % 3600 / 60);
-        put(17, 2, rem % 60);
+        put(11, 2, hour);
+        put(14, 2, minute);
+        put(17, 2, second);
         put(20, 3, millis);
         Some(out)
     }
@@ -139,17 +145,10 @@ impl fmt::Display for Timestamp {
         if let Some(text) = self.rfc3339() {
             return f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?);
         }
-        let millis = self.as_millis() % 1000;
-        let secs = self.as_millis() / 1000;
-        let days = (secs / 86_400) as i64;
-        let rem = secs % 86_400;
-        let (y, m, d) = civil_from_days(days);
+        let (y, m, d, hour, minute, second, millis) = self.civil();
         write!(
             f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
+            "{y:04}-{m:02}-{d:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z"
         )
     }
 }

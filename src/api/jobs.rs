@@ -83,13 +83,13 @@ pub(crate) async fn enqueue<St: Store>(
         .map_err(|e| enqueue_refused(&e))?;
     let _entered = span.enter();
     let job = &enqueued.job;
-    let context = if enqueued.created {
-        trace.context(job.id)
-    } else {
-        // The idempotency key named a job submitted before, with its own trace.
-        TraceContext::of_stored(&job.request.headers, job.id)
-    };
     if !span.is_disabled() {
+        let context = if enqueued.created {
+            trace.context(job.id)
+        } else {
+            // The idempotency key named a job submitted before, with its own trace.
+            TraceContext::of_stored(&job.request.headers, job.id)
+        };
         span.record("job_id", tracing::field::display(job.id));
         span.record("trace_id", tracing::field::display(context.trace_id()));
         span.record("span_id", tracing::field::display(context.span_id()));
