@@ -129,10 +129,17 @@ pub(crate) fn is_json_content_type(value: Option<&HeaderValue>) -> bool {
     let Some(value) = value.and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let essence = value.split(';').next().unwrap_or("").trim();
-    let essence = essence.to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = value.split(';').next().unwrap_or("").trim().as_bytes();
+    // Compared without folding into a new string: this runs on every submission.
+    let starts = |prefix: &str| {
+        essence.len() >= prefix.len()
+            && essence[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    };
+    let ends = |suffix: &str| {
+        essence.len() >= suffix.len()
+            && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    };
+    essence.eq_ignore_ascii_case(b"application/json") || (starts("application/") && ends("+json"))
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
@@ -164,20 +171,43 @@ pub(crate) fn request_headers_to_store(
     forward_credentials: bool,
 ) -> HeaderMap {
     let named_by_connection = connection_named(headers);
-    let mut out = HeaderMap::with_capacity(headers.len());
+    let stored = |name: &HeaderName| is_stored(name, &named_by_connection, forward_credentials);
+    // Sized to what is kept, not to what came: a queued job holds this map
+    // for as long as it waits.
+    let mut out = HeaderMap::with_capacity(headers.iter().filter(|(n, _)| stored(n)).count());
     for (name, value) in headers {
-        if is_hop_by_hop(name)
-            || name == header::HOST
-            || name.as_str() == "prefer"
-            || name.as_str().starts_with("defer-")
-            || named_by_connection.contains(name)
-            || (!forward_credentials && is_credential(name))
-        {
-            continue;
+        if stored(name) {
+            out.append(name.clone(), value.clone());
         }
-        out.append(name.clone(), value.clone());
     }
     out
+}
+
+/// [`request_headers_to_store`] in place, for headers the job already owns
+/// (an envelope's): nothing is copied when nothing is dropped.
+pub(crate) fn retain_request_headers_to_store(headers: &mut HeaderMap, forward_credentials: bool) {
+    let named_by_connection = connection_named(headers);
+    let dropped: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| !is_stored(name, &named_by_connection, forward_credentials))
+        .cloned()
+        .collect();
+    for name in dropped {
+        headers.remove(name);
+    }
+}
+
+fn is_stored(
+    name: &HeaderName,
+    named_by_connection: &[HeaderName],
+    forward_credentials: bool,
+) -> bool {
+    !(is_hop_by_hop(name)
+        || name == header::HOST
+        || name.as_str() == "prefer"
+        || name.as_str().starts_with("defer-")
+        || named_by_connection.contains(name)
+        || (!forward_credentials && is_credential(name)))
 }
 
 /// The headers of an inner response as the job keeps them, less hop-by-hop ones.
@@ -341,6 +371,12 @@ mod tests {
         let with_creds = request_headers_to_store(&h, true);
         assert!(with_creds.contains_key("authorization"));
         assert!(with_creds.contains_key("cookie"));
+        // In place, the same headers are kept, in the same order.
+        for forward_credentials in [false, true] {
+            let mut owned = h.clone();
+            retain_request_headers_to_store(&mut owned, forward_credentials);
+            assert_eq!(owned, request_headers_to_store(&h, forward_credentials));
+        }
     }
 
     #[test]

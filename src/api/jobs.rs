@@ -32,6 +32,9 @@ pub(crate) async fn lookup<St: Store>(
     }
 }
 
+/// Prebuilt: a name given as text is parsed on every lookup.
+const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
+
 /// The options every submission starts from: the layer's defaults, the
 /// owner, and the `Idempotency-Key`.
 pub(crate) fn base_options<St>(
@@ -40,7 +43,7 @@ pub(crate) fn base_options<St>(
 ) -> Result<JobOptions, Problem> {
     let mut options = shared.config.defaults.clone();
     options.owner = shared.config.owner_of(parts);
-    if let Some(key) = parts.headers.get("idempotency-key") {
+    if let Some(key) = parts.headers.get(IDEMPOTENCY_KEY) {
         let key = key
             .to_str()
             .ok()

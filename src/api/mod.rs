@@ -3,6 +3,9 @@
 //! Each dialect is a module that only translates; none of them touches a
 //! store's internals, and the worker knows none of them.
 
+use std::future::Future;
+use std::task::Poll;
+
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -140,8 +143,16 @@ where
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    let read = tokio::time::timeout(config.body_timeout, Limited::new(body, limit).collect());
-    match read.await {
+    let mut collect = std::pin::pin!(Limited::new(body, limit).collect());
+    // A small body has usually arrived with its headers: the timer (an entry
+    // in tokio's timer wheel, set and cleared) is only armed for one that
+    // has not.
+    let first = std::future::poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await;
+    let read = match first {
+        Poll::Ready(read) => Ok(read),
+        Poll::Pending => tokio::time::timeout(config.body_timeout, collect).await,
+    };
+    match read {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large()),
         Ok(Err(e)) => Err(Problem::bad_request(

@@ -20,7 +20,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::{Map, Value};
 
 use super::document::StatusDocument;
-use super::envelope::{Envelope, EnvelopeError};
+use super::envelope::{Envelope, EnvelopeError, Field, Fields};
 use super::jobs::{base_options, enqueue, lookup, no_job};
 use super::vessl::OutputDocument;
 use super::RequestBody;
@@ -283,8 +283,10 @@ where
     let options = base_options(shared, parts)?;
     let bytes = read_body(&shared.config, &parts.headers, body).await?;
     let mut job = parse_envelope(&bytes, options, &shared.config)?;
-    job.request.headers =
-        policy::request_headers_to_store(&job.request.headers, shared.config.forward_credentials);
+    policy::retain_request_headers_to_store(
+        &mut job.request.headers,
+        shared.config.forward_credentials,
+    );
     let enqueued = enqueue(shared, job, &parts.headers).await?;
     let status = if enqueued.created {
         StatusCode::CREATED
@@ -321,10 +323,7 @@ pub(crate) fn parse_envelope(
     mut options: JobOptions,
     config: &Config,
 ) -> Result<NewJob, Problem> {
-    let Envelope {
-        data,
-        fields: envelope,
-    } = Envelope::parse(bytes).map_err(|e| match e {
+    let envelope = Envelope::parse(bytes).map_err(|e| match e {
         EnvelopeError::Malformed(e) => {
             Problem::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
         }
@@ -333,45 +332,49 @@ pub(crate) fn parse_envelope(
             "the body must be a JSON object with a `data` field",
         ),
     })?;
-    let data = data.ok_or_else(|| Problem::bad_request("missing_field", "missing field `data`"))?;
-    let method = match envelope.get("method") {
-        None | Some(Value::Null) => Method::POST,
-        Some(Value::String(m)) => {
-            Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
-                invalid(
-                    "method",
-                    format_args!("must be an HTTP method such as \"POST\", got {m:?}"),
-                )
-            })?
-        }
-        Some(other) => {
+    let data = envelope
+        .data
+        .ok_or_else(|| Problem::bad_request("missing_field", "missing field `data`"))?;
+    let method = match envelope.field("method")? {
+        Field::Missing => Method::POST,
+        Field::Text(m) => Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
+            invalid(
+                "method",
+                format_args!("must be an HTTP method such as \"POST\", got {m:?}"),
+            )
+        })?,
+        Field::Other(other) => {
             return Err(invalid(
                 "method",
                 format_args!("must be a string, got {other}"),
             ))
         }
     };
-    let path = match envelope.get("path") {
-        None | Some(Value::Null) => PathAndQuery::from_static("/"),
-        Some(Value::String(p)) if p.starts_with('/') => PathAndQuery::try_from(p.as_str())
+    let path = match envelope.field("path")? {
+        Field::Missing => PathAndQuery::from_static("/"),
+        Field::Text(p) if p.starts_with('/') => PathAndQuery::try_from(&*p)
             .map_err(|_| invalid("path", format_args!("is not a valid path: {p:?}")))?,
-        Some(Value::String(p)) => {
+        Field::Text(p) => {
             return Err(invalid(
                 "path",
                 format_args!("must start with \"/\", got {p:?}"),
             ))
         }
-        Some(other) => {
+        Field::Other(other) => {
             return Err(invalid(
                 "path",
                 format_args!("must be a string, got {other}"),
             ))
         }
     };
-    let mut headers = match envelope.get("headers") {
-        None | Some(Value::Null) => HeaderMap::new(),
-        Some(Value::Object(map)) => envelope_headers(map)?,
-        Some(_) => {
+    let mut headers = match envelope.field("headers")? {
+        // Room for the `Content-Type` added below, and no more: the job keeps
+        // this map, at its exact size, for as long as it is queued.
+        Field::Missing => HeaderMap::with_capacity(1),
+        Field::Other(map) if map.is_object() => {
+            envelope_headers(map.as_object().expect("an object"))?
+        }
+        _ => {
             return Err(invalid(
                 "headers",
                 "must be an object of header names to strings",

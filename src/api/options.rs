@@ -5,10 +5,13 @@
 //! the other dialects all read options through it, so the same value means
 //! the same thing, and is refused with the same words, everywhere.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName};
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use super::envelope::{Field, Fields};
 
 use crate::error::Problem;
 use crate::job::{JobOptions, Priority, WebhookFormat};
@@ -136,31 +139,39 @@ fn whole_number(value: &Value) -> Option<u64> {
 /// Reads the options of an envelope: the top-level fields, and the retry
 /// fields inside `inference_retry_config`.
 pub(crate) fn from_envelope(
-    envelope: &Map<String, Value>,
+    envelope: &impl Fields,
     options: &mut JobOptions,
     max_result_ttl: Duration,
 ) -> Result<(), Problem> {
-    let retry = match envelope.get(RETRY_OBJECT) {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(m)) => Some(m),
-        Some(other) => {
+    let retry = match envelope.field(RETRY_OBJECT)? {
+        Field::Missing => None,
+        Field::Other(m) if m.is_object() => Some(m),
+        other => {
             return Err(Problem::bad_request(
                 "invalid_field",
-                format!("`{RETRY_OBJECT}` must be an object, got {other}"),
+                format!(
+                    "`{RETRY_OBJECT}` must be an object, got {}",
+                    other.to_value()
+                ),
             ))
         }
     };
     for spec in &SPECS {
         let retry_field = is_retry_field(spec.target);
         let value = if retry_field {
-            retry.and_then(|m| m.get(spec.field))
+            match retry.as_deref().and_then(|m| m.get(spec.field)) {
+                None | Some(Value::Null) => Field::Missing,
+                Some(v) => Field::Other(Cow::Borrowed(v)),
+            }
         } else {
-            envelope.get(spec.field)
+            envelope.field(spec.field)?
         };
-        let Some(value) = value.filter(|v| !v.is_null()) else {
-            continue;
+        let n = match &value {
+            Field::Missing => continue,
+            Field::Other(v) => whole_number(v),
+            Field::Text(_) => None,
         };
-        let n = whole_number(value)
+        let n = n
             .filter(|n| (spec.min..=spec.max).contains(n))
             .ok_or_else(|| {
                 // Named only when refused: this loop runs on every submission.
@@ -169,7 +180,7 @@ pub(crate) fn from_envelope(
                 } else {
                     spec.field.to_owned()
                 };
-                out_of_range(&name, spec, value)
+                out_of_range(&name, spec, value.to_value())
             })?;
         apply(options, spec.target, n, max_result_ttl);
     }
@@ -223,19 +234,19 @@ pub(crate) const WEBHOOK_HEADER: &str = "defer-webhook";
 /// Reads the envelope's `webhook` (a URL string), checked against the
 /// layer's webhook settings.
 pub(crate) fn webhook_from_envelope(
-    envelope: &Map<String, Value>,
+    envelope: &impl Fields,
     options: &mut JobOptions,
     config: &Config,
 ) -> Result<(), Problem> {
-    match envelope.get(WEBHOOK_FIELD) {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::String(url)) => {
+    match envelope.field(WEBHOOK_FIELD)? {
+        Field::Missing => Ok(()),
+        Field::Text(url) => {
             let target =
-                crate::webhook_target(config, url, WebhookFormat::Standard, WEBHOOK_FIELD)?;
+                crate::webhook_target(config, &url, WebhookFormat::Standard, WEBHOOK_FIELD)?;
             options.webhook = Some(target);
             Ok(())
         }
-        Some(_) => Err(Problem::bad_request(
+        Field::Other(_) => Err(Problem::bad_request(
             "invalid_field",
             format!("`{WEBHOOK_FIELD}` must be a string (an http or https URL)"),
         )),
