@@ -12,7 +12,8 @@ use pin_project::pin_project;
 use crate::body::{Body, ResponseBody};
 use crate::worker::InnerService;
 
-type ApiFuture = Pin<Box<dyn Future<Output = Response<Bytes>> + Send>>;
+/// The layer's own answer to a request routed to the API.
+pub(crate) type ApiFuture = Pin<Box<dyn Future<Output = Response<Bytes>> + Send>>;
 
 /// The response future of [`Defer`](crate::Defer): a request passed through
 /// to the inner service, or the layer's own answer.

@@ -115,12 +115,7 @@ where
             Route::PassThrough => {
                 ResponseFuture::pass_through(self.inner.clone(), req.map(Body::new))
             }
-            route => {
-                let shared = self.shared.clone();
-                ResponseFuture::api(Box::pin(
-                    async move { api::handle(&shared, route, req).await },
-                ))
-            }
+            route => ResponseFuture::api(api::handle(self.shared.clone(), route, req)),
         }
     }
 }

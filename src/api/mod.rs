@@ -4,6 +4,7 @@
 //! store's internals, and the worker knows none of them.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::error::Problem;
+use crate::future::ApiFuture;
 use crate::layer::Config;
 use crate::service::Shared;
 use crate::store::{EnqueueError, Store, StoreError};
@@ -93,28 +95,46 @@ pub(crate) fn route<B>(config: &Config, req: &Request<B>) -> Route {
     Route::PassThrough
 }
 
-/// Answers a request routed to the API.
-pub(crate) async fn handle<St, B>(
-    shared: &Shared<St>,
-    route: Route,
-    req: Request<B>,
-) -> Response<Bytes>
+/// Answers a request routed to the API, as a boxed future of that route's
+/// own: one future type for every route would be as large as the largest
+/// (a long-poll's, some kilobytes), and would be moved whole into its box and
+/// at each await on the way down, for every submission.
+pub(crate) fn handle<St, B>(shared: Arc<Shared<St>>, route: Route, req: Request<B>) -> ApiFuture
 where
     St: Store,
     B: RequestBody,
 {
-    let result = match route {
-        Route::Native(endpoint) => native::handle(shared, endpoint, req).await,
-        Route::PreferAsync(prefer) => native::submit_prefer(shared, prefer, req).await,
+    match route {
+        Route::Native(native::Endpoint::Submit) => Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            native::submit_envelope(&shared, &parts, body)
+                .await
+                .unwrap_or_else(Problem::into_response)
+        }),
+        Route::Native(endpoint) => Box::pin(async move {
+            native::handle(&shared, endpoint, req)
+                .await
+                .unwrap_or_else(Problem::into_response)
+        }),
+        Route::PreferAsync(prefer) => Box::pin(async move {
+            native::submit_prefer(&shared, prefer, req)
+                .await
+                .unwrap_or_else(Problem::into_response)
+        }),
         // Bifrost answers in its own error shape.
-        Route::Bifrost(endpoint) => return bifrost::handle(shared, endpoint, req).await,
-        Route::Baseten(endpoint) => match &shared.config.baseten {
-            Some(state) => baseten::handle(shared, state, endpoint, req).await,
-            None => unreachable!("Baseten routes are matched only when the dialect is on"),
-        },
+        Route::Bifrost(endpoint) => {
+            Box::pin(async move { bifrost::handle(&shared, endpoint, req).await })
+        }
+        Route::Baseten(endpoint) => Box::pin(async move {
+            let Some(state) = &shared.config.baseten else {
+                unreachable!("Baseten routes are matched only when the dialect is on")
+            };
+            baseten::handle(&shared, state, endpoint, req)
+                .await
+                .unwrap_or_else(Problem::into_response)
+        }),
         Route::PassThrough => unreachable!("pass-through requests never reach the API"),
-    };
-    result.unwrap_or_else(Problem::into_response)
+    }
 }
 
 /// Reads a request body of at most `max_body` bytes, within `body_timeout`:

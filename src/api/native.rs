@@ -263,7 +263,7 @@ fn replay(job: &Job, response: &crate::job::StoredResponse) -> Response<Bytes> {
 }
 
 /// `POST P` with the VESSL envelope.
-async fn submit_envelope<St, B>(
+pub(crate) async fn submit_envelope<St, B>(
     shared: &Shared<St>,
     parts: &http::request::Parts,
     body: B,
