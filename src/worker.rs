@@ -316,15 +316,21 @@ where
     S: InnerService,
     St: Store,
 {
+    // Biased, the slot and the service first: when both are there at once,
+    // as under load, the stop signal is not polled (nor its waiter queued)
+    // for every job. A stop is still seen: the control is checked below
+    // before each claim.
     let permit = tokio::select! {
-        _ = stopped(&mut control, Duration::ZERO) => return None,
+        biased;
         permit = permits.acquire_owned() => permit.expect("the pool's semaphore is never closed"),
+        _ = stopped(&mut control, Duration::ZERO) => return None,
     };
     loop {
         let mut svc = inner.clone();
         let ready = tokio::select! {
-            _ = stopped(&mut control, Duration::ZERO) => return None,
+            biased;
             ready = poll_fn(|cx| svc.poll_ready(cx)) => ready.map_err(Into::<BoxError>::into),
+            _ = stopped(&mut control, Duration::ZERO) => return None,
         };
         if let Err(e) = ready {
             tracing::warn!(error = %e, "the inner service is not ready; trying again in 1 s");
