@@ -85,12 +85,25 @@ impl std::hash::Hasher for IdHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        // `JobId` hashes as its 16 bytes; fold them into the state.
-        for chunk in bytes.chunks(8) {
+        // `JobId` hashes as its 16 bytes; fold them into the state, a word at
+        // a time (whole words need no copy into a buffer: this runs on every
+        // lookup).
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+            self.0 = self.0.rotate_left(5) ^ word;
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
             let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
+            word[..rest.len()].copy_from_slice(rest);
             self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
         }
+    }
+
+    // The array's length, hashed before its bytes: the same for every id.
+    fn write_usize(&mut self, n: usize) {
+        self.0 = self.0.rotate_left(5) ^ n as u64;
     }
 }
 
