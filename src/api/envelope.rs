@@ -35,7 +35,14 @@ pub(crate) enum EnvelopeError {
 
 impl<'a> Envelope<'a> {
     pub(crate) fn parse(bytes: &'a [u8]) -> Result<Self, EnvelopeError> {
-        match serde_json::from_slice::<Envelope<'a>>(bytes) {
+        // Checked as UTF-8 once, whole: parsed from bytes, each string and
+        // the raw `data` would be checked on their own.
+        let parsed = match std::str::from_utf8(bytes) {
+            Ok(text) => serde_json::from_str::<Envelope<'a>>(text),
+            // Not UTF-8: parsed as bytes, the error says where.
+            Err(_) => serde_json::from_slice::<Envelope<'a>>(bytes),
+        };
+        match parsed {
             Ok(envelope) => Ok(envelope),
             // Well-formed JSON of another type: the visitor refused it.
             Err(e) if e.is_data() => match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
@@ -236,6 +243,13 @@ mod tests {
                 Envelope::parse(body.as_bytes()),
                 Err(EnvelopeError::NotAnObject)
             ));
+        }
+        // Not UTF-8, inside `data` or out of it: malformed, and said where.
+        for body in [&b"{\"data\": \"\xff\"}"[..], b"{\"data\": 1, \"p\xc3\": 2}"] {
+            match Envelope::parse(body) {
+                Err(EnvelopeError::Malformed(e)) => assert!(e.column() > 0, "{e}"),
+                _ => panic!("{body:?} is malformed"),
+            }
         }
         for body in ["", "{", "{\"data\": }", "[1,", "{} x"] {
             assert!(matches!(
