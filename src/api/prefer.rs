@@ -5,6 +5,8 @@
 //! §2 requires, and only what was applied is echoed in `Preference-Applied`.
 //! When a preference appears more than once, the first one that parses counts.
 
+use std::borrow::Cow;
+
 use http::header::HeaderName;
 use http::HeaderMap;
 
@@ -26,7 +28,7 @@ impl Prefer {
         let mut seen_async = false;
         for value in headers.get_all(PREFER) {
             let Ok(value) = value.to_str() else { continue };
-            for (name, value) in preferences(value) {
+            for_each_preference(value, |name, value| {
                 if name.eq_ignore_ascii_case("respond-async") {
                     if !seen_async {
                         seen_async = true;
@@ -38,29 +40,47 @@ impl Prefer {
                         .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
                         .map(|v| v.parse::<u64>().unwrap_or(u64::MAX));
                 }
-            }
+            });
         }
         prefer
     }
 }
 
 fn is_tchar(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+    c.is_ascii_alphanumeric()
+        || matches!(
+            c,
+            '!' | '#'
+                | '$'
+                | '%'
+                | '&'
+                | '\''
+                | '*'
+                | '+'
+                | '-'
+                | '.'
+                | '^'
+                | '_'
+                | '`'
+                | '|'
+                | '~'
+        )
 }
 
-/// Splits a header value into `(name, value)` preferences, dropping every one
-/// that does not parse. Parameters after `;` are parsed and discarded.
-fn preferences(header: &str) -> Vec<(&str, Option<String>)> {
-    let mut out = Vec::new();
+/// Calls `f` with each `(name, value)` preference of a header value, skipping
+/// every one that does not parse. Parameters after `;` are parsed and
+/// discarded. (A callback, not a list: this runs on every request that
+/// carries `Prefer`, and a list would be allocated for each.)
+fn for_each_preference<'a>(header: &'a str, mut f: impl FnMut(&'a str, Option<Cow<'a, str>>)) {
     let mut rest = header;
     loop {
         let (item, next) = split_unquoted(rest, ',');
-        if let Some(p) = preference(item) {
-            out.push(p);
+        if let Some((name, value)) = preference(item) {
+            f(name, value);
         }
         match next {
             Some(n) => rest = n,
-            None => return out,
+            None => return,
         }
     }
 }
@@ -81,7 +101,7 @@ fn split_unquoted(s: &str, sep: char) -> (&str, Option<&str>) {
     (s, None)
 }
 
-fn preference(item: &str) -> Option<(&str, Option<String>)> {
+fn preference(item: &str) -> Option<(&str, Option<Cow<'_, str>>)> {
     let (head, params) = split_unquoted(item, ';');
     let (name, value) = match head.split_once('=') {
         Some((n, v)) => (n.trim(), Some(word(v.trim())?)),
@@ -108,8 +128,8 @@ fn preference(item: &str) -> Option<(&str, Option<String>)> {
     Some((name, value))
 }
 
-/// `token / quoted-string`, unquoted.
-fn word(v: &str) -> Option<String> {
+/// `token / quoted-string`, unquoted (borrowed, unless it had quotes).
+fn word(v: &str) -> Option<Cow<'_, str>> {
     if let Some(inner) = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
         let mut out = String::with_capacity(inner.len());
         let mut chars = inner.chars();
@@ -120,9 +140,9 @@ fn word(v: &str) -> Option<String> {
                 c => out.push(c),
             }
         }
-        Some(out)
+        Some(Cow::Owned(out))
     } else if !v.is_empty() && v.chars().all(is_tchar) {
-        Some(v.to_owned())
+        Some(Cow::Borrowed(v))
     } else {
         None
     }
