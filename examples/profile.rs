@@ -19,6 +19,8 @@
 //!   with a status document (no worker pool).
 //! - `e2e`: `POST /async`, with the worker pool running, until every job has
 //!   succeeded: a job's whole life.
+//! - `status`: `GET /async/{id}` of one queued job, JOBS times (no worker
+//!   pool): a client polling.
 //!
 //! Taking the difference of two runs cancels start-up and shutdown.
 
@@ -47,11 +49,13 @@ fn prefer() -> Request<Body> {
 async fn main() {
     let mut args = std::env::args().skip(1);
     let (mode, jobs) = match (args.next(), args.next().map(|n| n.parse::<usize>())) {
-        (Some(mode), Some(Ok(jobs))) if ["envelope", "prefer", "e2e"].contains(&mode.as_str()) => {
+        (Some(mode), Some(Ok(jobs)))
+            if ["envelope", "prefer", "e2e", "status"].contains(&mode.as_str()) =>
+        {
             (mode, jobs)
         }
         _ => {
-            eprintln!("usage: profile envelope|prefer|e2e JOBS");
+            eprintln!("usage: profile envelope|prefer|e2e|status JOBS");
             std::process::exit(2);
         }
     };
@@ -83,6 +87,18 @@ async fn main() {
         return;
     }
     let (mut app, _worker) = layer.pair(tower::service_fn(instant));
+    if mode == "status" {
+        // One queued job, looked up JOBS times: a client polling.
+        let ready = ServiceExt::<Request<Body>>::ready(&mut app).await.unwrap();
+        let created = ready.call(envelope()).await.unwrap();
+        let location = created.headers()["location"].to_str().unwrap().to_owned();
+        for _ in 0..jobs {
+            let req = Request::get(location.as_str()).body(Body::empty()).unwrap();
+            let ready = ServiceExt::<Request<Body>>::ready(&mut app).await.unwrap();
+            assert_eq!(ready.call(req).await.unwrap().status(), 202);
+        }
+        return;
+    }
     for _ in 0..jobs {
         let req = if mode == "prefer" {
             prefer()

@@ -192,8 +192,13 @@ where
 
 /// A JSON answer.
 pub(crate) fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Bytes> {
+    // Room for a status document at once: `to_vec` starts at 128 bytes and
+    // grows (a copy each time) for every answer longer than that.
+    let mut body = Vec::with_capacity(512);
     // Serializing our own documents cannot fail: they hold strings and numbers only.
-    let body = serde_json::to_vec(value).unwrap_or_default();
+    if serde_json::to_writer(&mut body, value).is_err() {
+        body.clear();
+    }
     let mut response = Response::new(Bytes::from(body));
     *response.status_mut() = status;
     response

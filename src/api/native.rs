@@ -57,7 +57,10 @@ pub(crate) fn endpoint(prefix: &str, method: &Method, path: &str) -> Option<Endp
     if !(rest.is_empty() || rest.starts_with('/')) {
         return None; // `/asyncfoo` is not under `/async`
     }
-    let segments: Vec<&str> = rest.split('/').skip(1).collect();
+    // At most three segments matter; read without collecting them (this
+    // runs on every request to the API).
+    let mut segments = rest.split('/').skip(1);
+    let segments = (segments.next(), segments.next(), segments.next());
     let by_method = |allowed: &'static str, ok: bool, endpoint: Endpoint| {
         if ok {
             endpoint
@@ -68,22 +71,22 @@ pub(crate) fn endpoint(prefix: &str, method: &Method, path: &str) -> Option<Endp
     let job = |id: &str| id.parse::<JobId>().ok();
     let not_found = || Endpoint::NotFound(format!("no route {path}"));
     let is_get = method == Method::GET;
-    Some(match segments.as_slice() {
-        [] => by_method("POST", method == Method::POST, Endpoint::Submit),
-        ["queue"] => by_method("GET", is_get, Endpoint::Queue),
-        ["recent"] => by_method("GET", is_get, Endpoint::Recent),
-        ["ui"] => by_method("GET", is_get, Endpoint::Ui),
-        ["openapi.json"] => by_method("GET", is_get, Endpoint::OpenApi),
-        [id] => match job(id) {
+    Some(match segments {
+        (None, _, _) => by_method("POST", method == Method::POST, Endpoint::Submit),
+        (Some("queue"), None, _) => by_method("GET", is_get, Endpoint::Queue),
+        (Some("recent"), None, _) => by_method("GET", is_get, Endpoint::Recent),
+        (Some("ui"), None, _) => by_method("GET", is_get, Endpoint::Ui),
+        (Some("openapi.json"), None, _) => by_method("GET", is_get, Endpoint::OpenApi),
+        (Some(id), None, _) => match job(id) {
             Some(id) if method == Method::DELETE => Endpoint::Cancel(id),
             Some(id) => by_method("GET, DELETE", is_get, Endpoint::Status(id)),
             None => Endpoint::NotFound(no_job(id)),
         },
-        [id, "output"] => match job(id) {
+        (Some(id), Some("output"), None) => match job(id) {
             Some(id) => by_method("GET", is_get, Endpoint::Output(id)),
             None => Endpoint::NotFound(no_job(id)),
         },
-        [id, "result"] => match job(id) {
+        (Some(id), Some("result"), None) => match job(id) {
             Some(id) => by_method("GET", is_get, Endpoint::Result(id)),
             None => Endpoint::NotFound(no_job(id)),
         },
