@@ -66,7 +66,7 @@
 //! |---|---|
 //! | submit ([`enqueue`](Store::enqueue)) | 1 (`EVALSHA`) |
 //! | [`claim`](Store::claim) | at most 1 (`EVALSHA`; also applies what came due) |
-//! | [`complete`](Store::complete) | at most 1 (`EVALSHA`) |
+//! | [`complete`](Store::complete), [`complete_status`](Store::complete_status) | at most 1 (`EVALSHA`; the worker's `complete_status` gets no job back) |
 //! | one lookup ([`get`](Store::get)) | 1 (`HGETALL`) |
 //! | a long-poll ([`wait`](Store::wait)) | 1 per change seen, plus 1 at its deadline |
 //!
@@ -144,8 +144,8 @@ use super::{
     Claim, DeliveryClaim, EnqueueError, Enqueued, QueueStats, QueuedCancel, Store, StoreError,
 };
 use crate::job::{
-    CancelOutcome, DeliveryAttempt, Job, JobError, JobId, Lease, LeaseToken, NewJob, Outcome,
-    Priority, Retry, StoredResponse,
+    CancelOutcome, DeliveryAttempt, Job, JobError, JobId, JobStatus, Lease, LeaseToken, NewJob,
+    Outcome, Priority, Retry, StoredResponse,
 };
 use crate::time::Timestamp;
 
@@ -315,6 +315,28 @@ impl RedisStore {
         exec(&i.io, i.hold_clock, i.timeout, what, fut).await
     }
 
+    /// Records an outcome through the completion line; the job's fields when
+    /// `send_job` asks for them (else none).
+    async fn run_complete(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        outcome: Outcome,
+        send_job: bool,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let call = CompleteCall {
+            now: Timestamp::now(),
+            id,
+            token,
+            outcome,
+            send_job,
+        };
+        let done = self.batched("complete", self.inner.completions.call(call));
+        let fields = done.await?.ok_or_else(StoreError::stale_lease)?;
+        self.inner.hub.changed(id);
+        Ok(fields)
+    }
+
     /// Waits for the answer of a call queued on a line (see `batch.rs`).
     /// The line's task bounds each batch by the timeout on the I/O thread's
     /// clock, so the answer is awaited here directly, without another hop to
@@ -401,8 +423,34 @@ struct ClaimCall {
     aging_ms: Option<u64>,
 }
 
-/// A claimed job's fields, or `None` when there was no job for this claim.
-type Claimed = Option<Vec<Vec<u8>>>;
+/// A claimed job, or `None` when there was no job for this claim.
+type Claimed = Option<ClaimedJob>;
+
+/// A claimed job as the claim script sends it: its fields as they were read,
+/// and the changes the claim made (one read serves the transition and the
+/// answer).
+struct ClaimedJob {
+    read: Vec<Vec<u8>>,
+    /// Field, value pairs.
+    written: Vec<Vec<u8>>,
+    deleted: Vec<Vec<u8>>,
+}
+
+impl ClaimedJob {
+    /// The job's fields after the claim.
+    fn fields(self) -> Result<codec::Fields, codec::CodecError> {
+        let mut fields = codec::pairs(self.read)?;
+        for (name, value) in codec::pairs(self.written)? {
+            fields.insert(name, value);
+        }
+        for name in self.deleted {
+            if let Ok(name) = std::str::from_utf8(&name) {
+                fields.remove(name);
+            }
+        }
+        Ok(fields)
+    }
+}
 
 /// The claim line: claims that arrive together are made by one `claim`
 /// script call per lease and aging period (one in practice: a pool asks
@@ -449,14 +497,22 @@ fn claim_line(
                 let next_due = out
                     .next()
                     .ok_or_else(|| undecodable("claim", "an empty answer"))?;
-                if out.len() < group.len() {
+                let claimed = out.len() / 3;
+                if claimed < group.len() {
                     // Some claim found no job: idle workers wait at most
                     // until the next due time, which may make work.
                     let next = next_due.first().map_or(&[][..], Vec::as_slice);
                     hub.set_next_due(parse_u64("claim", next)?.map(Timestamp::from_millis));
                 }
                 for i in group {
-                    answers[i] = Ok(out.next());
+                    answers[i] = match (out.next(), out.next(), out.next()) {
+                        (Some(read), Some(written), Some(deleted)) => Ok(Some(ClaimedJob {
+                            read,
+                            written,
+                            deleted,
+                        })),
+                        _ => Ok(None),
+                    };
                 }
             }
             Ok(answers)
@@ -470,9 +526,13 @@ struct CompleteCall {
     id: JobId,
     token: LeaseToken,
     outcome: Outcome,
+    /// Whether the caller wants the job back (`complete`) or only to know
+    /// that it was recorded (`complete_status`).
+    send_job: bool,
 }
 
-/// The completed job's fields, or `None` when the lease was stale.
+/// The completed job's fields (none unless asked for), or `None` when the
+/// lease was stale.
 type Completed = Option<Vec<Vec<u8>>>;
 
 /// The completion line: results that arrive together are recorded by one
@@ -498,7 +558,8 @@ fn complete_line(
                 inv.arg(c.now.as_millis())
                     .arg(c.id.as_str())
                     .arg(c.token.0)
-                    .arg(c.outcome.status().as_str());
+                    .arg(c.outcome.status().as_str())
+                    .arg(if c.send_job { "1" } else { "0" });
                 outcome_args(
                     &mut inv,
                     c.outcome.response.as_ref(),
@@ -962,11 +1023,14 @@ impl Store for RedisStore {
             aging_ms: priority_aging.map(millis),
         };
         let i = &self.inner;
-        let Some(fields) = self.batched("claim", i.claims.call(call)).await? else {
+        let Some(claimed) = self.batched("claim", i.claims.call(call)).await? else {
             return Ok(None);
         };
-        let id = first_id(&fields).ok_or_else(|| undecodable("claim", "no id"))?;
-        let job = decode("claim", id, fields)?;
+        let fields = claimed.fields().map_err(|e| undecodable("claim", e))?;
+        let id = (fields.get(codec::field::ID))
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+            .ok_or_else(|| undecodable("claim", "no id"))?;
+        let job = codec::decode_job(id, fields).map_err(|e| undecodable("claim", e))?;
         let lease = job
             .lease
             .ok_or_else(|| undecodable("claim", "a claimed job without lease"))?;
@@ -1015,16 +1079,20 @@ impl Store for RedisStore {
         token: LeaseToken,
         outcome: Outcome,
     ) -> Result<Job, StoreError> {
-        let call = CompleteCall {
-            now: Timestamp::now(),
-            id,
-            token,
-            outcome,
-        };
-        let done = self.batched("complete", self.inner.completions.call(call));
-        let fields = done.await?.ok_or_else(StoreError::stale_lease)?;
-        self.inner.hub.changed(id);
+        let fields = self.run_complete(id, token, outcome, true).await?;
         decode("complete", id, fields)
+    }
+
+    async fn complete_status(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        outcome: Outcome,
+    ) -> Result<JobStatus, StoreError> {
+        // The script ends the job with the status it is given.
+        let status = outcome.status();
+        self.run_complete(id, token, outcome, false).await?;
+        Ok(status)
     }
 
     async fn retry_later(

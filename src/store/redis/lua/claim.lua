@@ -1,8 +1,10 @@
 -- claim: ARGV[3] lease (ms), ARGV[4] priority aging period (ms, '' for none),
 -- ARGV[5] how many due items to apply first, ARGV[6] how many jobs to claim
 -- at most (the claims of several workers, sent together).
--- -> {{next due or ''}, {fields...}, ...}: the next due time, when fewer jobs
---    than asked were claimed, then each claimed job's fields.
+-- -> {{next due or ''}, {fields...}, {written...}, {deleted...}, ...}: the
+--    next due time, when fewer jobs than asked were claimed, then for each
+--    claimed job its fields as read, the fields and values the claim wrote,
+--    and the fields it deleted.
 local lease_ms = tonumber(ARGV[3])
 local aging = tonumber(ARGV[4])
 local want = tonumber(ARGV[6])
@@ -87,7 +89,7 @@ for _ = 1, 1000 + want do
   local id = head(level).id
   pass(level)
   local key = job_key(id)
-  local j = load(key, id)
+  local j = load_whole(key, id)
   if not j then
     -- A stale entry (the job is gone) would be met again: drop it.
     set_ready(level + 1, id, false)
@@ -99,7 +101,9 @@ for _ = 1, 1000 + want do
     elseif claim_job(j, lease_ms) then
       commit(j, b)
       claimed = claimed + 1
-      out[claimed + 1] = hgetall(key)
+      out[#out + 1] = j.read
+      out[#out + 1] = j.written
+      out[#out + 1] = j.deleted
     else
       set_ready(level + 1, id, false)
     end

@@ -1,12 +1,13 @@
 -- complete: KEYS[9..] the jobs (the results of several workers, sent
--- together); ARGV[3..] ten arguments per job, in the same order: now (ms),
--- id, token, final status, has response ('1'/'0'), response status, headers,
--- body, error code ('' for none), error message.
--- -> per job, in order: {'ok', fields...} | {'stale'}
+-- together); ARGV[3..] eleven arguments per job, in the same order: now (ms),
+-- id, token, final status, send the job back ('1'/'0'), has response
+-- ('1'/'0'), response status, headers, body, error code ('' for none), error
+-- message.
+-- -> per job, in order: {'ok', fields...} | {'ok'} (not sent back) | {'stale'}
 local out = {}
 gather()
 for i = 1, #KEYS - 8 do
-  local key, a = KEYS[8 + i], 2 + (i - 1) * 10
+  local key, a = KEYS[8 + i], 2 + (i - 1) * 11
   -- Each result at the time its worker recorded it.
   NOW = tonumber(ARGV[a + 1])
   local j = load(key, ARGV[a + 2])
@@ -14,10 +15,14 @@ for i = 1, #KEYS - 8 do
     out[i] = {'stale'}
   else
     local b = snapshot(j)
-    put_outcome(j, ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10])
+    put_outcome(j, ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], ARGV[a + 11])
     finish_as(j, ARGV[a + 4])
     commit(j, b)
-    out[i] = tagged('ok', key)
+    if ARGV[a + 5] == '1' then
+      out[i] = tagged('ok', key)
+    else
+      out[i] = {'ok'}
+    end
   end
 end
 flush()

@@ -28,34 +28,45 @@ local DELIVER = PREFIX .. 'deliver'
 -- until then reads treat it as gone (slack for clock skew between hosts).
 local EXPIRY_SLACK_MS = 60000
 
--- The lifecycle fields a transition reads; numbers are converted.
+-- The lifecycle fields a transition reads; numbers are converted. A job has
+-- webhook fields only if it has a webhook_url: they are read only then (a
+-- field read costs a scan of the job's hash while it is small).
 local LIFE = {'status', 'attempts', 'revision', 'claims', 'lease_token', 'lease_until',
   'retry_at', 'queue_deadline', 'created_at', 'priority', 'max_attempts', 'result_ttl_ms',
-  'expires_at', 'idempotency_slot', 'webhook_url', 'wh_status', 'wh_attempts', 'wh_claims',
-  'wh_next_attempt_at', 'wh_lease_token', 'wh_lease_until', 'error_code'}
+  'expires_at', 'idempotency_slot', 'webhook_url', 'error_code'}
+local WEBHOOK_LIFE = {'wh_status', 'wh_attempts', 'wh_claims', 'wh_next_attempt_at',
+  'wh_lease_token', 'wh_lease_until'}
+local LIFE_SET = {}
+for _, f in ipairs(LIFE) do
+  LIFE_SET[f] = true
+end
+for _, f in ipairs(WEBHOOK_LIFE) do
+  LIFE_SET[f] = true
+end
 local NUMERIC = {attempts = true, revision = true, claims = true, lease_token = true,
   lease_until = true, retry_at = true, queue_deadline = true, created_at = true,
   priority = true, max_attempts = true, result_ttl_ms = true, expires_at = true,
   wh_attempts = true, wh_claims = true, wh_next_attempt_at = true, wh_lease_token = true,
   wh_lease_until = true}
 
+-- Every number here is a whole number of milliseconds or a count, below
+-- 2^53: '%d' prints it exactly, and costs far less than '%.0f' (which goes
+-- through the C library's floating-point printing).
 local function n2s(n)
-  return string.format('%.0f', n)
+  return string.format('%d', n)
 end
 
 local function job_key(id)
   return PREFIX .. 'job:' .. id
 end
 
--- The job's lifecycle fields, or nil if there is no such job. `absent`
--- lists the fields known not to be in the hash, which need no HDEL.
-local function load(key, id)
-  local v = redis.call('HMGET', key, unpack(LIFE))
-  if not v[1] then
-    return nil
+-- Reads `fields` into j (false if the job is not there: no status).
+local function read_into(j, fields)
+  local v = redis.call('HMGET', j.key, unpack(fields))
+  if fields == LIFE and not v[1] then
+    return false
   end
-  local j = {key = key, id = id, set = {}, del = {}, absent = {}}
-  for i, f in ipairs(LIFE) do
+  for i, f in ipairs(fields) do
     local x = v[i]
     if x then
       if NUMERIC[f] then
@@ -66,7 +77,54 @@ local function load(key, id)
       j.absent[f] = true
     end
   end
+  return true
+end
+
+-- The job's lifecycle fields, or nil if there is no such job. `absent`
+-- lists the fields known not to be in the hash, which need no HDEL.
+local function load(key, id)
+  local j = {key = key, id = id, set = {}, del = {}, absent = {}}
+  if not read_into(j, LIFE) then
+    return nil
+  end
+  if j.webhook_url then
+    read_into(j, WEBHOOK_LIFE)
+  else
+    for _, f in ipairs(WEBHOOK_LIFE) do
+      j.absent[f] = true
+    end
+  end
   -- An error is its code and its message, written and deleted together.
+  if not j.error_code then
+    j.absent.error_message = true
+  end
+  return j
+end
+
+-- load, from the whole hash, kept as read in j.read (the fields as HGETALL
+-- gives them): for a script that sends the job back, this one read serves
+-- both, with the changes commit() made (j.written, j.deleted) beside it.
+local function load_whole(key, id)
+  local flat = redis.call('HGETALL', key)
+  local j = {key = key, id = id, set = {}, del = {}, absent = {}, read = flat}
+  for i = 1, #flat, 2 do
+    local f = flat[i]
+    if LIFE_SET[f] then
+      local x = flat[i + 1]
+      if NUMERIC[f] then
+        x = tonumber(x)
+      end
+      j[f] = x
+    end
+  end
+  if not j.status then
+    return nil
+  end
+  for f in pairs(LIFE_SET) do
+    if j[f] == nil then
+      j.absent[f] = true
+    end
+  end
   if not j.error_code then
     j.absent.error_message = true
   end
@@ -444,6 +502,7 @@ local function commit(j, b)
   if #gone > 0 then
     redis.call('HDEL', j.key, unpack(gone))
   end
+  j.written, j.deleted = args, gone
   -- Redis forgets a finished job itself, unless a delivery still needs it.
   if b.kept and is_terminal(j.status) and not delivering(j) then
     local at = j.expires_at + EXPIRY_SLACK_MS
