@@ -73,30 +73,21 @@ local function read_into(j, fields)
         x = tonumber(x)
       end
       j[f] = x
-    else
-      j.absent[f] = true
     end
   end
   return true
 end
 
--- The job's lifecycle fields, or nil if there is no such job. `absent`
--- lists the fields known not to be in the hash, which need no HDEL.
+-- The job's lifecycle fields, or nil if there is no such job. Every field of
+-- LIFE_SET is read (the webhook ones are never there without a webhook_url),
+-- so one that is nil in j is not in the hash either (see put).
 local function load(key, id)
-  local j = {key = key, id = id, set = {}, del = {}, absent = {}}
+  local j = {key = key, id = id, set = {}, del = {}}
   if not read_into(j, LIFE) then
     return nil
   end
   if j.webhook_url then
     read_into(j, WEBHOOK_LIFE)
-  else
-    for _, f in ipairs(WEBHOOK_LIFE) do
-      j.absent[f] = true
-    end
-  end
-  -- An error is its code and its message, written and deleted together.
-  if not j.error_code then
-    j.absent.error_message = true
   end
   return j
 end
@@ -106,7 +97,7 @@ end
 -- both, with the changes commit() made (j.written, j.deleted) beside it.
 local function load_whole(key, id)
   local flat = redis.call('HGETALL', key)
-  local j = {key = key, id = id, set = {}, del = {}, absent = {}, read = flat}
+  local j = {key = key, id = id, set = {}, del = {}, read = flat}
   for i = 1, #flat, 2 do
     local f = flat[i]
     if LIFE_SET[f] then
@@ -120,28 +111,22 @@ local function load_whole(key, id)
   if not j.status then
     return nil
   end
-  for f in pairs(LIFE_SET) do
-    if j[f] == nil then
-      j.absent[f] = true
-    end
-  end
-  if not j.error_code then
-    j.absent.error_message = true
-  end
   return j
 end
 
 local function put(j, f, v)
-  j[f] = v
   if v == nil then
-    j.set[f] = nil
-    if not j.absent[f] then
+    -- A lifecycle field that is nil in j is not in the hash: no HDEL. Of
+    -- any other field, nothing is known.
+    if j[f] ~= nil or not LIFE_SET[f] then
       j.del[f] = true
     end
+    j.set[f] = nil
   else
     j.set[f] = v
     j.del[f] = nil
   end
+  j[f] = v
 end
 
 local function is_terminal(status)
@@ -203,10 +188,14 @@ local function touch(j, status)
   put(j, 'revision', j.revision + 1)
 end
 
+-- An error is its code and its message, written and deleted together: with
+-- no code there is no message to delete either.
 local function set_error(j, code, message)
   if code == nil or code == '' then
-    put(j, 'error_code', nil)
-    put(j, 'error_message', nil)
+    if j.error_code ~= nil then
+      put(j, 'error_code', nil)
+      put(j, 'error_message', nil)
+    end
   else
     put(j, 'error_code', code)
     put(j, 'error_message', message)
@@ -483,7 +472,6 @@ local function commit(j, b)
   end
   local args = {}
   for f, v in pairs(j.set) do
-    j.absent[f] = nil
     args[#args + 1] = f
     if type(v) == 'number' then
       args[#args + 1] = n2s(v)
@@ -496,7 +484,6 @@ local function commit(j, b)
   end
   local gone = {}
   for f in pairs(j.del) do
-    j.absent[f] = true
     gone[#gone + 1] = f
   end
   if #gone > 0 then
