@@ -935,7 +935,9 @@ impl Store for RedisStore {
             .arg(id.as_str())
             .arg(job.request.method.as_str())
             .arg(job.request.path_and_query.as_str())
-            .arg(job.request.body.as_ref());
+            .arg(job.request.body.as_ref())
+            .arg(job.options.priority.level())
+            .arg(job.next_due().map_or(0, Timestamp::as_millis));
         for (name, value) in codec::new_job_fields(&job) {
             inv.arg(name).arg(value);
         }
