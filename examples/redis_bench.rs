@@ -10,6 +10,16 @@
 //! `POST /async`, 32 submitters, workers not running), then starts the worker
 //! pool (concurrency 16, an instant inner service) and times until every job
 //! has run.
+//!
+//! Wall-clock rates swing with whatever else the host runs, so each phase
+//! also prints the CPU time it cost per job: this process's (the layer, the
+//! workers, the store's client) and, for Redis, the server's main thread,
+//! which runs every command one at a time and so bounds the rate. For Redis
+//! it then prints where that thread's time went, from `INFO commandstats`
+//! (reset before each phase): the scripts (`evalsha`, whose time includes
+//! the commands they run) beside the commands the scripts ran, and the
+//! client's round trips per job (the calls no script made; the run phase
+//! includes the bench's own `stats` polls, one per 5 ms).
 
 use std::convert::Infallible;
 use std::net::TcpListener;
@@ -17,12 +27,18 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
+use redis::aio::MultiplexedConnection;
 use tower::ServiceExt;
 use tower_defer::{Body, DeferLayer, MemoryStore, RedisStore, Store};
 
 const SUBMITTERS: usize = 32;
 
-async fn bench<St: Store + Clone>(name: &str, store: St, jobs: usize) {
+async fn bench<St: Store + Clone>(
+    name: &str,
+    store: St,
+    jobs: usize,
+    mut probe: Option<MultiplexedConnection>,
+) {
     let inner = tower::service_fn(|_req: Request<Body>| async {
         Ok::<_, Infallible>(Response::new(Body::from("{}")))
     });
@@ -30,7 +46,7 @@ async fn bench<St: Store + Clone>(name: &str, store: St, jobs: usize) {
         .concurrency(16)
         .max_queue(usize::MAX)
         .pair(inner);
-    let started = Instant::now();
+    let phase = Phase::start(&mut probe).await;
     let mut tasks = tokio::task::JoinSet::new();
     for s in 0..SUBMITTERS {
         let app = app.clone();
@@ -45,8 +61,8 @@ async fn bench<St: Store + Clone>(name: &str, store: St, jobs: usize) {
         });
     }
     while tasks.join_next().await.is_some() {}
-    let submit = started.elapsed();
-    let started = Instant::now();
+    let submit = phase.end(&mut probe).await;
+    let phase = Phase::start(&mut probe).await;
     let running = tokio::spawn(worker);
     loop {
         let stats = store.stats().await.unwrap();
@@ -55,15 +71,175 @@ async fn bench<St: Store + Clone>(name: &str, store: St, jobs: usize) {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let drain = started.elapsed();
+    let run = phase.end(&mut probe).await;
     running.abort();
     println!(
         "{name:>7}: submit {:>8.0} jobs/s ({jobs} in {:.2} s); run {:>8.0} jobs/s ({:.2} s)",
-        jobs as f64 / submit.as_secs_f64(),
-        submit.as_secs_f64(),
-        jobs as f64 / drain.as_secs_f64(),
-        drain.as_secs_f64()
+        jobs as f64 / submit.wall.as_secs_f64(),
+        submit.wall.as_secs_f64(),
+        jobs as f64 / run.wall.as_secs_f64(),
+        run.wall.as_secs_f64()
     );
+    submit.print("submit", jobs);
+    run.print("run", jobs);
+}
+
+/// One phase's costs, from its start to its end.
+struct Phase {
+    started: Instant,
+    client_cpu: f64,
+    redis_cpu: f64,
+}
+
+/// What a phase cost.
+struct Spent {
+    wall: Duration,
+    client_cpu: f64,
+    /// Redis: the main thread's CPU seconds and the command statistics.
+    redis: Option<(f64, Vec<CommandStat>)>,
+}
+
+/// One line of `INFO commandstats`.
+struct CommandStat {
+    name: String,
+    calls: u64,
+    usec: u64,
+}
+
+impl Phase {
+    async fn start(probe: &mut Option<MultiplexedConnection>) -> Phase {
+        let mut redis_cpu = 0.0;
+        if let Some(conn) = probe {
+            let _: () = redis::cmd("CONFIG")
+                .arg("RESETSTAT")
+                .query_async(conn)
+                .await
+                .unwrap();
+            redis_cpu = redis_main_thread_cpu(conn).await;
+        }
+        Phase {
+            started: Instant::now(),
+            client_cpu: process_cpu(),
+            redis_cpu,
+        }
+    }
+
+    async fn end(self, probe: &mut Option<MultiplexedConnection>) -> Spent {
+        let wall = self.started.elapsed();
+        let client_cpu = process_cpu() - self.client_cpu;
+        let redis = match probe {
+            Some(conn) => {
+                let cpu = redis_main_thread_cpu(conn).await - self.redis_cpu;
+                Some((cpu, command_stats(conn).await))
+            }
+            None => None,
+        };
+        Spent {
+            wall,
+            client_cpu,
+            redis,
+        }
+    }
+}
+
+impl Spent {
+    fn print(&self, phase: &str, jobs: usize) {
+        let per_job = |seconds: f64| seconds * 1e6 / jobs as f64;
+        print!(
+            "  {phase:>6}: cpu per job: this process {:.1} us",
+            per_job(self.client_cpu)
+        );
+        let Some((redis_cpu, stats)) = &self.redis else {
+            println!();
+            return;
+        };
+        let trips: u64 = stats
+            .iter()
+            .filter(|s| CLIENT_COMMANDS.contains(&s.name.as_str()))
+            .map(|s| s.calls)
+            .sum();
+        println!(
+            ", redis main thread {:.1} us; {:.2} round trips per job",
+            per_job(*redis_cpu),
+            trips as f64 / jobs as f64
+        );
+        for s in stats {
+            if s.name.starts_with("info") || s.name.starts_with("config") {
+                continue;
+            }
+            println!(
+                "    {:<18} {:>8} calls {:>8.2} usec/call {:>6.1} usec/job",
+                s.name,
+                s.calls,
+                s.usec as f64 / s.calls.max(1) as f64,
+                s.usec as f64 / jobs as f64
+            );
+        }
+    }
+}
+
+/// The commands the store sends itself in these phases (a script's own
+/// commands are the others; `get`, which sends `HGETALL`, is not used here).
+const CLIENT_COMMANDS: &[&str] = &["evalsha", "eval", "script|load"];
+
+/// This process's CPU time so far, user and system, in seconds.
+fn process_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which is in parentheses): utime
+    // and stime are the 12th and 13th, in clock ticks (100 a second).
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    ticks(11)
+        .zip(ticks(12))
+        .map_or(0.0, |(u, s)| (u + s) / 100.0)
+}
+
+/// The Redis main thread's CPU time so far, user and system, in seconds.
+async fn redis_main_thread_cpu(conn: &mut MultiplexedConnection) -> f64 {
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| *k == "used_cpu_user_main_thread" || *k == "used_cpu_sys_main_thread")
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// `INFO commandstats`, most time first.
+async fn command_stats(conn: &mut MultiplexedConnection) -> Vec<CommandStat> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    // cmdstat_evalsha:calls=3,usec=400,usec_per_call=133.33,...
+    for line in info.lines() {
+        let Some((name, fields)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        let field = |key: &str| {
+            fields
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        out.push(CommandStat {
+            name: name.to_owned(),
+            calls: field("calls"),
+            usec: field("usec"),
+        });
+    }
+    out.sort_by_key(|s| std::cmp::Reverse(s.usec));
+    out
 }
 
 #[tokio::main]
@@ -102,9 +278,14 @@ async fn main() {
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     };
+    let probe = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
     println!("{jobs} jobs, {SUBMITTERS} submitters, worker concurrency 16, redis-server with appendonly yes");
-    bench("memory", MemoryStore::new(), jobs).await;
-    bench("redis", store, jobs).await;
+    bench("memory", MemoryStore::new(), jobs, None).await;
+    bench("redis", store, jobs, Some(probe)).await;
     let _ = redis.kill();
     let _ = redis.wait();
     let _ = std::fs::remove_dir_all(&dir);

@@ -533,7 +533,12 @@ async fn record<St: Store>(shared: &Shared<St>, claim: &Claim, end: CallEnd) {
         }
     };
     let result = match write {
-        Write::Complete(outcome) => shared.store.complete(job.id, claim.token(), outcome).await,
+        // Only the status is needed here: a store may then send less back.
+        Write::Complete(outcome) => {
+            (shared.store)
+                .complete_status(job.id, claim.token(), outcome)
+                .await
+        }
         Write::Retry(retry) => {
             let reason = match (retry.spend_attempt, retry.error.code) {
                 (true, _) => "attempt",
@@ -541,16 +546,20 @@ async fn record<St: Store>(shared: &Shared<St>, claim: &Claim, end: CallEnd) {
                 (false, _) => "unavailable",
             };
             crate::metrics::retried(reason);
-            shared.store.retry_later(job.id, claim.token(), retry).await
+            let requeued = shared.store.retry_later(job.id, claim.token(), retry).await;
+            requeued.map(|job| {
+                if job.status == JobStatus::Queued {
+                    tracing::debug!(retry_at = ?job.retry_at, "job handed back to the queue");
+                }
+                job.status
+            })
         }
     };
     match result {
-        Ok(job) if job.status == JobStatus::Queued => {
-            tracing::debug!(retry_at = ?job.retry_at, "job handed back to the queue")
-        }
-        Ok(job) => {
-            crate::metrics::finished(job.status);
-            tracing::info!(status = %job.status, "job finished");
+        Ok(JobStatus::Queued) => {}
+        Ok(status) => {
+            crate::metrics::finished(status);
+            tracing::info!(%status, "job finished");
         }
         Err(e) if e.is_stale_lease() => {
             tracing::debug!("the job changed meanwhile (canceled or taken over); result dropped")

@@ -9,7 +9,7 @@
 //! | [`enqueue`](Store::enqueue) | new -> `queued` (or the first job of an idempotency key) |
 //! | [`claim`](Store::claim) | `queued` -> `in_progress`, with a lease, by priority then age |
 //! | [`extend`](Store::extend) | renews the lease (fenced) |
-//! | [`complete`](Store::complete) | `in_progress` -> `succeeded` \| `failed` (fenced) |
+//! | [`complete`](Store::complete), [`complete_status`](Store::complete_status) | `in_progress` -> `succeeded` \| `failed` (fenced) |
 //! | [`retry_later`](Store::retry_later) | `in_progress` -> `queued`, runnable later (fenced) |
 //! | [`cancel`](Store::cancel) | `queued` \| `in_progress` -> `canceled` |
 //! | [`cancel_queued`](Store::cancel_queued) | `queued` -> `canceled` only |
@@ -30,7 +30,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::job::{
-    CancelOutcome, DeliveryAttempt, Job, JobId, Lease, LeaseToken, NewJob, Outcome, Priority, Retry,
+    CancelOutcome, DeliveryAttempt, Job, JobId, JobStatus, Lease, LeaseToken, NewJob, Outcome,
+    Priority, Retry,
 };
 use crate::time::Timestamp;
 
@@ -286,6 +287,19 @@ pub trait Store: Send + Sync + 'static {
         token: LeaseToken,
         outcome: Outcome,
     ) -> impl Future<Output = Result<Job, StoreError>> + Send;
+
+    /// [`complete`](Store::complete), answering only the status the job
+    /// ended with, for a caller that needs no more (the worker). A store
+    /// that must ship the job back to answer `complete` (Redis) saves that
+    /// here; by default it is `complete` itself. Fenced.
+    fn complete_status(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        outcome: Outcome,
+    ) -> impl Future<Output = Result<JobStatus, StoreError>> + Send {
+        async move { Ok(self.complete(id, token, outcome).await?.status) }
+    }
 
     /// Hands the job back to the queue, runnable at `retry.at`. Fenced.
     fn retry_later(

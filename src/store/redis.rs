@@ -30,10 +30,10 @@
 //! | `{ns}:due` | sorted set | each job's [`Job::next_due`] in ms: deadlines, retries, leases, TTLs |
 //! | `{ns}:n:retrying`, `{ns}:n:in_progress` | string | counters for [`stats`](Store::stats) and the queue limit |
 //! | `{ns}:idem:-:<key>`, `{ns}:idem:<len>:<owner>:<key>` | string | the job holding an idempotency key (owner length-prefixed, so owners and keys may hold `:`) |
-//! | channel `{ns}:changed` | pub/sub | a job id, on every change of that job |
+//! | channel `{ns}:changed` | pub/sub | job ids (separated by spaces), on every change of those jobs |
 //! | `{ns}:deliveries` | sorted set | webhook deliveries nobody holds, by [`Job::delivery_ready_at`] |
-//! | channel `{ns}:work` | pub/sub | a job id, when work becomes ready (or a retry is scheduled) |
-//! | channel `{ns}:deliver` | pub/sub | a job id, when a webhook delivery becomes claimable |
+//! | channel `{ns}:work` | pub/sub | job ids, when work becomes ready (or a retry is scheduled) |
+//! | channel `{ns}:deliver` | pub/sub | job ids, when webhook deliveries become claimable |
 //!
 //! A job hash has one field per lifecycle scalar (`status`, `attempts`,
 //! `revision`, `claims`, `lease_token`, `lease_until`, `retry_at`,
@@ -60,15 +60,21 @@
 //!
 //! # Round trips
 //!
-//! One job's life costs one round trip per operation:
+//! One job's life costs at most one round trip per operation:
 //!
 //! | operation | round trips |
 //! |---|---|
 //! | submit ([`enqueue`](Store::enqueue)) | 1 (`EVALSHA`) |
-//! | [`claim`](Store::claim) | 1 (`EVALSHA`; also applies what came due) |
-//! | [`complete`](Store::complete) | 1 (`EVALSHA`) |
+//! | [`claim`](Store::claim) | at most 1 (`EVALSHA`; also applies what came due) |
+//! | [`complete`](Store::complete), [`complete_status`](Store::complete_status) | at most 1 (`EVALSHA`; the worker's `complete_status` gets no job back) |
 //! | one lookup ([`get`](Store::get)) | 1 (`HGETALL`) |
 //! | a long-poll ([`wait`](Store::wait)) | 1 per change seen, plus 1 at its deadline |
+//!
+//! Claims, and completions, that arrive while one of their kind is in
+//! flight are sent together in one script call when it returns (see
+//! `batch.rs`): under load, sixteen workers share a round trip or two
+//! instead of taking one each. Such a script also writes each counter,
+//! index and channel once for all its jobs rather than once per job.
 //!
 //! The worker also watches a running job (that is how a cancel on another
 //! replica reaches it): one small read when the call starts, then one read
@@ -116,6 +122,7 @@
 //! its answer awaited. For tests on tokio's paused clock, see
 //! [`hold_paused_clock`](RedisStoreBuilder::hold_paused_clock).
 
+mod batch;
 mod codec;
 mod scripts;
 
@@ -132,12 +139,13 @@ use futures_util::StreamExt;
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
 
+use self::batch::Batcher;
 use super::{
     Claim, DeliveryClaim, EnqueueError, Enqueued, QueueStats, QueuedCancel, Store, StoreError,
 };
 use crate::job::{
-    CancelOutcome, DeliveryAttempt, Job, JobError, JobId, Lease, LeaseToken, NewJob, Outcome,
-    Priority, Retry, StoredResponse,
+    CancelOutcome, DeliveryAttempt, Job, JobError, JobId, JobStatus, Lease, LeaseToken, NewJob,
+    Outcome, Priority, Retry, StoredResponse,
 };
 use crate::time::Timestamp;
 
@@ -154,11 +162,16 @@ pub struct RedisStore {
     inner: Arc<Inner>,
 }
 
-// Fields drop in order: the connection before the I/O thread it runs on.
+// Fields drop in order: the connection and the lines' tasks before the I/O
+// thread they run on.
 struct Inner {
     conn: ConnectionManager,
-    keys: Keys,
+    keys: Arc<Keys>,
     hub: Arc<Hub>,
+    /// Claims, coalesced (see `batch.rs`).
+    claims: Batcher<ClaimCall, Claimed>,
+    /// Completions, coalesced (see `batch.rs`).
+    completions: Batcher<CompleteCall, Completed>,
     io: Handle,
     timeout: Duration,
     hold_clock: bool,
@@ -231,7 +244,9 @@ impl RedisStoreBuilder {
             .set_max_delay(Duration::from_millis(500));
         let c = client.clone();
         let conn = exec(&io, hold, timeout, "connect", async move {
-            ConnectionManager::new_with_config(c, config).await
+            ConnectionManager::new_with_config(c, config)
+                .await
+                .map_err(failed("connect"))
         })
         .await?;
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -246,16 +261,21 @@ impl RedisStoreBuilder {
             ready_tx,
         ));
         exec(&io, hold, timeout, "subscribe", async move {
-            ready_rx
-                .await
-                .map_err(|_| RedisError::from(std::io::Error::other("the subscriber stopped")))
+            ready_rx.await.map_err(|_| {
+                StoreError::unavailable("redis: subscribe failed", "the subscriber stopped")
+            })
         })
         .await?;
+        let keys = Arc::new(keys);
+        let claims = claim_line(&io, &conn, &keys, &hub, timeout);
+        let completions = complete_line(&io, &conn, &keys, timeout);
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 conn,
                 keys,
                 hub,
+                claims,
+                completions,
                 io,
                 timeout,
                 hold_clock: hold,
@@ -291,18 +311,51 @@ impl RedisStore {
         T: Send + 'static,
     {
         let i = &self.inner;
+        let fut = async move { fut.await.map_err(failed(what)) };
         exec(&i.io, i.hold_clock, i.timeout, what, fut).await
     }
 
-    /// A script call with the keys and arguments every script takes.
-    fn invocation(&self, script: &'static Script, now: Timestamp) -> ScriptInvocation<'static> {
-        let mut inv = script.prepare_invoke();
-        for key in &self.inner.keys.common {
-            inv.key(key.as_str());
+    /// Records an outcome through the completion line; the job's fields when
+    /// `send_job` asks for them (else none).
+    async fn run_complete(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        outcome: Outcome,
+        send_job: bool,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let call = CompleteCall {
+            now: Timestamp::now(),
+            id,
+            token,
+            outcome,
+            send_job,
+        };
+        let done = self.batched("complete", self.inner.completions.call(call));
+        let fields = done.await?.ok_or_else(StoreError::stale_lease)?;
+        self.inner.hub.changed(id);
+        Ok(fields)
+    }
+
+    /// Waits for the answer of a call queued on a line (see `batch.rs`).
+    /// The line's task bounds each batch by the timeout on the I/O thread's
+    /// clock, so the answer is awaited here directly, without another hop to
+    /// that thread; except on a held paused clock, which needs the hop.
+    async fn batched<T, F>(&self, what: &'static str, answer: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let i = &self.inner;
+        if i.hold_clock {
+            exec(&i.io, true, i.timeout, what, answer).await
+        } else {
+            answer.await
         }
-        inv.arg(self.inner.keys.prefix.as_str())
-            .arg(now.as_millis());
-        inv
+    }
+
+    fn invocation(&self, script: &'static Script, now: Timestamp) -> ScriptInvocation<'static> {
+        self.inner.keys.invocation(script, now)
     }
 
     /// Runs a script; its answer is a tag and what follows it.
@@ -355,11 +408,186 @@ impl RedisStore {
     }
 
     fn set_next_due(&self, at: Option<Timestamp>) {
-        self.inner
-            .hub
-            .next_due
-            .store(at.map_or(0, Timestamp::as_millis), Ordering::Relaxed);
+        self.inner.hub.set_next_due(at);
     }
+}
+
+/// How many calls one batch carries at most: a script blocks Redis while it
+/// runs, and one claim or completion takes it some tens of microseconds.
+const MAX_BATCH: usize = 64;
+
+/// One worker's claim, waiting for its batch.
+struct ClaimCall {
+    now: Timestamp,
+    lease_ms: u64,
+    aging_ms: Option<u64>,
+}
+
+/// A claimed job, or `None` when there was no job for this claim.
+type Claimed = Option<ClaimedJob>;
+
+/// A claimed job as the claim script sends it: its fields as they were read,
+/// and the changes the claim made (one read serves the transition and the
+/// answer).
+struct ClaimedJob {
+    read: Vec<Vec<u8>>,
+    /// Field, value pairs.
+    written: Vec<Vec<u8>>,
+    deleted: Vec<Vec<u8>>,
+}
+
+impl ClaimedJob {
+    /// The job's fields after the claim.
+    fn fields(self) -> Result<codec::Fields, codec::CodecError> {
+        let mut fields = codec::pairs(self.read)?;
+        for (name, value) in codec::pairs(self.written)? {
+            fields.insert(name, value);
+        }
+        for name in self.deleted {
+            if let Ok(name) = std::str::from_utf8(&name) {
+                fields.remove(name);
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// The claim line: claims that arrive together are made by one `claim`
+/// script call per lease and aging period (one in practice: a pool asks
+/// with the same ones every time). The batch claims at the latest "now" of
+/// its calls, the one closest to when the script runs.
+fn claim_line(
+    io: &Handle,
+    conn: &ConnectionManager,
+    keys: &Arc<Keys>,
+    hub: &Arc<Hub>,
+    timeout: Duration,
+) -> Batcher<ClaimCall, Claimed> {
+    let (conn, keys, hub) = (conn.clone(), keys.clone(), hub.clone());
+    Batcher::start(io, MAX_BATCH, move |calls: Vec<ClaimCall>| {
+        let (mut conn, keys, hub) = (conn.clone(), keys.clone(), hub.clone());
+        async move {
+            let mut answers: Vec<Result<Claimed, StoreError>> =
+                calls.iter().map(|_| Ok(None)).collect();
+            let mut left: Vec<usize> = (0..calls.len()).collect();
+            while let Some(&first) = left.first() {
+                let like = |c: &ClaimCall| {
+                    c.lease_ms == calls[first].lease_ms && c.aging_ms == calls[first].aging_ms
+                };
+                let (group, rest): (Vec<usize>, Vec<usize>) =
+                    left.iter().partition(|&&i| like(&calls[i]));
+                left = rest;
+                let now = group
+                    .iter()
+                    .map(|&i| calls[i].now)
+                    .max()
+                    .unwrap_or(calls[first].now);
+                let mut inv = keys.invocation(&scripts::CLAIM, now);
+                inv.arg(calls[first].lease_ms)
+                    .arg(
+                        calls[first]
+                            .aging_ms
+                            .map_or(String::new(), |a| a.to_string()),
+                    )
+                    .arg(CLAIM_DUE_BATCH)
+                    .arg(group.len());
+                let run = async { inv.invoke_async(&mut conn).await.map_err(failed("claim")) };
+                let out: Vec<Vec<Vec<u8>>> = bounded(timeout, "claim", run).await?;
+                let mut out = out.into_iter();
+                let next_due = out
+                    .next()
+                    .ok_or_else(|| undecodable("claim", "an empty answer"))?;
+                let claimed = out.len() / 3;
+                if claimed < group.len() {
+                    // Some claim found no job: idle workers wait at most
+                    // until the next due time, which may make work.
+                    let next = next_due.first().map_or(&[][..], Vec::as_slice);
+                    hub.set_next_due(parse_u64("claim", next)?.map(Timestamp::from_millis));
+                }
+                for i in group {
+                    answers[i] = match (out.next(), out.next(), out.next()) {
+                        (Some(read), Some(written), Some(deleted)) => Ok(Some(ClaimedJob {
+                            read,
+                            written,
+                            deleted,
+                        })),
+                        _ => Ok(None),
+                    };
+                }
+            }
+            Ok(answers)
+        }
+    })
+}
+
+/// One worker's result, waiting for its batch.
+struct CompleteCall {
+    now: Timestamp,
+    id: JobId,
+    token: LeaseToken,
+    outcome: Outcome,
+    /// Whether the caller wants the job back (`complete`) or only to know
+    /// that it was recorded (`complete_status`).
+    send_job: bool,
+}
+
+/// The completed job's fields (none unless asked for), or `None` when the
+/// lease was stale.
+type Completed = Option<Vec<Vec<u8>>>;
+
+/// The completion line: results that arrive together are recorded by one
+/// `complete` script call, each at its own "now".
+fn complete_line(
+    io: &Handle,
+    conn: &ConnectionManager,
+    keys: &Arc<Keys>,
+    timeout: Duration,
+) -> Batcher<CompleteCall, Completed> {
+    let (conn, keys) = (conn.clone(), keys.clone());
+    Batcher::start(io, MAX_BATCH, move |calls: Vec<CompleteCall>| {
+        let (mut conn, keys) = (conn.clone(), keys.clone());
+        async move {
+            let now = calls
+                .iter()
+                .map(|c| c.now)
+                .max()
+                .unwrap_or_else(Timestamp::now);
+            let mut inv = keys.invocation(&scripts::COMPLETE, now);
+            for c in &calls {
+                inv.key(keys.job(c.id));
+                inv.arg(c.now.as_millis())
+                    .arg(c.id.as_str())
+                    .arg(c.token.0)
+                    .arg(c.outcome.status().as_str())
+                    .arg(if c.send_job { "1" } else { "0" });
+                outcome_args(
+                    &mut inv,
+                    c.outcome.response.as_ref(),
+                    c.outcome.error.as_ref(),
+                );
+            }
+            let run = async {
+                inv.invoke_async(&mut conn)
+                    .await
+                    .map_err(failed("complete"))
+            };
+            let out: Vec<Vec<Vec<u8>>> = bounded(timeout, "complete", run).await?;
+            if out.len() != calls.len() {
+                return Err(undecodable("complete", "not one answer per job"));
+            }
+            Ok(out
+                .into_iter()
+                .map(|mut answer| match answer.first().map(Vec::as_slice) {
+                    Some(b"ok") => {
+                        answer.remove(0);
+                        Ok(Some(answer))
+                    }
+                    Some(b"stale") => Ok(None),
+                    _ => Err(undecodable("complete", "an unknown tag")),
+                })
+                .collect())
+        }
+    })
 }
 
 /// Runs `fut` on the store's I/O thread, bounded by `timeout`.
@@ -371,19 +599,10 @@ async fn exec<T, F>(
     fut: F,
 ) -> Result<T, StoreError>
 where
-    F: Future<Output = Result<T, RedisError>> + Send + 'static,
+    F: Future<Output = Result<T, StoreError>> + Send + 'static,
     T: Send + 'static,
 {
-    let task = async move {
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError::unavailable(format!("redis: {what} failed"), e)),
-            Err(e) => Err(StoreError::unavailable(
-                format!("redis: {what} timed out after {} ms", timeout.as_millis()),
-                e,
-            )),
-        }
-    };
+    let task = bounded(timeout, what, fut);
     // The task runs to its end even if the caller goes away, so a script
     // that was sent is never half-observed.
     let joined = if hold_clock {
@@ -403,6 +622,27 @@ where
         io.spawn(task).await
     };
     joined.map_err(|e| StoreError::unavailable("redis: the store's I/O thread is gone", e))?
+}
+
+/// `fut`, failing as unavailable after `timeout`.
+async fn bounded<T>(
+    timeout: Duration,
+    what: &'static str,
+    fut: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or_else(|e| {
+            Err(StoreError::unavailable(
+                format!("redis: {what} timed out after {} ms", timeout.as_millis()),
+                e,
+            ))
+        })
+}
+
+/// A failed Redis call as the store reports it.
+fn failed(what: &'static str) -> impl FnOnce(RedisError) -> StoreError {
+    move |e| StoreError::unavailable(format!("redis: {what} failed"), e)
 }
 
 fn undecodable(what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
@@ -462,6 +702,16 @@ struct Keys {
 }
 
 impl Keys {
+    /// A script call with the keys and arguments every script takes.
+    fn invocation(&self, script: &'static Script, now: Timestamp) -> ScriptInvocation<'static> {
+        let mut inv = script.prepare_invoke();
+        for key in &self.common {
+            inv.key(key.as_str());
+        }
+        inv.arg(self.prefix.as_str()).arg(now.as_millis());
+        inv
+    }
+
     fn new(namespace: &str) -> Self {
         let prefix = format!("{{{namespace}}}:");
         let k = |name: &str| format!("{prefix}{name}");
@@ -511,6 +761,11 @@ struct Hub {
 }
 
 impl Hub {
+    fn set_next_due(&self, at: Option<Timestamp>) {
+        self.next_due
+            .store(at.map_or(0, Timestamp::as_millis), Ordering::Relaxed);
+    }
+
     fn waiters(&self) -> MutexGuard<'_, HashMap<JobId, (Arc<Notify>, usize)>> {
         // Never held across an await; a panic under it leaves a usable map.
         self.waiters
@@ -599,15 +854,19 @@ async fn listen(
                 while let Some(msg) = messages.next().await {
                     let Some(hub) = hub.upgrade() else { return };
                     let channel = msg.get_channel_name();
+                    // A message names the jobs it is about, separated by
+                    // spaces (a script that changes several sends one).
+                    let ids = msg
+                        .get_payload_bytes()
+                        .split(|&b| b == b' ')
+                        .filter(|id| !id.is_empty());
                     if channel == work {
-                        hub.work.notify_one();
+                        ids.for_each(|_| hub.work.notify_one());
                     } else if channel == deliver {
-                        hub.deliveries.notify_one();
+                        ids.for_each(|_| hub.deliveries.notify_one());
                     } else if channel == changed {
-                        let id = std::str::from_utf8(msg.get_payload_bytes())
-                            .ok()
-                            .and_then(|s| s.parse::<JobId>().ok());
-                        if let Some(id) = id {
+                        let ids = ids.filter_map(|id| std::str::from_utf8(id).ok()?.parse().ok());
+                        for id in ids {
                             hub.changed(id);
                         }
                     }
@@ -676,7 +935,9 @@ impl Store for RedisStore {
             .arg(id.as_str())
             .arg(job.request.method.as_str())
             .arg(job.request.path_and_query.as_str())
-            .arg(job.request.body.as_ref());
+            .arg(job.request.body.as_ref())
+            .arg(job.options.priority.level())
+            .arg(job.next_due().map_or(0, Timestamp::as_millis));
         for (name, value) in codec::new_job_fields(&job) {
             inv.arg(name).arg(value);
         }
@@ -758,28 +1019,25 @@ impl Store for RedisStore {
         lease: Duration,
         priority_aging: Option<Duration>,
     ) -> Result<Option<Claim>, StoreError> {
-        let now = Timestamp::now();
-        let mut inv = self.invocation(&scripts::CLAIM, now);
-        inv.arg(millis(lease))
-            .arg(priority_aging.map_or(String::new(), |a| millis(a).to_string()))
-            .arg(CLAIM_DUE_BATCH);
-        let (tag, rest) = self.run("claim", inv).await?;
-        match tag.as_str() {
-            "claimed" => {
-                let id = first_id(&rest).ok_or_else(|| undecodable("claim", "no id"))?;
-                let job = decode("claim", id, rest)?;
-                let lease = job
-                    .lease
-                    .ok_or_else(|| undecodable("claim", "a claimed job without lease"))?;
-                self.inner.hub.changed(id);
-                Ok(Some(Claim { job, lease }))
-            }
-            _ => {
-                let next = parse_u64("claim", rest.first().map_or(&[][..], Vec::as_slice))?;
-                self.set_next_due(next.map(Timestamp::from_millis));
-                Ok(None)
-            }
-        }
+        let call = ClaimCall {
+            now: Timestamp::now(),
+            lease_ms: millis(lease),
+            aging_ms: priority_aging.map(millis),
+        };
+        let i = &self.inner;
+        let Some(claimed) = self.batched("claim", i.claims.call(call)).await? else {
+            return Ok(None);
+        };
+        let fields = claimed.fields().map_err(|e| undecodable("claim", e))?;
+        let id = (fields.get(codec::field::ID))
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+            .ok_or_else(|| undecodable("claim", "no id"))?;
+        let job = codec::decode_job(id, fields).map_err(|e| undecodable("claim", e))?;
+        let lease = job
+            .lease
+            .ok_or_else(|| undecodable("claim", "a claimed job without lease"))?;
+        i.hub.changed(id);
+        Ok(Some(Claim { job, lease }))
     }
 
     async fn work_available(&self, until: Timestamp) {
@@ -823,19 +1081,20 @@ impl Store for RedisStore {
         token: LeaseToken,
         outcome: Outcome,
     ) -> Result<Job, StoreError> {
-        let now = Timestamp::now();
-        let mut inv = self.invocation(&scripts::COMPLETE, now);
-        inv.key(self.job_key(id))
-            .arg(id.as_str())
-            .arg(token.0)
-            .arg(outcome.status().as_str());
-        outcome_args(&mut inv, outcome.response.as_ref(), outcome.error.as_ref());
-        let (tag, rest) = self.run("complete", inv).await?;
-        if tag != "ok" {
-            return Err(StoreError::stale_lease());
-        }
-        self.inner.hub.changed(id);
-        decode("complete", id, rest)
+        let fields = self.run_complete(id, token, outcome, true).await?;
+        decode("complete", id, fields)
+    }
+
+    async fn complete_status(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        outcome: Outcome,
+    ) -> Result<JobStatus, StoreError> {
+        // The script ends the job with the status it is given.
+        let status = outcome.status();
+        self.run_complete(id, token, outcome, false).await?;
+        Ok(status)
     }
 
     async fn retry_later(

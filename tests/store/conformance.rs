@@ -56,6 +56,8 @@ macro_rules! conformance_tests {
                 complete_with_a_2xx_succeeds,
                 complete_with_400_or_500_fails_and_keeps_the_response,
                 complete_with_an_error_fails,
+                complete_status_records_what_complete_would,
+                concurrent_completions_each_get_their_own_answer,
                 extend_renews_the_lease,
                 a_stale_token_is_refused_after_a_lapse_and_a_new_claim,
                 a_terminal_job_never_changes,
@@ -471,6 +473,125 @@ pub async fn complete_with_an_error_fails<St: Store>(store: St) {
     assert_eq!(got.status, JobStatus::Failed);
     assert_eq!(got.error, Some(error));
     assert!(got.response.is_none());
+}
+
+pub async fn complete_status_records_what_complete_would<St: Store>(store: St) {
+    let a = enqueue(&store, job_with("a", |o| o.result_ttl = secs(100))).await;
+    let b = enqueue(&store, job_with("b", |o| o.result_ttl = secs(100))).await;
+    let ca = claim(&store).await.unwrap();
+    let cb = claim(&store).await.unwrap();
+    assert_eq!((ca.id(), cb.id()), (a.id, b.id));
+    advance(secs(2)).await;
+    let done = complete(&store, &ca, 201).await;
+    let status = store
+        .complete_status(cb.id(), cb.token(), Outcome::response(response(201)))
+        .await
+        .unwrap();
+    assert_eq!(status, JobStatus::Succeeded);
+    let got = get(&store, b.id).await;
+    assert_eq!(got.status, JobStatus::Succeeded);
+    assert_eq!(got.revision, done.revision);
+    assert_eq!(got.status_at, done.status_at);
+    assert_eq!(got.completed_at, done.completed_at);
+    assert_eq!(got.expires_at, done.expires_at);
+    assert!(got.lease.is_none());
+    assert_eq!(
+        got.response.as_ref().map(|r| r.status),
+        Some(StatusCode::CREATED)
+    );
+    assert_eq!(
+        store
+            .complete_status(
+                cb.id(),
+                cb.token(),
+                Outcome::error(JobError::new(ErrorCode::UpstreamError, "x"))
+            )
+            .await
+            .map_err(|e| e.is_stale_lease()),
+        Err(true),
+        "fenced like complete"
+    );
+    let c = enqueue(&store, job("c")).await;
+    let cc = claim(&store).await.unwrap();
+    assert_eq!(cc.id(), c.id);
+    let error = JobError::new(ErrorCode::ExecutionTimeout, "took too long");
+    let status = store
+        .complete_status(cc.id(), cc.token(), Outcome::error(error.clone()))
+        .await
+        .unwrap();
+    assert_eq!(status, JobStatus::Failed);
+    assert_eq!(get(&store, c.id).await.error, Some(error));
+    assert_eq!(stats(&store).await.in_progress, 0);
+}
+
+/// Completions made at the same time (which a store may send together) each
+/// get their own answer: every job recorded, a stale one refused alone.
+pub async fn concurrent_completions_each_get_their_own_answer<St: Store>(store: St) {
+    const JOBS: usize = 12;
+    let store = Arc::new(store);
+    for i in 0..JOBS {
+        enqueue(&*store, job(&format!("{i}"))).await;
+    }
+    let claims = futures_join((0..JOBS).map(|_| {
+        let store = store.clone();
+        async move { claim(&*store).await.expect("a job for each claim") }
+    }))
+    .await;
+    let ids: HashSet<JobId> = claims.iter().map(Claim::id).collect();
+    assert_eq!(ids.len(), JOBS, "concurrent claims hand out distinct jobs");
+    // The first claim's job was canceled meanwhile: its completion is stale.
+    store.cancel(claims[0].id(), None).await.unwrap();
+    let answers = futures_join(claims.iter().enumerate().map(|(i, c)| {
+        let store = store.clone();
+        let (id, token) = (c.id(), c.token());
+        async move {
+            let outcome = Outcome::response(response(200 + i as u16));
+            if i % 2 == 0 {
+                store.complete_status(id, token, outcome).await
+            } else {
+                store.complete(id, token, outcome).await.map(|job| {
+                    assert_eq!(job.id, id);
+                    assert_eq!(
+                        job.response.map(|r| r.status.as_u16()),
+                        Some(200 + i as u16)
+                    );
+                    job.status
+                })
+            }
+        }
+    }))
+    .await;
+    for (i, (answer, c)) in answers.into_iter().zip(&claims).enumerate() {
+        let got = get(&*store, c.id()).await;
+        if i == 0 {
+            assert!(answer.unwrap_err().is_stale_lease());
+            assert_eq!(got.status, JobStatus::Canceled);
+        } else {
+            assert_eq!(answer.unwrap(), JobStatus::Succeeded);
+            assert_eq!(got.status, JobStatus::Succeeded);
+            assert_eq!(
+                got.response.map(|r| r.status.as_u16()),
+                Some(200 + i as u16)
+            );
+        }
+    }
+    let s = stats(&*store).await;
+    assert_eq!((s.queued, s.in_progress), (0, 0));
+}
+
+/// Runs the futures at the same time (each a task) and gives their outputs
+/// in order.
+async fn futures_join<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let tasks: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
 }
 
 pub async fn extend_renews_the_lease<St: Store>(store: St) {

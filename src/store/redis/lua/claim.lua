@@ -1,38 +1,98 @@
 -- claim: ARGV[3] lease (ms), ARGV[4] priority aging period (ms, '' for none),
--- ARGV[5] how many due items to apply first.
--- -> {'claimed', fields...} | {'none', next due or ''}
+-- ARGV[5] how many due items to apply first, ARGV[6] how many jobs to claim
+-- at most (the claims of several workers, sent together).
+-- -> {{next due or ''}, {fields...}, {written...}, {deleted...}, ...}: the
+--    next due time, when fewer jobs than asked were claimed, then for each
+--    claimed job its fields as read, the fields and values the claim wrote,
+--    and the fields it deleted.
 local lease_ms = tonumber(ARGV[3])
 local aging = tonumber(ARGV[4])
+local want = tonumber(ARGV[6])
 -- Retries that came due (and deadlines that passed) count before choosing.
 apply_due(tonumber(ARGV[5]))
-for _ = 1, 1000 do
-  -- The head of each level is its oldest job, so comparing heads (effective
-  -- level, then time ready) finds the winner.
-  local best = nil
+local out = {{''}}
+local claimed = 0
+
+-- Each level is read a page at a time, from the head (its oldest job). What
+-- this script takes out of the lists is only written at the end (flush), so
+-- until then a level's next jobs start at the offset of those it has passed.
+gather()
+local pages, passed = {{}, {}, {}}, {0, 0, 0}
+-- The level's head, {id = , at = when it became ready (read only when heads
+-- of two levels must be compared under aging)}, or nil when it is empty.
+local function head(level)
+  local page = pages[level + 1]
+  if page.pos == nil or page.pos > #page then
+    if page.last then
+      return nil
+    end
+    local from, size = passed[level + 1], math.max(want - claimed, 1)
+    local ids = redis.call('ZRANGE', READY[level + 1], from, from + size - 1)
+    -- A short page is the end of the list.
+    page = {pos = 1, last = #ids < size}
+    for i, id in ipairs(ids) do
+      page[i] = {id = id}
+    end
+    pages[level + 1] = page
+  end
+  return page[page.pos]
+end
+local function pass(level)
+  local page = pages[level + 1]
+  page.pos = page.pos + 1
+  passed[level + 1] = passed[level + 1] + 1
+end
+local function ready_at(h)
+  if h.at == nil then
+    h.at = tonumber(redis.call('HGET', job_key(h.id), 'ready_at')) or 0
+  end
+  return h.at
+end
+
+-- The level whose head runs next: comparing heads by (effective level, time
+-- ready, level) finds the winner. Without aging the effective level is the
+-- level, and a lone head wins without comparing.
+local function pick()
+  local best, best_eff, best_at = nil, nil, nil
+  local levels = 0
   for level = 0, 2 do
-    local head = redis.call('ZRANGE', READY[level + 1], 0, 0)
-    if head[1] then
-      local ready_at = tonumber(redis.call('HGET', job_key(head[1]), 'ready_at')) or 0
-      local aged = 0
-      if aging then
-        aged = math.floor(math.max(NOW - ready_at, 0) / math.max(aging, 1))
-      end
-      local c = {math.max(level - aged, 0), ready_at, level, head[1]}
-      if best == nil or c[1] < best[1] or (c[1] == best[1] and (c[2] < best[2]
-          or (c[2] == best[2] and c[3] < best[3]))) then
-        best = c
+    if head(level) then
+      levels = levels + 1
+      best = best or level
+    end
+  end
+  if levels < 2 or not aging then
+    return best
+  end
+  best = nil
+  for level = 0, 2 do
+    local h = head(level)
+    if h then
+      local at = ready_at(h)
+      local eff = math.max(level - math.floor(math.max(NOW - at, 0) / math.max(aging, 1)), 0)
+      if best == nil or eff < best_eff or (eff == best_eff and at < best_at) then
+        best, best_eff, best_at = level, eff, at
       end
     end
   end
-  if best == nil then
+  return best
+end
+
+for _ = 1, 1000 + want do
+  if claimed >= want then
     break
   end
-  local level, id = best[3], best[4]
+  local level = pick()
+  if level == nil then
+    break
+  end
+  local id = head(level).id
+  pass(level)
   local key = job_key(id)
-  local j = load(key, id)
+  local j = load_whole(key, id)
   if not j then
     -- A stale entry (the job is gone) would be met again: drop it.
-    redis.call('ZREM', READY[level + 1], id)
+    set_ready(level + 1, id, false)
   else
     local b = snapshot(j)
     -- A job past its deadline is expired here, never run.
@@ -40,14 +100,20 @@ for _ = 1, 1000 do
       commit(j, b)
     elseif claim_job(j, lease_ms) then
       commit(j, b)
-      return tagged('claimed', key)
+      claimed = claimed + 1
+      out[#out + 1] = j.read
+      out[#out + 1] = j.written
+      out[#out + 1] = j.deleted
     else
-      redis.call('ZREM', READY[level + 1], id)
+      set_ready(level + 1, id, false)
     end
   end
 end
-local due = first_due()
-if due then
-  return {'none', n2s(due)}
+flush()
+if claimed < want then
+  local due = first_due()
+  if due then
+    out[1] = {n2s(due)}
+  end
 end
-return {'none', ''}
+return out

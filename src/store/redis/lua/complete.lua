@@ -1,13 +1,29 @@
--- complete: KEYS[9] the job; ARGV[3] id, ARGV[4] token, ARGV[5] final status,
--- ARGV[6] has response ('1'/'0'), ARGV[7..9] response status, headers, body,
--- ARGV[10] error code ('' for none), ARGV[11] error message.
--- -> {'ok', fields...} | {'stale'}
-local j = load(KEYS[9], ARGV[3])
-if not j or not holds_lease(j, ARGV[4]) then
-  return {'stale'}
+-- complete: KEYS[9..] the jobs (the results of several workers, sent
+-- together); ARGV[3..] eleven arguments per job, in the same order: now (ms),
+-- id, token, final status, send the job back ('1'/'0'), has response
+-- ('1'/'0'), response status, headers, body, error code ('' for none), error
+-- message.
+-- -> per job, in order: {'ok', fields...} | {'ok'} (not sent back) | {'stale'}
+local out = {}
+gather()
+for i = 1, #KEYS - 8 do
+  local key, a = KEYS[8 + i], 2 + (i - 1) * 11
+  -- Each result at the time its worker recorded it.
+  NOW = tonumber(ARGV[a + 1])
+  local j = load(key, ARGV[a + 2])
+  if not j or not holds_lease(j, ARGV[a + 3]) then
+    out[i] = {'stale'}
+  else
+    local b = snapshot(j)
+    put_outcome(j, ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], ARGV[a + 11])
+    finish_as(j, ARGV[a + 4])
+    commit(j, b)
+    if ARGV[a + 5] == '1' then
+      out[i] = tagged('ok', key)
+    else
+      out[i] = {'ok'}
+    end
+  end
 end
-local b = snapshot(j)
-put_outcome(j, ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
-finish_as(j, ARGV[5])
-commit(j, b)
-return tagged('ok', KEYS[9])
+flush()
+return out

@@ -1,6 +1,8 @@
 -- enqueue: KEYS[9] the new job, KEYS[10] its idempotency slot (if any).
 -- ARGV[3] max queued, ARGV[4] id, ARGV[5] method, ARGV[6] path, ARGV[7] body,
--- ARGV[8..] field, value pairs of the new job.
+-- ARGV[8] priority, ARGV[9] next due (Job::next_due of the new job: the
+-- script need not read back what it writes), ARGV[10..] field, value pairs
+-- of the new job.
 -- -> {'created'} | {'existing', fields...} | {'conflict', id} | {'full'}
 local key, slot = KEYS[9], KEYS[10]
 local id = ARGV[4]
@@ -24,7 +26,7 @@ if queued >= tonumber(ARGV[3]) then
   return {'full'}
 end
 local fields = {'method', ARGV[5], 'path', ARGV[6], 'req_body', ARGV[7], 'ready_at', n2s(NOW)}
-for i = 8, #ARGV do
+for i = 10, #ARGV do
   fields[#fields + 1] = ARGV[i]
 end
 if slot then
@@ -33,8 +35,7 @@ if slot then
   redis.call('SET', slot, id)
 end
 redis.call('HSET', key, unpack(fields))
-local j = load(key, id)
-redis.call('ZADD', READY[j.priority + 1], redis.call('INCR', SEQ), id)
-redis.call('ZADD', DUE, next_due(j), id)
+redis.call('ZADD', READY[tonumber(ARGV[8]) + 1], redis.call('INCR', SEQ), id)
+redis.call('ZADD', DUE, ARGV[9], id)
 redis.call('PUBLISH', WORK, id)
 return {'created'}

@@ -28,53 +28,105 @@ local DELIVER = PREFIX .. 'deliver'
 -- until then reads treat it as gone (slack for clock skew between hosts).
 local EXPIRY_SLACK_MS = 60000
 
--- The lifecycle fields a transition reads; numbers are converted.
+-- The lifecycle fields a transition reads; numbers are converted. A job has
+-- webhook fields only if it has a webhook_url: they are read only then (a
+-- field read costs a scan of the job's hash while it is small).
 local LIFE = {'status', 'attempts', 'revision', 'claims', 'lease_token', 'lease_until',
   'retry_at', 'queue_deadline', 'created_at', 'priority', 'max_attempts', 'result_ttl_ms',
-  'expires_at', 'idempotency_slot', 'webhook_url', 'wh_status', 'wh_attempts', 'wh_claims',
-  'wh_next_attempt_at', 'wh_lease_token', 'wh_lease_until'}
+  'expires_at', 'idempotency_slot', 'webhook_url', 'error_code'}
+local WEBHOOK_LIFE = {'wh_status', 'wh_attempts', 'wh_claims', 'wh_next_attempt_at',
+  'wh_lease_token', 'wh_lease_until'}
+local LIFE_SET = {}
+for _, f in ipairs(LIFE) do
+  LIFE_SET[f] = true
+end
+for _, f in ipairs(WEBHOOK_LIFE) do
+  LIFE_SET[f] = true
+end
 local NUMERIC = {attempts = true, revision = true, claims = true, lease_token = true,
   lease_until = true, retry_at = true, queue_deadline = true, created_at = true,
   priority = true, max_attempts = true, result_ttl_ms = true, expires_at = true,
   wh_attempts = true, wh_claims = true, wh_next_attempt_at = true, wh_lease_token = true,
   wh_lease_until = true}
 
+-- Every number here is a whole number of milliseconds or a count, below
+-- 2^53: '%d' prints it exactly, and costs far less than '%.0f' (which goes
+-- through the C library's floating-point printing).
 local function n2s(n)
-  return string.format('%.0f', n)
+  return string.format('%d', n)
 end
 
 local function job_key(id)
   return PREFIX .. 'job:' .. id
 end
 
--- The job's lifecycle fields, or nil if there is no such job.
-local function load(key, id)
-  local v = redis.call('HMGET', key, unpack(LIFE))
-  if not v[1] then
-    return nil
+-- Reads `fields` into j (false if the job is not there: no status).
+local function read_into(j, fields)
+  local v = redis.call('HMGET', j.key, unpack(fields))
+  if fields == LIFE and not v[1] then
+    return false
   end
-  local j = {key = key, id = id, set = {}, del = {}}
-  for i, f in ipairs(LIFE) do
+  for i, f in ipairs(fields) do
     local x = v[i]
-    if x and NUMERIC[f] then
-      x = tonumber(x)
-    end
     if x then
+      if NUMERIC[f] then
+        x = tonumber(x)
+      end
       j[f] = x
     end
+  end
+  return true
+end
+
+-- The job's lifecycle fields, or nil if there is no such job. Every field of
+-- LIFE_SET is read (the webhook ones are never there without a webhook_url),
+-- so one that is nil in j is not in the hash either (see put).
+local function load(key, id)
+  local j = {key = key, id = id, set = {}, del = {}}
+  if not read_into(j, LIFE) then
+    return nil
+  end
+  if j.webhook_url then
+    read_into(j, WEBHOOK_LIFE)
+  end
+  return j
+end
+
+-- load, from the whole hash, kept as read in j.read (the fields as HGETALL
+-- gives them): for a script that sends the job back, this one read serves
+-- both, with the changes commit() made (j.written, j.deleted) beside it.
+local function load_whole(key, id)
+  local flat = redis.call('HGETALL', key)
+  local j = {key = key, id = id, set = {}, del = {}, read = flat}
+  for i = 1, #flat, 2 do
+    local f = flat[i]
+    if LIFE_SET[f] then
+      local x = flat[i + 1]
+      if NUMERIC[f] then
+        x = tonumber(x)
+      end
+      j[f] = x
+    end
+  end
+  if not j.status then
+    return nil
   end
   return j
 end
 
 local function put(j, f, v)
-  j[f] = v
   if v == nil then
+    -- A lifecycle field that is nil in j is not in the hash: no HDEL. Of
+    -- any other field, nothing is known.
+    if j[f] ~= nil or not LIFE_SET[f] then
+      j.del[f] = true
+    end
     j.set[f] = nil
-    j.del[f] = true
   else
     j.set[f] = v
     j.del[f] = nil
   end
+  j[f] = v
 end
 
 local function is_terminal(status)
@@ -136,10 +188,14 @@ local function touch(j, status)
   put(j, 'revision', j.revision + 1)
 end
 
+-- An error is its code and its message, written and deleted together: with
+-- no code there is no message to delete either.
 local function set_error(j, code, message)
   if code == nil or code == '' then
-    put(j, 'error_code', nil)
-    put(j, 'error_message', nil)
+    if j.error_code ~= nil then
+      put(j, 'error_code', nil)
+      put(j, 'error_message', nil)
+    end
   else
     put(j, 'error_code', code)
     put(j, 'error_message', message)
@@ -258,11 +314,131 @@ local function put_outcome(j, has_response, status, headers, body, code, message
   set_error(j, code, message)
 end
 
+-- The bookkeeping of the jobs one script changes: the counters, the ready
+-- lists, the due index, the deliveries and the messages. Each call from Lua
+-- costs Redis more than the command itself, so a script that changes many
+-- jobs (claim, complete) gathers them here and writes each key once at the
+-- end (flush); the others write at once. Nothing in between reads them: a
+-- gathering script pages the ready lists by offset (see claim.lua).
+local gathered = nil
+
+local function gather()
+  gathered = {counts = {}, due = {}, deliveries = {}, ready = {}, published = {}}
+end
+
+-- A channel's message is the ids it is about, separated by spaces.
+local function publish(channel, id)
+  if gathered then
+    local ids = gathered.published[channel]
+    if not ids then
+      ids = {}
+      gathered.published[channel] = ids
+    end
+    ids[#ids + 1] = id
+  else
+    redis.call('PUBLISH', channel, id)
+  end
+end
+
+local function count(key, by)
+  if gathered then
+    gathered.counts[key] = (gathered.counts[key] or 0) + by
+  else
+    redis.call('INCRBY', key, by)
+  end
+end
+
+-- Puts `id` in (with `score`) or out of (`false`) a sorted set indexed by
+-- time (the due index, the deliveries).
+local function index(zset, id, score)
+  if gathered then
+    local pending = zset == DUE and gathered.due or gathered.deliveries
+    pending[id] = score
+  elseif score then
+    redis.call('ZADD', zset, score, id)
+  else
+    redis.call('ZREM', zset, id)
+  end
+end
+
+-- Takes `id` out of (`ready` false) or puts it at the end of a ready list.
+local function set_ready(level, id, ready)
+  if gathered then
+    gathered.ready[#gathered.ready + 1] = {level, id, ready}
+  elseif ready then
+    redis.call('ZADD', READY[level], redis.call('INCR', SEQ), id)
+  else
+    redis.call('ZREM', READY[level], id)
+  end
+end
+
+-- Writes what was gathered, one command per key, and stops gathering.
+local function flush()
+  local g = gathered
+  gathered = nil
+  if not g then
+    return
+  end
+  for key, by in pairs(g.counts) do
+    if by ~= 0 then
+      redis.call('INCRBY', key, by)
+    end
+  end
+  for zset, pending in pairs({[DUE] = g.due, [DELIVERIES] = g.deliveries}) do
+    local add, gone = {}, {}
+    for id, score in pairs(pending) do
+      if score then
+        add[#add + 1] = score
+        add[#add + 1] = id
+      else
+        gone[#gone + 1] = id
+      end
+    end
+    if #add > 0 then
+      redis.call('ZADD', zset, unpack(add))
+    end
+    if #gone > 0 then
+      redis.call('ZREM', zset, unpack(gone))
+    end
+  end
+  -- Each job's last change counts: out, or in at the end, in the order
+  -- the jobs became ready (the scores one by one would have given).
+  local last = {}
+  for i, change in ipairs(g.ready) do
+    last[change[2]] = i
+  end
+  local gone, new = {{}, {}, {}}, {}
+  for i, change in ipairs(g.ready) do
+    if last[change[2]] == i then
+      if change[3] then
+        new[#new + 1] = change
+      else
+        local ids = gone[change[1]]
+        ids[#ids + 1] = change[2]
+      end
+    end
+  end
+  for level = 1, 3 do
+    if #gone[level] > 0 then
+      redis.call('ZREM', READY[level], unpack(gone[level]))
+    end
+  end
+  if #new > 0 then
+    local seq = redis.call('INCRBY', SEQ, #new) - #new
+    for i, change in ipairs(new) do
+      redis.call('ZADD', READY[change[1]], seq + i, change[2])
+    end
+  end
+  for channel, ids in pairs(g.published) do
+    redis.call('PUBLISH', channel, table.concat(ids, ' '))
+  end
+end
+
 local function account(status, retrying, sign)
   if status == 'queued' and retrying then
-    redis.call('INCRBY', N_RETRYING, sign)
+    count(N_RETRYING, sign)
   elseif status == 'in_progress' then
-    redis.call('INCRBY', N_IN_PROGRESS, sign)
+    count(N_IN_PROGRESS, sign)
   end
 end
 
@@ -274,31 +450,25 @@ local function commit(j, b)
   account(j.status, j.retry_at ~= nil, 1)
   local due = next_due(j)
   if due ~= b.due then
-    if due then
-      redis.call('ZADD', DUE, due, j.id)
-    else
-      redis.call('ZREM', DUE, j.id)
-    end
+    index(DUE, j.id, due or false)
   end
   local delivery = delivery_ready_at(j)
   if delivery ~= b.delivery then
+    index(DELIVERIES, j.id, delivery or false)
     if delivery then
-      redis.call('ZADD', DELIVERIES, delivery, j.id)
-      redis.call('PUBLISH', DELIVER, j.id)
-    else
-      redis.call('ZREM', DELIVERIES, j.id)
+      publish(DELIVER, j.id)
     end
   end
   local ready = is_ready(j)
   if b.ready and not ready then
-    redis.call('ZREM', READY[level], j.id)
+    set_ready(level, j.id, false)
   elseif ready and not b.ready then
-    redis.call('ZADD', READY[level], redis.call('INCR', SEQ), j.id)
+    set_ready(level, j.id, true)
     put(j, 'ready_at', NOW)
-    redis.call('PUBLISH', WORK, j.id)
+    publish(WORK, j.id)
   elseif j.retry_at and not b.retry_at then
     -- Waiting for a retry: idle workers must learn when it comes due.
-    redis.call('PUBLISH', WORK, j.id)
+    publish(WORK, j.id)
   end
   local args = {}
   for f, v in pairs(j.set) do
@@ -319,6 +489,7 @@ local function commit(j, b)
   if #gone > 0 then
     redis.call('HDEL', j.key, unpack(gone))
   end
+  j.written, j.deleted = args, gone
   -- Redis forgets a finished job itself, unless a delivery still needs it.
   if b.kept and is_terminal(j.status) and not delivering(j) then
     local at = j.expires_at + EXPIRY_SLACK_MS
@@ -328,7 +499,7 @@ local function commit(j, b)
     end
   end
   if j.revision ~= b.revision then
-    redis.call('PUBLISH', CHANGED, j.id)
+    publish(CHANGED, j.id)
   end
 end
 
