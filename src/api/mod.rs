@@ -199,7 +199,9 @@ pub(crate) fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Respon
     if serde_json::to_writer(&mut body, value).is_err() {
         body.clear();
     }
-    let mut response = Response::new(Bytes::from(body));
+    // Shrunk in place to what was written: a `Bytes` of a vector with room
+    // to spare would allocate a shared header for it besides.
+    let mut response = Response::new(Bytes::from(body.into_boxed_slice()));
     *response.status_mut() = status;
     response
         .headers_mut()
