@@ -199,9 +199,7 @@ pub(crate) fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Respon
     if serde_json::to_writer(&mut body, value).is_err() {
         body.clear();
     }
-    // Shrunk in place to what was written: a `Bytes` of a vector with room
-    // to spare would allocate a shared header for it besides.
-    let mut response = Response::new(Bytes::from(body.into_boxed_slice()));
+    let mut response = Response::new(Bytes::from(body));
     *response.status_mut() = status;
     response
         .headers_mut()
