@@ -7,7 +7,8 @@
 //!
 //! It starts, in this process, the server the proxy example runs without
 //! `--upstream`: `DeferLayer` over a demo model, served by hyper on
-//! `127.0.0.1:0`, except that the model answers at once. Then it drives it with
+//! `127.0.0.1:0`, on the proxy's allocator (jemalloc), except that the model
+//! answers at once. Then it drives it with
 //! `--connections` keep-alive HTTP/1.1 connections (hyper's client), each
 //! sending its next request as soon as the last is answered, for at most
 //! `--duration` seconds or `--requests` requests per scenario:
@@ -34,6 +35,13 @@
 //! The queue limit is raised (`max_queue`) far above the default 10 000 so
 //! that a burst of submissions faster than the workers drain them is measured
 //! as accepted work, not refused with 429; results are kept 60 s only.
+
+// The proxy's allocator (jemalloc): the harness measures the server the
+// proxy runs. On glibc malloc the submit run, whose jobs pile up, spends
+// much of its time growing the allocator's arenas (an mprotect every few
+// jobs) and waking threads that met on its locks.
+#[path = "proxy/alloc.rs"]
+mod alloc;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -311,7 +319,7 @@ async fn main() {
     });
 
     println!(
-        "server on {addr}: DeferLayer (memory store, {}) over an instant model; \
+        "server on {addr}: DeferLayer (memory store, {}) over an instant model, on jemalloc; \
          {} connections, at most {} requests or {} s per scenario, {} cores",
         if options.workers {
             "16 workers"

@@ -334,17 +334,26 @@ fn stale() -> StoreError {
 impl Store for MemoryStore {
     async fn enqueue(&self, new: NewJob, max_queued: usize) -> Result<Enqueued, EnqueueError> {
         let now = Timestamp::now();
-        let mut sched = self.schedule();
         let key = new
             .options
             .idempotency_key
             .clone()
             .map(|k| (new.options.owner.clone(), k));
+        // The job is built before the schedule's lock is taken: every
+        // submission takes that lock, and two server threads that meet there
+        // wait for each other in the kernel. (A submission answered with an
+        // earlier job of its idempotency key builds one for nothing.)
+        let id = JobId::random();
+        let job = Job::new(id, new, now);
+        let stored = Box::new(job.clone());
+        let priority = usize::from(job.options.priority.level());
+        let due = job.next_due();
+        let mut sched = self.schedule();
         if let Some(key) = &key {
             if let Some(existing) = sched.idempotency.get(key).copied() {
                 if let Some(slot) = self.inner.jobs.get(&existing) {
                     if !slot.job.is_forgotten(now) {
-                        if !same_request(&slot.job.request, &new.request) {
+                        if !same_request(&slot.job.request, &job.request) {
                             return Err(EnqueueError::IdempotencyConflict { existing });
                         }
                         return Ok(Enqueued {
@@ -358,18 +367,17 @@ impl Store for MemoryStore {
         if sched.queued() >= max_queued {
             return Err(EnqueueError::QueueFull { limit: max_queued });
         }
-        let id = JobId::random();
-        let job = Job::new(id, new, now);
-        let priority = usize::from(job.options.priority.level());
-        sched.set_due(id, None, job.next_due());
+        sched.set_due(id, None, due);
         let ready_seq = sched.push_ready(priority, id);
         if let Some(key) = key {
             sched.idempotency.insert(key, id);
         }
+        // In the map before the lock is let go: a claimer that finds the id
+        // in the ready list must find the job.
         self.inner.jobs.insert(
             id,
             Slot {
-                job: Box::new(job.clone()),
+                job: stored,
                 changed: None,
                 ready_seq,
             },
