@@ -3,13 +3,13 @@
 //! it starts its own `redis-server` on a free port in a temp dir.
 //!
 //! ```text
-//! cargo run --release --features redis --example redis_bench -- [JOBS]
+//! cargo run --release --features redis --example redis_bench -- [JOBS [CONCURRENCY]]
 //! ```
 //!
 //! For each store: submits JOBS jobs through the layer in process (the native
 //! `POST /async`, 32 submitters, workers not running), then starts the worker
-//! pool (concurrency 16, an instant inner service) and times until every job
-//! has run.
+//! pool (CONCURRENCY calls at once, 16 unless given; an instant inner
+//! service) and times until every job has run.
 //!
 //! Wall-clock rates swing with whatever else the host runs, so each phase
 //! also prints the CPU time it cost per job: this process's (the layer, the
@@ -37,13 +37,14 @@ async fn bench<St: Store + Clone>(
     name: &str,
     store: St,
     jobs: usize,
+    concurrency: usize,
     mut probe: Option<MultiplexedConnection>,
 ) {
     let inner = tower::service_fn(|_req: Request<Body>| async {
         Ok::<_, Infallible>(Response::new(Body::from("{}")))
     });
     let (app, worker) = DeferLayer::new(store.clone())
-        .concurrency(16)
+        .concurrency(concurrency)
         .max_queue(usize::MAX)
         .pair(inner);
     let phase = Phase::start(&mut probe).await;
@@ -249,6 +250,11 @@ async fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(20_000)
         .min(1_000_000);
+    let concurrency: usize = std::env::args()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(16)
+        .clamp(1, 10_000);
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -283,9 +289,9 @@ async fn main() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    println!("{jobs} jobs, {SUBMITTERS} submitters, worker concurrency 16, redis-server with appendonly yes");
-    bench("memory", MemoryStore::new(), jobs, None).await;
-    bench("redis", store, jobs, Some(probe)).await;
+    println!("{jobs} jobs, {SUBMITTERS} submitters, worker concurrency {concurrency}, redis-server with appendonly yes");
+    bench("memory", MemoryStore::new(), jobs, concurrency, None).await;
+    bench("redis", store, jobs, concurrency, Some(probe)).await;
     let _ = redis.kill();
     let _ = redis.wait();
     let _ = std::fs::remove_dir_all(&dir);
