@@ -14,15 +14,10 @@
 //! completed) every job has ended and is forgotten after its TTL.
 //!
 //! The test is generic over the store ([`run`] and [`case`] take a factory),
-//! so any store can run the same model. RedisStore is not run here yet: when
-//! this test was written `src/store/redis.rs` did not compile (it lagged the
-//! contract's webhook methods) and no shared test support started a
-//! redis-server. Once both exist, add, under `#[cfg(feature = "redis")]`, a
-//! `#[test]` that starts a redis-server on a free port, then runs
-//! `proptest::test_runner::TestRunner::new(config())` over `ops()` with
-//! `case(|| async { RedisStore::builder(url).namespace(<unique per case>)
-//! .hold_paused_clock(true).connect().await.unwrap() }, &ops)` (64 cases is
-//! plenty: every step is a few round trips), and stops the server.
+//! so every store runs the same model: `MemoryStore` with proptest's default
+//! case count, and, with feature `redis`, `RedisStore` on a redis-server of
+//! the test's own (`redis_store_agrees_with_the_model`, 64 cases: every step
+//! is a few round trips), each case in a namespace of its own.
 //!
 //! Transitions that time makes due (queue deadlines, lapsed leases, retries
 //! coming due) are applied when the store sweeps — by `sweep`, and by `claim`,
