@@ -24,6 +24,9 @@ use crate::job::{
 };
 use crate::time::Timestamp;
 
+mod stored;
+use stored::Stored;
+
 /// The in-memory store, on [`DashMap`]. Cheap to clone: clones share the jobs.
 ///
 /// ```
@@ -108,10 +111,11 @@ impl std::hash::Hasher for IdHasher {
 }
 
 struct Slot {
-    /// Boxed: the map's table then holds 40 bytes per job, not the whole
-    /// `Job`, and a table that grows to the next power of two moves and
-    /// leaves empty far less (see `examples/memory.rs`).
-    job: Box<Job>,
+    /// Boxed either way: the map's table then holds 48 bytes per job, not
+    /// the whole `Job`, and a table that grows to the next power of two moves
+    /// and leaves empty far less (see `examples/memory.rs`). Compact until
+    /// first changed (see `stored.rs`).
+    job: Stored,
     /// Made when the first waiter comes, so jobs nobody waits on cost nothing.
     changed: Option<Arc<Notify>>,
     /// The job's place in its ready list while it is runnable.
@@ -197,19 +201,18 @@ impl MemoryStore {
         f: impl FnOnce(&mut Job) -> Option<T>,
     ) -> Option<(T, Job)> {
         let mut slot = self.inner.jobs.get_mut(&id)?;
-        let before = (
-            is_ready(&slot.job),
-            slot.job.status,
-            slot.job.retry_at.is_some(),
-        );
-        let (due, revision) = (slot.job.next_due(), slot.job.revision);
-        let delivery = slot.job.delivery_ready_at();
-        let out = f(&mut slot.job)?;
-        let level = usize::from(slot.job.options.priority.level());
+        let slot = &mut *slot;
+        // A fresh job becomes the `Job` it stands for on its first change.
+        let job = slot.job.full(id);
+        let before = (is_ready(job), job.status, job.retry_at.is_some());
+        let (due, revision) = (job.next_due(), job.revision);
+        let delivery = job.delivery_ready_at();
+        let out = f(job)?;
+        let level = usize::from(job.options.priority.level());
         account(sched, before.1, before.2, -1);
-        account(sched, slot.job.status, slot.job.retry_at.is_some(), 1);
-        sched.set_due(id, due, slot.job.next_due());
-        let delivery_now = slot.job.delivery_ready_at();
+        account(sched, job.status, job.retry_at.is_some(), 1);
+        sched.set_due(id, due, job.next_due());
+        let delivery_now = job.delivery_ready_at();
         if delivery != delivery_now {
             if let Some(t) = delivery {
                 sched.deliveries.remove(&(t, id));
@@ -219,7 +222,7 @@ impl MemoryStore {
                 self.inner.deliveries.notify_one();
             }
         }
-        match (before.0, is_ready(&slot.job)) {
+        match (before.0, is_ready(job)) {
             (true, false) => {
                 sched.ready[level].remove(&slot.ready_seq);
             }
@@ -228,18 +231,20 @@ impl MemoryStore {
                 self.inner.work.notify_one();
             }
             // Waiting for a retry: an idle worker must wake when it comes due.
-            _ if slot.job.retry_at.is_some() && !before.2 => self.inner.work.notify_one(),
+            _ if job.retry_at.is_some() && !before.2 => self.inner.work.notify_one(),
             _ => {}
         }
-        if slot.job.revision != revision {
+        let changed = job.revision != revision;
+        let job = Job::clone(job);
+        if changed {
             slot.notify();
         }
-        Some((out, Job::clone(&slot.job)))
+        Some((out, job))
     }
 
     fn forget(&self, sched: &mut Schedule, id: JobId) {
         if let Some((_, slot)) = self.inner.jobs.remove(&id) {
-            if let Some(key) = idempotency_key(&slot.job) {
+            if let Some(key) = slot.job.idempotency_key() {
                 if sched.idempotency.get(&key) == Some(&id) {
                     sched.idempotency.remove(&key);
                 }
@@ -318,15 +323,6 @@ fn account(sched: &mut Schedule, status: JobStatus, waiting_retry: bool, sign: i
     }
 }
 
-fn idempotency_key(job: &Job) -> Option<IdempotencyKey> {
-    let key = job.options.idempotency_key.clone()?;
-    Some((job.options.owner.clone(), key))
-}
-
-fn same_request(a: &crate::job::StoredRequest, b: &crate::job::StoredRequest) -> bool {
-    a.method == b.method && a.path_and_query == b.path_and_query && a.body == b.body
-}
-
 fn stale() -> StoreError {
     StoreError::stale_lease()
 }
@@ -345,7 +341,7 @@ impl Store for MemoryStore {
         // earlier job of its idempotency key builds one for nothing.)
         let id = JobId::random();
         let job = Job::new(id, new, now);
-        let stored = Box::new(job.clone());
+        let stored = Stored::new(&job);
         let priority = usize::from(job.options.priority.level());
         let due = job.next_due();
         let mut sched = self.schedule();
@@ -353,11 +349,11 @@ impl Store for MemoryStore {
             if let Some(existing) = sched.idempotency.get(key).copied() {
                 if let Some(slot) = self.inner.jobs.get(&existing) {
                     if !slot.job.is_forgotten(now) {
-                        if !same_request(&slot.job.request, &job.request) {
+                        if !slot.job.same_request(&job.request) {
                             return Err(EnqueueError::IdempotencyConflict { existing });
                         }
                         return Ok(Enqueued {
-                            job: Job::clone(&slot.job),
+                            job: slot.job.to_job(existing),
                             created: false,
                         });
                     }
@@ -394,7 +390,7 @@ impl Store for MemoryStore {
             .jobs
             .get(&id)
             .filter(|slot| !slot.job.is_forgotten(now))
-            .map(|slot| Job::clone(&slot.job)))
+            .map(|slot| slot.job.to_job(id)))
     }
 
     async fn wait(
@@ -412,8 +408,8 @@ impl Store for MemoryStore {
                 if slot.job.is_forgotten(now) {
                     return Ok(None);
                 }
-                if slot.job.revision > seen || now >= until {
-                    return Ok(Some(Job::clone(&slot.job)));
+                if slot.job.revision() > seen || now >= until {
+                    return Ok(Some(slot.job.to_job(id)));
                 }
                 slot.changed.get_or_insert_with(Default::default).clone()
             };
@@ -423,7 +419,7 @@ impl Store for MemoryStore {
             // look once more now that the waiter is registered.
             match self.inner.jobs.get(&id) {
                 None => return Ok(None),
-                Some(slot) if slot.job.revision > seen => return Ok(Some(Job::clone(&slot.job))),
+                Some(slot) if slot.job.revision() > seen => return Ok(Some(slot.job.to_job(id))),
                 Some(_) => {}
             }
             let _ = tokio::time::timeout_at(until.to_instant(), notified).await;
@@ -534,8 +530,8 @@ impl Store for MemoryStore {
         let mut sched = self.schedule();
         match self.inner.jobs.get(&id) {
             Some(slot) if slot.job.is_visible_to(owner) && !slot.job.is_forgotten(now) => {
-                if slot.job.status.is_terminal() {
-                    return Ok(CancelOutcome::AlreadyTerminal(Job::clone(&slot.job)));
+                if slot.job.status().is_terminal() {
+                    return Ok(CancelOutcome::AlreadyTerminal(slot.job.to_job(id)));
                 }
             }
             _ => return Ok(CancelOutcome::NotFound),
@@ -557,8 +553,8 @@ impl Store for MemoryStore {
         let mut sched = self.schedule();
         match self.inner.jobs.get(&id) {
             Some(slot) if slot.job.is_visible_to(owner) && !slot.job.is_forgotten(now) => {
-                if slot.job.status != JobStatus::Queued {
-                    return Ok(QueuedCancel::NotQueued(Job::clone(&slot.job)));
+                if slot.job.status() != JobStatus::Queued {
+                    return Ok(QueuedCancel::NotQueued(slot.job.to_job(id)));
                 }
             }
             _ => return Ok(QueuedCancel::NotFound),
@@ -621,7 +617,7 @@ impl Store for MemoryStore {
             stats.queued_by_priority[level] = ready.len() as u64;
             let oldest = ready
                 .first_key_value()
-                .and_then(|(_, (id, _))| self.inner.jobs.get(id).map(|s| s.job.created_at));
+                .and_then(|(_, (id, _))| self.inner.jobs.get(id).map(|s| s.job.created_at()));
             if let Some(at) = oldest {
                 if stats.oldest_queued_at.is_none_or(|o| at < o) {
                     stats.oldest_queued_at = Some(at);
