@@ -7,11 +7,12 @@
 //! header, whose values are slices of whatever buffer the request was read
 //! into), a queued job cost about 1 KiB beside its body. So a job fresh from
 //! [`Job::new`] is kept as [`Fresh`]: its method, path and headers encoded in
-//! one buffer, its body, its options in whole milliseconds and the two times
-//! it has. Everything else about such a job is known: queued, revision 1, no
-//! attempt, no lease, no error, no response. Readers get a `Job` built from
-//! it; the first transition (a claim, a cancel, an expiry) turns it into the
-//! `Job` it stands for, in place.
+//! one buffer, its body, its options in whole milliseconds and the time it
+//! was submitted. Everything else about such a job is what `Job::new` makes
+//! it: queued, revision 1, its queue deadline, no attempt, no lease, no
+//! error, no response. Readers get a `Job` made again from it; the first
+//! transition (a claim, a cancel, an expiry) turns it into that `Job`, in
+//! place.
 //!
 //! A job that does not fit the compact form (a duration that is not whole
 //! milliseconds, say) is kept as a `Job` from the start: the compact form is
@@ -26,7 +27,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Method};
 
 use crate::job::{
-    Job, JobId, JobOptions, JobStatus, Priority, RetryPolicy, StoredRequest, WebhookTarget,
+    Job, JobId, JobOptions, JobStatus, NewJob, Priority, RetryPolicy, StoredRequest, WebhookTarget,
 };
 use crate::time::Timestamp;
 
@@ -46,7 +47,6 @@ pub(super) struct Fresh {
     body: Bytes,
     options: CompactOptions,
     created_at: Timestamp,
-    queue_deadline: Timestamp,
 }
 
 /// [`JobOptions`] with its durations in whole milliseconds.
@@ -116,7 +116,7 @@ impl Stored {
     /// [`Job::next_due`]: a fresh job's is its queue deadline.
     pub(super) fn next_due(&self) -> Option<Timestamp> {
         match self {
-            Stored::Fresh(fresh) => Some(fresh.queue_deadline),
+            Stored::Fresh(fresh) => Some(fresh.queue_deadline()),
             Stored::Full(job) => job.next_due(),
         }
     }
@@ -189,7 +189,9 @@ impl Fresh {
             && job.response.is_none()
             && job.error.is_none()
             && job.lease.is_none()
-            && job.webhook.is_none();
+            && job.webhook.is_none()
+            // What `Job::new` makes it, so it need not be kept.
+            && job.queue_deadline == job.created_at.after(job.options.max_time_in_queue);
         if !untouched {
             return None;
         }
@@ -198,8 +200,13 @@ impl Fresh {
             body: job.request.body.clone(),
             options: CompactOptions::new(&job.options)?,
             created_at: job.created_at,
-            queue_deadline: job.queue_deadline,
         })
+    }
+
+    fn queue_deadline(&self) -> Timestamp {
+        // As `Job::new` sets it.
+        let wait = Duration::from_millis(self.options.max_time_in_queue_ms);
+        self.created_at.after(wait)
     }
 
     fn to_job(&self, id: JobId) -> Job {
@@ -217,31 +224,15 @@ impl Fresh {
                 HeaderValue::from_bytes(value).expect("a valid header value"),
             );
         }
-        Job {
-            id,
-            request: Arc::new(StoredRequest {
-                method,
-                path_and_query,
-                headers,
-                body: self.body.clone(),
-            }),
-            options: self.options.to_options(),
-            status: JobStatus::Queued,
-            attempts: 0,
-            revision: 1,
-            created_at: self.created_at,
-            status_at: self.created_at,
-            started_at: None,
-            completed_at: None,
-            expires_at: None,
-            queue_deadline: self.queue_deadline,
-            retry_at: None,
-            response: None,
-            error: None,
-            lease: None,
-            claims: 0,
-            webhook: None,
-        }
+        let request = StoredRequest {
+            method,
+            path_and_query,
+            headers,
+            body: self.body.clone(),
+        };
+        let options = self.options.to_options();
+        // The job it was, made again the same way.
+        Job::new(id, NewJob { request, options }, self.created_at)
     }
 }
 
@@ -331,7 +322,7 @@ impl CompactOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{NewJob, WebhookFormat};
+    use crate::job::WebhookFormat;
 
     fn new_job(options: JobOptions, headers: &[(&'static str, &'static [u8])]) -> Job {
         let mut map = HeaderMap::new();
