@@ -37,7 +37,7 @@ use crate::time::Timestamp;
 
 mod memory;
 #[cfg(feature = "redis")]
-mod redis;
+pub mod redis;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreBuilder};
