@@ -249,6 +249,20 @@ impl RedisStoreBuilder {
                 .map_err(failed("connect"))
         })
         .await?;
+        // Every script loaded now, once: otherwise every caller of a busy
+        // store that has just started meets NOSCRIPT and loads it again.
+        // (After a Redis restart, `Script` still loads on NOSCRIPT.)
+        let mut c = conn.clone();
+        exec(&io, hold, timeout, "load scripts", async move {
+            for script in scripts::ALL {
+                script
+                    .load_async(&mut c)
+                    .await
+                    .map_err(failed("load scripts"))?;
+            }
+            Ok(())
+        })
+        .await?;
         let (ready_tx, ready_rx) = oneshot::channel();
         io.spawn(listen(
             client,

@@ -32,6 +32,21 @@ script!(RECORD_DELIVERY, "record_delivery.lua");
 script!(PEEK, "peek.lua");
 script!(STATS, "stats.lua");
 
+/// Every script, to load them all when a store connects.
+pub(super) static ALL: [&LazyLock<Script>; 11] = [
+    &ENQUEUE,
+    &CLAIM,
+    &EXTEND,
+    &COMPLETE,
+    &RETRY_LATER,
+    &CANCEL,
+    &SWEEP,
+    &CLAIM_DELIVERY,
+    &RECORD_DELIVERY,
+    &PEEK,
+    &STATS,
+];
+
 /// Every script's source, for tests that check them against the codec.
 #[cfg(test)]
 pub(super) const SOURCES: &[&str] = &[
