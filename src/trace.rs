@@ -356,12 +356,18 @@ mod tests {
         assert_eq!(TraceContext::from_headers(&headers), None);
     }
 
+    /// Headers with a `traceparent` and a `tracestate`.
+    fn traced(traceparent: &'static str, tracestate: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, HeaderValue::from_static(traceparent));
+        headers.insert(TRACESTATE, HeaderValue::from_static(tracestate));
+        headers
+    }
+
     #[test]
     fn a_submission_continues_a_valid_trace_and_replaces_a_bad_one() {
         let id: JobId = "0123456789abcdef".parse().unwrap();
-        let mut headers = HeaderMap::new();
-        headers.insert(TRACEPARENT, HeaderValue::from_static(VALID));
-        headers.insert(TRACESTATE, HeaderValue::from_static("vendor=1"));
+        let mut headers = traced(VALID, "vendor=1");
         let s = Submission::stamp(&mut headers, &HeaderMap::new());
         let parent = s.parent.unwrap();
         assert_eq!(parent.to_string(), VALID);
@@ -370,9 +376,7 @@ mod tests {
         assert_eq!(TraceContext::from_headers(&headers), Some(s.context(id)));
         assert_eq!(headers[TRACESTATE], "vendor=1", "kept with its trace");
 
-        let mut headers = HeaderMap::new();
-        headers.insert(TRACEPARENT, HeaderValue::from_static("not a trace"));
-        headers.insert(TRACESTATE, HeaderValue::from_static("vendor=1"));
+        let mut headers = traced("not a trace", "vendor=1");
         let s = Submission::stamp(&mut headers, &HeaderMap::new());
         assert!(s.parent.is_none());
         assert!(headers.is_empty(), "nothing stored: {headers:?}");
@@ -382,9 +386,7 @@ mod tests {
     #[test]
     fn without_a_trace_of_its_own_a_job_continues_the_submission_requests() {
         let id: JobId = "0123456789abcdef".parse().unwrap();
-        let mut submitted = HeaderMap::new();
-        submitted.insert(TRACEPARENT, HeaderValue::from_static(VALID));
-        submitted.insert(TRACESTATE, HeaderValue::from_static("vendor=2"));
+        let submitted = traced(VALID, "vendor=2");
         let mut headers = HeaderMap::new();
         let s = Submission::stamp(&mut headers, &submitted);
         assert_eq!(s.parent.unwrap().to_string(), VALID);

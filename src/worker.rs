@@ -535,9 +535,8 @@ async fn record<St: Store>(shared: &Shared<St>, claim: &Claim, end: CallEnd) {
     let result = match write {
         // Only the status is needed here: a store may then send less back.
         Write::Complete(outcome) => {
-            (shared.store)
-                .complete_status(job.id, claim.token(), outcome)
-                .await
+            let store = &shared.store;
+            store.complete_status(job.id, claim.token(), outcome).await
         }
         Write::Retry(retry) => {
             let reason = match (retry.spend_attempt, retry.error.code) {

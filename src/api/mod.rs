@@ -199,7 +199,12 @@ pub(crate) fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Respon
     if serde_json::to_writer(&mut body, value).is_err() {
         body.clear();
     }
-    let mut response = Response::new(Bytes::from(body));
+    json_body(status, Bytes::from(body))
+}
+
+/// A JSON answer whose body is already written.
+pub(crate) fn json_body(status: StatusCode, body: Bytes) -> Response<Bytes> {
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -24,7 +24,7 @@ use super::envelope::{Envelope, EnvelopeError, Field, Fields};
 use super::jobs::{base_options, enqueue, lookup, no_job};
 use super::vessl::OutputDocument;
 use super::RequestBody;
-use super::{json, options, read_body, store_unavailable, Prefer};
+use super::{json, json_body, options, read_body, store_unavailable, Prefer};
 use crate::error::Problem;
 use crate::job::{CancelOutcome, Job, JobId, JobOptions, NewJob, StoredRequest};
 use crate::layer::Config;
@@ -112,11 +112,7 @@ where
         Endpoint::Recent => recent(shared, owner).await,
         Endpoint::OpenApi => {
             let spec = super::openapi::document(&shared.config);
-            let mut response = Response::new(spec);
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            Ok(response)
+            Ok(json_body(StatusCode::OK, spec))
         }
         Endpoint::Ui => {
             let mut page = Response::new(Bytes::from_static(UI_PAGE.as_bytes()));
@@ -312,12 +308,7 @@ fn created(status: StatusCode, id: JobId) -> Response<Bytes> {
     body.extend_from_slice(br#"{"id":""#);
     body.extend_from_slice(id.as_bytes());
     body.extend_from_slice(br#""}"#);
-    let mut response = Response::new(Bytes::from(body));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+    json_body(status, Bytes::from(body))
 }
 
 fn invalid(field: &str, detail: impl std::fmt::Display) -> Problem {

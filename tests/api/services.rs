@@ -175,18 +175,12 @@ mod upstream {
         let server = serve(DeferLayer::new(MemoryStore::new()).layer(upstream)).await;
         let c = HttpClient::new();
 
-        let id = c
-            .submit(
+        let out = c
+            .output_of(
                 &server,
                 &json!({"path": "/v1/predict?x=1", "data": {"n": 7}, "headers": {"x-custom": "env"}}),
             )
             .await;
-        let doc = c.finished(&server.url(&format!("/async/{id}"))).await;
-        assert_eq!(doc["status"], "succeeded", "{doc}");
-        let out = c
-            .get(&server.url(&format!("/async/{id}/output")))
-            .await
-            .json();
         assert_eq!(
             out["output"],
             json!({
@@ -296,15 +290,9 @@ mod upstream {
             let server = serve(DeferLayer::new(MemoryStore::new()).layer(upstream)).await;
             let c = HttpClient::new();
 
-            let id = c
-                .submit(&server, &json!({"path": "/v1/predict", "data": {"n": 7}}))
-                .await;
-            let doc = c.finished(&server.url(&format!("/async/{id}"))).await;
-            assert_eq!(doc["status"], "succeeded", "{doc}");
             let out = c
-                .get(&server.url(&format!("/async/{id}/output")))
-                .await
-                .json();
+                .output_of(&server, &json!({"path": "/v1/predict", "data": {"n": 7}}))
+                .await;
             // The server preferred h2, and ALPN offered it: the request's
             // URI is absolute there (h2's :scheme and :authority).
             assert_eq!(out["output"]["version"], "HTTP/2.0");

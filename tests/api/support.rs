@@ -300,6 +300,17 @@ impl HttpClient {
         a.id()
     }
 
+    /// Submits `envelope`, waits until the job has succeeded, and returns
+    /// its `/output` document.
+    pub async fn output_of(&self, server: &Server, envelope: &Value) -> Value {
+        let id = self.submit(server, envelope).await;
+        let doc = self.finished(&server.url(&format!("/async/{id}"))).await;
+        assert_eq!(doc["status"], "succeeded", "{doc}");
+        self.get(&server.url(&format!("/async/{id}/output")))
+            .await
+            .json()
+    }
+
     /// Long-polls `url` (a status route) until it answers 200; the document.
     pub async fn finished(&self, url: &str) -> Value {
         loop {

@@ -139,11 +139,10 @@ impl Stored {
 
     /// [`Job::is_visible_to`].
     pub(super) fn is_visible_to(&self, owner: Option<&str>) -> bool {
-        let mine = match self {
-            Stored::Fresh(fresh) => fresh.options.owner.as_deref(),
-            Stored::Full(job) => job.options.owner.as_deref(),
-        };
-        mine == owner
+        match self {
+            Stored::Fresh(fresh) => fresh.options.owner.as_deref() == owner,
+            Stored::Full(job) => job.is_visible_to(owner),
+        }
     }
 
     /// The owner and idempotency key the job was submitted with.
