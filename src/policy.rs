@@ -172,8 +172,9 @@ pub(crate) fn request_headers_to_store(
 ) -> HeaderMap {
     let named_by_connection = connection_named(headers);
     let stored = |name: &HeaderName| is_stored(name, &named_by_connection, forward_credentials);
-    // Sized to what is kept, not to what came: a queued job holds this map
-    // for as long as it waits.
+    // Sized to what is kept, not to what came: a map with room to spare
+    // would be copied again by `Job::new`, which keeps a job's headers at
+    // their exact size.
     let mut out = HeaderMap::with_capacity(headers.iter().filter(|(n, _)| stored(n)).count());
     for (name, value) in headers {
         if stored(name) {
