@@ -35,13 +35,15 @@
 //! | channel `{ns}:work` | pub/sub | job ids, when work becomes ready (or a retry is scheduled) |
 //! | channel `{ns}:deliver` | pub/sub | job ids, when webhook deliveries become claimable |
 //!
-//! A job hash has one field per lifecycle scalar (`status`, `attempts`,
-//! `revision`, `claims`, `lease_token`, `lease_until`, `retry_at`,
-//! `queue_deadline`, `created_at`, `status_at`, `started_at`,
-//! `completed_at`, `expires_at`, `priority`, `error_code`,
-//! `error_message`, options...), the request as `method`, `path`,
-//! `req_headers` (a small binary encoding) and `req_body` (raw bytes), the
-//! response likewise. The encoding lives in one place, `codec.rs`.
+//! A job hash keeps its lifecycle scalars (status, attempts, revision,
+//! lease, deadlines and times, the webhook delivery's state) packed in one
+//! field, `life`: a little-endian `f64` per scalar, `-1` for none, which a
+//! script reads with one `struct.unpack`. The rest are fields of their own:
+//! `error_code` and `error_message`, the options (`owner`,
+//! `idempotency_key`, `webhook_url`, durations in ms), the request as
+//! `method`, `path`, `req_headers` (a small binary encoding) and `req_body`
+//! (raw bytes), the response likewise. The encoding lives in one place,
+//! `codec.rs`.
 //!
 //! # Transitions
 //!

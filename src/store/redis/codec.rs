@@ -1,18 +1,28 @@
 //! A job as a Redis hash, and back: the one place that knows the encoding.
 //!
-//! Scalar lifecycle fields are hash fields of their own (numbers as decimal
-//! text, times in ms since the epoch), so the Lua scripts read and write them
-//! without decoding anything and `redis-cli HGETALL` shows a job plainly.
-//! The request is stored as `method`, `path`, `req_headers` and `req_body`,
-//! the response as `resp_status`, `resp_headers` and `resp_body`: bodies are
-//! raw bytes, header maps a small length-prefixed binary encoding
-//! ([`encode_headers`]). Keeping method, path and body apart lets the enqueue
-//! script compare an idempotent resubmission exactly as the memory store does
-//! (method, path and query, body; headers may differ).
+//! The lifecycle scalars (status, attempts, revision, lease, deadlines and
+//! times, the webhook delivery's state, and flags saying which string fields
+//! are there) are packed into one field, `life` ([`Life`]): one
+//! little-endian `f64` per scalar, in the order of [`LIFE`], `-1` for none.
+//! The Lua scripts read and write them all with one `struct.unpack` and one
+//! `struct.pack`; as fields of their own (the layout before 0.2) each
+//! transition spent most of its time in Redis converting them.
 //!
-//! Adding a field: give it a name below, write it in [`new_job_fields`] (or
-//! in the script that sets it), read it in [`decode_job`] treating its
-//! absence as the default, so jobs written by an older version still decode.
+//! Everything else is a field of its own: strings as text (error code and
+//! message, owner, webhook URL...), the options the scripts never read as
+//! decimal milliseconds, the request as `method`, `path`, `req_headers` and
+//! `req_body`, the response as `resp_status`, `resp_headers` and
+//! `resp_body`: bodies are raw bytes, header maps a small length-prefixed
+//! binary encoding ([`encode_headers`]). Keeping method, path and body apart
+//! lets the enqueue script compare an idempotent resubmission exactly as the
+//! memory store does (method, path and query, body; headers may differ).
+//!
+//! Adding a scalar the scripts need: add it to the `life!` list and to
+//! `LIFE` in `prelude.lua`. That changes the layout of every stored job, so
+//! say so in the changelog. Adding any other field: give it a name below,
+//! write it in [`new_job_fields`] (or in the script that sets it), read it in
+//! [`decode_job`] treating its absence as the default, so jobs written by an
+//! older version still decode.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -34,29 +44,15 @@ use crate::time::Timestamp;
 /// A job hash as read from Redis.
 pub(super) type Fields = HashMap<String, Vec<u8>>;
 
-/// Field names. The Lua scripts spell the lifecycle ones too (a unit test
+/// Field names. The Lua scripts spell the ones they touch too (a unit test
 /// checks that each appears there).
 pub(super) mod field {
     /// The job's id (also in its key; scripts that find a job return it).
     pub(crate) const ID: &str = "id";
-    pub(crate) const STATUS: &str = "status";
-    pub(crate) const ATTEMPTS: &str = "attempts";
-    pub(crate) const REVISION: &str = "revision";
-    pub(crate) const CLAIMS: &str = "claims";
-    pub(crate) const LEASE_TOKEN: &str = "lease_token";
-    pub(crate) const LEASE_UNTIL: &str = "lease_until";
-    pub(crate) const RETRY_AT: &str = "retry_at";
-    pub(crate) const QUEUE_DEADLINE: &str = "queue_deadline";
-    pub(crate) const CREATED_AT: &str = "created_at";
-    pub(crate) const STATUS_AT: &str = "status_at";
-    pub(crate) const STARTED_AT: &str = "started_at";
-    pub(crate) const COMPLETED_AT: &str = "completed_at";
-    pub(crate) const EXPIRES_AT: &str = "expires_at";
-    pub(crate) const PRIORITY: &str = "priority";
+    /// The lifecycle scalars, packed ([`Life`](super::Life)).
+    pub(crate) const LIFE: &str = "life";
     pub(crate) const ERROR_CODE: &str = "error_code";
     pub(crate) const ERROR_MESSAGE: &str = "error_message";
-    pub(crate) const MAX_ATTEMPTS: &str = "max_attempts";
-    pub(crate) const RESULT_TTL_MS: &str = "result_ttl_ms";
     pub(crate) const MAX_TIME_IN_QUEUE_MS: &str = "max_time_in_queue_ms";
     pub(crate) const EXECUTION_TIMEOUT_MS: &str = "execution_timeout_ms";
     pub(crate) const RETRY_INITIAL_DELAY_MS: &str = "retry_initial_delay_ms";
@@ -72,20 +68,180 @@ pub(super) mod field {
     pub(crate) const RESP_BODY: &str = "resp_body";
     pub(crate) const WEBHOOK_URL: &str = "webhook_url";
     pub(crate) const WEBHOOK_FORMAT: &str = "webhook_format";
-    pub(crate) const WH_STATUS: &str = "wh_status";
-    pub(crate) const WH_ATTEMPTS: &str = "wh_attempts";
-    pub(crate) const WH_LAST_STATUS_CODE: &str = "wh_last_status_code";
     pub(crate) const WH_LAST_ERROR: &str = "wh_last_error";
-    pub(crate) const WH_NEXT_ATTEMPT_AT: &str = "wh_next_attempt_at";
-    pub(crate) const WH_LEASE_TOKEN: &str = "wh_lease_token";
-    pub(crate) const WH_LEASE_UNTIL: &str = "wh_lease_until";
-    pub(crate) const WH_CLAIMS: &str = "wh_claims";
-    /// Written by the scripts only: when the job last became ready (aging).
-    #[cfg(test)]
-    pub(crate) const READY_AT: &str = "ready_at";
-    /// Written by the scripts only: the key of its idempotency slot.
+    /// Written by the enqueue script only: the key of its idempotency slot.
     #[cfg(test)]
     pub(crate) const IDEMPOTENCY_SLOT: &str = "idempotency_slot";
+}
+
+/// Declares the packed scalars once: [`LIFE`] (their names, in order) and
+/// [`Scalar`] (an index into it).
+macro_rules! life {
+    ($($scalar:ident = $name:literal,)*) => {
+        /// The names of the scalars packed in a job's `life` field, in
+        /// order. `LIFE` in `prelude.lua` is the same list.
+        pub(super) const LIFE: &[&str] = &[$($name),*];
+
+        /// One scalar of [`LIFE`].
+        #[derive(Clone, Copy, Debug)]
+        pub(super) enum Scalar {
+            $($scalar),*
+        }
+    };
+}
+
+life! {
+    Status = "status",
+    Attempts = "attempts",
+    Revision = "revision",
+    Claims = "claims",
+    LeaseToken = "lease_token",
+    LeaseUntil = "lease_until",
+    RetryAt = "retry_at",
+    QueueDeadline = "queue_deadline",
+    CreatedAt = "created_at",
+    StatusAt = "status_at",
+    StartedAt = "started_at",
+    CompletedAt = "completed_at",
+    ExpiresAt = "expires_at",
+    // When the job last became ready (for aging); the scripts keep it.
+    ReadyAt = "ready_at",
+    Priority = "priority",
+    MaxAttempts = "max_attempts",
+    ResultTtlMs = "result_ttl_ms",
+    // 1 when the field `error_code` (and `error_message`) is there.
+    HasError = "has_error",
+    // 1 when the job has a webhook (field `webhook_url`).
+    HasWebhook = "has_webhook",
+    // 1 when the field `idempotency_slot` is there.
+    HasSlot = "has_slot",
+    WhStatus = "wh_status",
+    WhAttempts = "wh_attempts",
+    WhClaims = "wh_claims",
+    WhNextAttemptAt = "wh_next_attempt_at",
+    WhLeaseToken = "wh_lease_token",
+    WhLeaseUntil = "wh_lease_until",
+    WhLastStatusCode = "wh_last_status_code",
+}
+
+/// `status` and `wh_status` are packed as their index here (`STATUS_NAME`
+/// and `DELIVERY_NAME` in `prelude.lua`).
+const STATUSES: [JobStatus; 6] = [
+    JobStatus::Queued,
+    JobStatus::InProgress,
+    JobStatus::Succeeded,
+    JobStatus::Failed,
+    JobStatus::Canceled,
+    JobStatus::Expired,
+];
+const DELIVERY_STATUSES: [DeliveryStatus; 3] = [
+    DeliveryStatus::Pending,
+    DeliveryStatus::Succeeded,
+    DeliveryStatus::Failed,
+];
+
+/// A job's lifecycle scalars, as packed in its `life` field.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Life([Option<u64>; LIFE.len()]);
+
+impl Life {
+    /// The scalars of `job`, which last became ready at `ready_at`.
+    pub(super) fn of(job: &Job, ready_at: Timestamp) -> Life {
+        use Scalar::*;
+        let mut life = Life([None; LIFE.len()]);
+        let time = |t: Option<Timestamp>| t.map(Timestamp::as_millis);
+        let flag = |b: bool| Some(u64::from(b));
+        let index = |i: Option<usize>| i.map(|i| i as u64);
+        let o = &job.options;
+        life.set(
+            Status,
+            index(STATUSES.iter().position(|s| *s == job.status)),
+        );
+        life.set(Attempts, Some(u64::from(job.attempts)));
+        life.set(Revision, Some(job.revision));
+        life.set(Claims, Some(job.claims));
+        life.set(LeaseToken, job.lease.map(|l| l.token.0));
+        life.set(LeaseUntil, job.lease.map(|l| l.until.as_millis()));
+        life.set(RetryAt, time(job.retry_at));
+        life.set(QueueDeadline, Some(job.queue_deadline.as_millis()));
+        life.set(CreatedAt, Some(job.created_at.as_millis()));
+        life.set(StatusAt, Some(job.status_at.as_millis()));
+        life.set(StartedAt, time(job.started_at));
+        life.set(CompletedAt, time(job.completed_at));
+        life.set(ExpiresAt, time(job.expires_at));
+        life.set(ReadyAt, Some(ready_at.as_millis()));
+        life.set(Priority, Some(u64::from(o.priority.level())));
+        life.set(MaxAttempts, Some(u64::from(o.retry.max_attempts)));
+        life.set(ResultTtlMs, Some(millis(o.result_ttl)));
+        life.set(HasError, flag(job.error.is_some()));
+        life.set(HasWebhook, flag(o.webhook.is_some()));
+        life.set(HasSlot, flag(o.idempotency_key.is_some()));
+        if let Some(w) = &job.webhook {
+            let status = DELIVERY_STATUSES.iter().position(|s| *s == w.status);
+            life.set(WhStatus, index(status));
+            life.set(WhAttempts, Some(u64::from(w.attempts)));
+            life.set(WhClaims, Some(w.claims));
+            life.set(WhNextAttemptAt, time(w.next_attempt_at));
+            life.set(WhLeaseToken, w.lease.map(|l| l.token.0));
+            life.set(WhLeaseUntil, w.lease.map(|l| l.until.as_millis()));
+            life.set(WhLastStatusCode, w.last_status_code.map(u64::from));
+        }
+        life
+    }
+
+    pub(super) fn get(&self, scalar: Scalar) -> Option<u64> {
+        self.0[scalar as usize]
+    }
+
+    fn set(&mut self, scalar: Scalar, value: Option<u64>) {
+        self.0[scalar as usize] = value;
+    }
+
+    fn required(&self, scalar: Scalar) -> Result<u64, CodecError> {
+        self.get(scalar)
+            .ok_or_else(|| bad(format!("{} is missing", LIFE[scalar as usize])))
+    }
+
+    fn time(&self, scalar: Scalar) -> Option<Timestamp> {
+        self.get(scalar).map(Timestamp::from_millis)
+    }
+
+    /// The `life` field's bytes. (Every value is below 2^53 in practice, so
+    /// the `f64` holds it exactly, as Lua's numbers do.)
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * LIFE.len());
+        for value in self.0 {
+            let value = value.map_or(-1.0, |n| n as f64);
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+        out
+    }
+
+    /// The inverse of [`encode`](Self::encode).
+    pub(super) fn decode(bytes: &[u8]) -> Result<Life, CodecError> {
+        if bytes.len() != 8 * LIFE.len() {
+            return Err(bad(format!(
+                "life is {} bytes, not {}",
+                bytes.len(),
+                8 * LIFE.len()
+            )));
+        }
+        let mut life = Life([None; LIFE.len()]);
+        for (i, chunk) in bytes.chunks_exact(8).enumerate() {
+            let mut raw = [0; 8];
+            raw.copy_from_slice(chunk);
+            let value = f64::from_le_bytes(raw);
+            life.0[i] = if value == -1.0 {
+                None
+            } else if value >= 0.0 && value.fract() == 0.0 {
+                // Saturates at u64::MAX, where a text number would have too.
+                Some(value as u64)
+            } else {
+                return Err(bad(format!("{} is {value}", LIFE[i])));
+            };
+        }
+        Ok(life)
+    }
 }
 
 /// A job hash that does not decode: written by something else, or damaged.
@@ -162,8 +318,12 @@ fn num(n: u64) -> Vec<u8> {
     n.to_string().into_bytes()
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn ms(d: Duration) -> Vec<u8> {
-    num(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    num(millis(d))
 }
 
 /// The fields of a job just made by [`Job::new`], less `method`, `path` and
@@ -173,16 +333,7 @@ pub(super) fn new_job_fields(job: &Job) -> Vec<(&'static str, Vec<u8>)> {
     let o = &job.options;
     let mut out = vec![
         (ID, job.id.as_str().as_bytes().to_vec()),
-        (STATUS, job.status.as_str().as_bytes().to_vec()),
-        (ATTEMPTS, num(u64::from(job.attempts))),
-        (REVISION, num(job.revision)),
-        (CLAIMS, num(job.claims)),
-        (QUEUE_DEADLINE, num(job.queue_deadline.as_millis())),
-        (CREATED_AT, num(job.created_at.as_millis())),
-        (STATUS_AT, num(job.status_at.as_millis())),
-        (PRIORITY, num(u64::from(o.priority.level()))),
-        (MAX_ATTEMPTS, num(u64::from(o.retry.max_attempts))),
-        (RESULT_TTL_MS, ms(o.result_ttl)),
+        (LIFE, Life::of(job, job.created_at).encode()),
         (MAX_TIME_IN_QUEUE_MS, ms(o.max_time_in_queue)),
         (EXECUTION_TIMEOUT_MS, ms(o.execution_timeout)),
         (RETRY_INITIAL_DELAY_MS, ms(o.retry.initial_delay)),
@@ -219,23 +370,16 @@ fn format_from(s: &str) -> Result<WebhookFormat, CodecError> {
         .ok_or_else(|| bad(format!("unknown webhook format {s:?}")))
 }
 
-fn delivery_status_from(s: &str) -> Result<DeliveryStatus, CodecError> {
-    [
-        DeliveryStatus::Pending,
-        DeliveryStatus::Succeeded,
-        DeliveryStatus::Failed,
-    ]
-    .into_iter()
-    .find(|d| d.as_str() == s)
-    .ok_or_else(|| bad(format!("unknown delivery status {s:?}")))
-}
-
-fn decode_delivery(f: &Fields) -> Result<Option<WebhookDelivery>, CodecError> {
-    use field::*;
-    let Some(status) = text(f, WH_STATUS)? else {
+fn decode_delivery(life: &Life, f: &Fields) -> Result<Option<WebhookDelivery>, CodecError> {
+    use Scalar as S;
+    let Some(status) = life.get(S::WhStatus) else {
         return Ok(None);
     };
-    let lease = match (opt_num(f, WH_LEASE_TOKEN)?, opt_time(f, WH_LEASE_UNTIL)?) {
+    let status = *usize::try_from(status)
+        .ok()
+        .and_then(|i| DELIVERY_STATUSES.get(i))
+        .ok_or_else(|| bad(format!("unknown delivery status {status}")))?;
+    let lease = match (life.get(S::WhLeaseToken), life.time(S::WhLeaseUntil)) {
         (Some(token), Some(until)) => Some(Lease {
             token: LeaseToken(token),
             until,
@@ -243,15 +387,18 @@ fn decode_delivery(f: &Fields) -> Result<Option<WebhookDelivery>, CodecError> {
         _ => None,
     };
     Ok(Some(WebhookDelivery {
-        status: delivery_status_from(status)?,
-        attempts: opt_num(f, WH_ATTEMPTS)?.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
-        last_status_code: opt_num(f, WH_LAST_STATUS_CODE)?
+        status,
+        attempts: life
+            .get(S::WhAttempts)
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+        last_status_code: life
+            .get(S::WhLastStatusCode)
             .map(|n| u16::try_from(n).map_err(|_| bad("bad webhook status code")))
             .transpose()?,
-        last_error: text(f, WH_LAST_ERROR)?.map(str::to_owned),
-        next_attempt_at: opt_time(f, WH_NEXT_ATTEMPT_AT)?,
+        last_error: text(f, field::WH_LAST_ERROR)?.map(str::to_owned),
+        next_attempt_at: life.time(S::WhNextAttemptAt),
         lease,
-        claims: opt_num(f, WH_CLAIMS)?.unwrap_or(0),
+        claims: life.get(S::WhClaims).unwrap_or(0),
     }))
 }
 
@@ -279,28 +426,8 @@ fn opt_num(f: &Fields, name: &str) -> Result<Option<u64>, CodecError> {
         .transpose()
 }
 
-fn req_num(f: &Fields, name: &str) -> Result<u64, CodecError> {
-    opt_num(f, name)?.ok_or_else(|| bad(format!("{name} is missing")))
-}
-
-fn opt_time(f: &Fields, name: &str) -> Result<Option<Timestamp>, CodecError> {
-    Ok(opt_num(f, name)?.map(Timestamp::from_millis))
-}
-
 fn opt_ms(f: &Fields, name: &str, default: Duration) -> Result<Duration, CodecError> {
     Ok(opt_num(f, name)?.map_or(default, Duration::from_millis))
-}
-
-fn status_from(s: &str) -> Result<JobStatus, CodecError> {
-    Ok(match s {
-        "queued" => JobStatus::Queued,
-        "in_progress" => JobStatus::InProgress,
-        "succeeded" => JobStatus::Succeeded,
-        "failed" => JobStatus::Failed,
-        "canceled" => JobStatus::Canceled,
-        "expired" => JobStatus::Expired,
-        other => return Err(bad(format!("unknown status {other:?}"))),
-    })
 }
 
 fn code_from(s: &str) -> Result<ErrorCode, CodecError> {
@@ -317,7 +444,12 @@ fn bytes(f: &mut Fields, name: &str) -> Bytes {
 /// A job from its hash. Unknown fields are ignored; optional ones may be absent.
 pub(super) fn decode_job(id: JobId, mut f: Fields) -> Result<Job, CodecError> {
     use field::*;
+    use Scalar as S;
     let defaults = JobOptions::default();
+    let life = f.get(LIFE).ok_or_else(|| {
+        bad("life is missing (a job in the layout of earlier development builds?)")
+    })?;
+    let life = Life::decode(life)?;
     let method = text(&f, METHOD)?.ok_or_else(|| bad("method is missing"))?;
     let method = Method::from_bytes(method.as_bytes()).map_err(|e| bad(e.to_string()))?;
     let path = text(&f, PATH)?.ok_or_else(|| bad("path is missing"))?;
@@ -349,26 +481,35 @@ pub(super) fn decode_job(id: JobId, mut f: Fields) -> Result<Job, CodecError> {
         )),
         None => None,
     };
-    let lease = match (opt_num(&f, LEASE_TOKEN)?, opt_time(&f, LEASE_UNTIL)?) {
+    let lease = match (life.get(S::LeaseToken), life.time(S::LeaseUntil)) {
         (Some(token), Some(until)) => Some(Lease {
             token: LeaseToken(token),
             until,
         }),
         _ => None,
     };
-    let priority = u8::try_from(req_num(&f, PRIORITY)?)
+    let priority = u8::try_from(life.required(S::Priority)?)
         .ok()
         .and_then(Priority::new)
         .ok_or_else(|| bad("bad priority"))?;
+    let status = life.required(S::Status)?;
+    let status = *usize::try_from(status)
+        .ok()
+        .and_then(|i| STATUSES.get(i))
+        .ok_or_else(|| bad(format!("unknown status {status}")))?;
     let options = JobOptions {
         priority,
         max_time_in_queue: opt_ms(&f, MAX_TIME_IN_QUEUE_MS, defaults.max_time_in_queue)?,
-        result_ttl: opt_ms(&f, RESULT_TTL_MS, defaults.result_ttl)?,
+        result_ttl: life
+            .get(S::ResultTtlMs)
+            .map_or(defaults.result_ttl, Duration::from_millis),
         execution_timeout: opt_ms(&f, EXECUTION_TIMEOUT_MS, defaults.execution_timeout)?,
         retry: RetryPolicy {
-            max_attempts: opt_num(&f, MAX_ATTEMPTS)?.map_or(defaults.retry.max_attempts, |n| {
-                u32::try_from(n).unwrap_or(u32::MAX)
-            }),
+            max_attempts: life
+                .get(S::MaxAttempts)
+                .map_or(defaults.retry.max_attempts, |n| {
+                    u32::try_from(n).unwrap_or(u32::MAX)
+                }),
             initial_delay: opt_ms(&f, RETRY_INITIAL_DELAY_MS, defaults.retry.initial_delay)?,
             max_delay: opt_ms(&f, RETRY_MAX_DELAY_MS, defaults.retry.max_delay)?,
         },
@@ -382,26 +523,26 @@ pub(super) fn decode_job(id: JobId, mut f: Fields) -> Result<Job, CodecError> {
             None => None,
         },
     };
-    let webhook = decode_delivery(&f)?.map(Box::new);
-    let created_at = Timestamp::from_millis(req_num(&f, CREATED_AT)?);
+    let webhook = decode_delivery(&life, &f)?.map(Box::new);
+    let created_at = Timestamp::from_millis(life.required(S::CreatedAt)?);
     Ok(Job {
         id,
         request: Arc::new(request),
         options,
-        status: status_from(text(&f, STATUS)?.ok_or_else(|| bad("status is missing"))?)?,
-        attempts: u32::try_from(req_num(&f, ATTEMPTS)?).unwrap_or(u32::MAX),
-        revision: req_num(&f, REVISION)?,
+        status,
+        attempts: u32::try_from(life.required(S::Attempts)?).unwrap_or(u32::MAX),
+        revision: life.required(S::Revision)?,
         created_at,
-        status_at: opt_time(&f, STATUS_AT)?.unwrap_or(created_at),
-        started_at: opt_time(&f, STARTED_AT)?,
-        completed_at: opt_time(&f, COMPLETED_AT)?,
-        expires_at: opt_time(&f, EXPIRES_AT)?,
-        queue_deadline: Timestamp::from_millis(req_num(&f, QUEUE_DEADLINE)?),
-        retry_at: opt_time(&f, RETRY_AT)?,
+        status_at: life.time(S::StatusAt).unwrap_or(created_at),
+        started_at: life.time(S::StartedAt),
+        completed_at: life.time(S::CompletedAt),
+        expires_at: life.time(S::ExpiresAt),
+        queue_deadline: Timestamp::from_millis(life.required(S::QueueDeadline)?),
+        retry_at: life.time(S::RetryAt),
         response,
         error,
         lease,
-        claims: opt_num(&f, CLAIMS)?.unwrap_or(0),
+        claims: life.get(S::Claims).unwrap_or(0),
         webhook,
     })
 }
@@ -463,20 +604,10 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
+        f.insert(LIFE.into(), Life::of(job, job.created_at).encode());
         f.insert(METHOD.into(), job.request.method.as_str().into());
         f.insert(PATH.into(), job.request.path_and_query.as_str().into());
         f.insert(REQ_BODY.into(), job.request.body.to_vec());
-        let mut put = |k: &str, v: Option<u64>| {
-            if let Some(v) = v {
-                f.insert(k.into(), num(v));
-            }
-        };
-        put(STARTED_AT, job.started_at.map(Timestamp::as_millis));
-        put(COMPLETED_AT, job.completed_at.map(Timestamp::as_millis));
-        put(EXPIRES_AT, job.expires_at.map(Timestamp::as_millis));
-        put(RETRY_AT, job.retry_at.map(Timestamp::as_millis));
-        put(LEASE_TOKEN, job.lease.map(|l| l.token.0));
-        put(LEASE_UNTIL, job.lease.map(|l| l.until.as_millis()));
         if let Some(r) = &job.response {
             let [s, h, b] = response_args(r);
             f.insert(RESP_STATUS.into(), s);
@@ -487,23 +618,8 @@ mod tests {
             f.insert(ERROR_CODE.into(), e.code.as_str().into());
             f.insert(ERROR_MESSAGE.into(), e.message.clone().into_bytes());
         }
-        if let Some(w) = &job.webhook {
-            f.insert(WH_STATUS.into(), w.status.as_str().into());
-            f.insert(WH_ATTEMPTS.into(), num(u64::from(w.attempts)));
-            f.insert(WH_CLAIMS.into(), num(w.claims));
-            if let Some(c) = w.last_status_code {
-                f.insert(WH_LAST_STATUS_CODE.into(), num(u64::from(c)));
-            }
-            if let Some(e) = &w.last_error {
-                f.insert(WH_LAST_ERROR.into(), e.clone().into_bytes());
-            }
-            if let Some(at) = w.next_attempt_at {
-                f.insert(WH_NEXT_ATTEMPT_AT.into(), num(at.as_millis()));
-            }
-            if let Some(l) = w.lease {
-                f.insert(WH_LEASE_TOKEN.into(), num(l.token.0));
-                f.insert(WH_LEASE_UNTIL.into(), num(l.until.as_millis()));
-            }
+        if let Some(e) = job.webhook.as_ref().and_then(|w| w.last_error.as_ref()) {
+            f.insert(WH_LAST_ERROR.into(), e.clone().into_bytes());
         }
         f
     }
@@ -578,22 +694,50 @@ mod tests {
     #[test]
     fn damaged_hashes_are_errors_not_panics() {
         let job = sample();
+        let life = |scalar: Scalar, value: f64| {
+            let mut bytes = Life::of(&job, job.created_at).encode();
+            bytes[8 * scalar as usize..][..8].copy_from_slice(&value.to_le_bytes());
+            bytes
+        };
         for (k, v) in [
-            (field::STATUS, &b"sleeping"[..]),
-            (field::REVISION, b"x"),
-            (field::PRIORITY, b"7"),
-            (field::ERROR_CODE, b"nope"),
-            (field::METHOD, b"BAD METHOD"),
-            (field::REQ_HEADERS, b"\x01\x00"),
+            (field::LIFE, life(Scalar::Status, 6.0)),
+            (field::LIFE, life(Scalar::Revision, 0.5)),
+            (field::LIFE, life(Scalar::Attempts, -2.0)),
+            (field::LIFE, life(Scalar::Priority, 7.0)),
+            (field::LIFE, life(Scalar::QueueDeadline, f64::NAN)),
+            (field::LIFE, life(Scalar::CreatedAt, -1.0)),
+            (field::LIFE, vec![0; 8]),
+            (field::ERROR_CODE, b"nope".to_vec()),
+            (field::METHOD, b"BAD METHOD".to_vec()),
+            (field::REQ_HEADERS, b"\x01\x00".to_vec()),
         ] {
             let mut f = as_hash(&job);
-            f.insert(k.into(), v.to_vec());
+            f.insert(k.into(), v);
             assert!(decode_job(job.id, f).is_err(), "{k}");
         }
         let mut f = as_hash(&job);
-        f.remove(field::STATUS);
-        assert!(decode_job(job.id, f).is_err());
+        f.remove(field::LIFE);
+        let err = decode_job(job.id, f).unwrap_err();
+        assert!(err.to_string().contains("life is missing"), "{err}");
         assert!(pairs(vec![b"a".to_vec()]).is_err());
+    }
+
+    #[test]
+    fn life_keeps_every_scalar_and_none_apart_from_zero() {
+        let mut job = sample();
+        job.claim(job.created_at, Duration::from_secs(30)).unwrap();
+        let life = Life::of(&job, Timestamp::from_millis(42));
+        assert_eq!(Life::decode(&life.encode()).unwrap(), life);
+        assert_eq!(life.get(Scalar::ReadyAt), Some(42));
+        assert_eq!(life.get(Scalar::RetryAt), None);
+        assert_eq!(life.get(Scalar::HasError), Some(0));
+        assert_eq!(life.get(Scalar::HasWebhook), Some(1));
+        assert_eq!(life.get(Scalar::HasSlot), Some(1));
+        assert_eq!(life.get(Scalar::Status), Some(1), "in_progress");
+        let big = (1u64 << 53) - 1;
+        let mut wide = Life([Some(big); LIFE.len()]);
+        wide.set(Scalar::Claims, Some(0));
+        assert_eq!(Life::decode(&wide.encode()).unwrap(), wide);
     }
 
     #[test]
@@ -604,29 +748,46 @@ mod tests {
         same(&decode_job(job.id, f).unwrap(), &job);
     }
 
+    /// `LIFE` and the status tables of `prelude.lua`, as the codec would
+    /// write them.
     #[test]
-    fn the_scripts_spell_the_lifecycle_fields_as_the_codec_does() {
+    fn the_scripts_pack_life_as_the_codec_does() {
+        let prelude = super::super::scripts::SOURCES[0];
+        let quoted = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| format!("'{n}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let lua_list = |start: &str| {
+            let at = prelude.find(start).expect(start) + start.len();
+            let end = at + prelude[at..].find('}').unwrap();
+            prelude[at..end]
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(lua_list("local LIFE = {"), quoted(LIFE));
+        let format = format!("local LIFE_FORMAT = '<{}'", "d".repeat(LIFE.len()));
+        assert!(prelude.contains(&format), "{format}");
+        let statuses: Vec<_> = STATUSES.iter().map(|s| s.as_str()).collect();
+        assert_eq!(lua_list("local STATUS_NAME = {[0] = "), quoted(&statuses));
+        let deliveries: Vec<_> = DELIVERY_STATUSES.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            lua_list("local DELIVERY_NAME = {[0] = "),
+            quoted(&deliveries)
+        );
+    }
+
+    #[test]
+    fn the_scripts_spell_the_fields_as_the_codec_does() {
         use field::*;
         let lua = super::super::scripts::SOURCES.concat();
         for name in [
-            STATUS,
-            ATTEMPTS,
-            REVISION,
-            CLAIMS,
-            LEASE_TOKEN,
-            LEASE_UNTIL,
-            RETRY_AT,
-            QUEUE_DEADLINE,
-            CREATED_AT,
-            STATUS_AT,
-            STARTED_AT,
-            COMPLETED_AT,
-            EXPIRES_AT,
-            PRIORITY,
+            LIFE,
             ERROR_CODE,
             ERROR_MESSAGE,
-            MAX_ATTEMPTS,
-            RESULT_TTL_MS,
             OWNER,
             METHOD,
             PATH,
@@ -634,17 +795,8 @@ mod tests {
             RESP_STATUS,
             RESP_HEADERS,
             RESP_BODY,
-            READY_AT,
             IDEMPOTENCY_SLOT,
-            WEBHOOK_URL,
-            WH_STATUS,
-            WH_ATTEMPTS,
-            WH_LAST_STATUS_CODE,
             WH_LAST_ERROR,
-            WH_NEXT_ATTEMPT_AT,
-            WH_LEASE_TOKEN,
-            WH_LEASE_UNTIL,
-            WH_CLAIMS,
         ] {
             assert!(
                 lua.contains(&format!("'{name}'")),

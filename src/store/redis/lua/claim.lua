@@ -44,7 +44,8 @@ local function pass(level)
 end
 local function ready_at(h)
   if h.at == nil then
-    h.at = tonumber(redis.call('HGET', job_key(h.id), 'ready_at')) or 0
+    local j = load(job_key(h.id), h.id)
+    h.at = j and j.ready_at or 0
   end
   return h.at
 end

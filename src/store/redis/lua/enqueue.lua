@@ -2,7 +2,8 @@
 -- ARGV[3] max queued, ARGV[4] id, ARGV[5] method, ARGV[6] path, ARGV[7] body,
 -- ARGV[8] priority, ARGV[9] next due (Job::next_due of the new job: the
 -- script need not read back what it writes), ARGV[10..] field, value pairs
--- of the new job.
+-- of the new job ('life' among them, its ready_at now and has_slot set
+-- when KEYS[10] is given).
 -- -> {'created'} | {'existing', fields...} | {'conflict', id} | {'full'}
 local key, slot = KEYS[9], KEYS[10]
 local id = ARGV[4]
@@ -25,7 +26,7 @@ local queued = redis.call('ZCARD', READY[1]) + redis.call('ZCARD', READY[2])
 if queued >= tonumber(ARGV[3]) then
   return {'full'}
 end
-local fields = {'method', ARGV[5], 'path', ARGV[6], 'req_body', ARGV[7], 'ready_at', n2s(NOW)}
+local fields = {'method', ARGV[5], 'path', ARGV[6], 'req_body', ARGV[7]}
 for i = 10, #ARGV do
   fields[#fields + 1] = ARGV[i]
 end

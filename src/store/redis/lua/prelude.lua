@@ -28,26 +28,36 @@ local DELIVER = PREFIX .. 'deliver'
 -- until then reads treat it as gone (slack for clock skew between hosts).
 local EXPIRY_SLACK_MS = 60000
 
--- The lifecycle fields a transition reads; numbers are converted. A job has
--- webhook fields only if it has a webhook_url: they are read only then (a
--- field read costs a scan of the job's hash while it is small).
+-- A job's lifecycle scalars live in one field of its hash, 'life': one
+-- little-endian double per name of LIFE, in this order, -1 for none. Every
+-- value is a count, a flag or a time in ms, whole and below 2^53, so a double
+-- holds it exactly. One HGET and one struct.unpack read them all; as fields
+-- of their own they cost about ten times as much (a Lua string per field,
+-- tonumber per number, string.format per write). codec.rs spells the same
+-- list (a unit test compares them). The strings a transition writes (error
+-- code and message, the last webhook error) stay fields of their own; a flag
+-- in 'life' says whether each string field a script needs is there.
 local LIFE = {'status', 'attempts', 'revision', 'claims', 'lease_token', 'lease_until',
-  'retry_at', 'queue_deadline', 'created_at', 'priority', 'max_attempts', 'result_ttl_ms',
-  'expires_at', 'idempotency_slot', 'webhook_url', 'error_code'}
-local WEBHOOK_LIFE = {'wh_status', 'wh_attempts', 'wh_claims', 'wh_next_attempt_at',
-  'wh_lease_token', 'wh_lease_until'}
+  'retry_at', 'queue_deadline', 'created_at', 'status_at', 'started_at', 'completed_at',
+  'expires_at', 'ready_at', 'priority', 'max_attempts', 'result_ttl_ms', 'has_error',
+  'has_webhook', 'has_slot', 'wh_status', 'wh_attempts', 'wh_claims', 'wh_next_attempt_at',
+  'wh_lease_token', 'wh_lease_until', 'wh_last_status_code'}
+local LIFE_FORMAT = '<ddddddddddddddddddddddddddd'
 local LIFE_SET = {}
 for _, f in ipairs(LIFE) do
   LIFE_SET[f] = true
 end
-for _, f in ipairs(WEBHOOK_LIFE) do
-  LIFE_SET[f] = true
+-- status and wh_status are packed as their index in these (JobStatus,
+-- DeliveryStatus); transitions read them as names.
+local STATUS_NAME = {[0] = 'queued', 'in_progress', 'succeeded', 'failed', 'canceled', 'expired'}
+local DELIVERY_NAME = {[0] = 'pending', 'succeeded', 'failed'}
+local STATUS_CODE, DELIVERY_CODE = {}, {}
+for code = 0, #STATUS_NAME do
+  STATUS_CODE[STATUS_NAME[code]] = code
 end
-local NUMERIC = {attempts = true, revision = true, claims = true, lease_token = true,
-  lease_until = true, retry_at = true, queue_deadline = true, created_at = true,
-  priority = true, max_attempts = true, result_ttl_ms = true, expires_at = true,
-  wh_attempts = true, wh_claims = true, wh_next_attempt_at = true, wh_lease_token = true,
-  wh_lease_until = true}
+for code = 0, #DELIVERY_NAME do
+  DELIVERY_CODE[DELIVERY_NAME[code]] = code
+end
 
 -- Every number here is a whole number of milliseconds or a count, below
 -- 2^53: '%d' prints it exactly, and costs far less than '%.0f' (which goes
@@ -60,35 +70,44 @@ local function job_key(id)
   return PREFIX .. 'job:' .. id
 end
 
--- Reads `fields` into j (false if the job is not there: no status).
-local function read_into(j, fields)
-  local v = redis.call('HMGET', j.key, unpack(fields))
-  if fields == LIFE and not v[1] then
-    return false
-  end
-  for i, f in ipairs(fields) do
+-- The scalars of a 'life' field, into j.
+local function unpack_life(j, life)
+  local v = {struct.unpack(LIFE_FORMAT, life)}
+  for i, f in ipairs(LIFE) do
     local x = v[i]
-    if x then
-      if NUMERIC[f] then
-        x = tonumber(x)
-      end
+    if x >= 0 then
       j[f] = x
     end
   end
-  return true
+  j.status = STATUS_NAME[j.status]
+  if j.wh_status then
+    j.wh_status = DELIVERY_NAME[j.wh_status]
+  end
 end
 
--- The job's lifecycle fields, or nil if there is no such job. Every field of
--- LIFE_SET is read (the webhook ones are never there without a webhook_url),
--- so one that is nil in j is not in the hash either (see put).
+-- j's scalars as a 'life' field.
+local function pack_life(j)
+  local v = {}
+  for i, f in ipairs(LIFE) do
+    local x = j[f]
+    if f == 'status' then
+      x = STATUS_CODE[x]
+    elseif f == 'wh_status' and x then
+      x = DELIVERY_CODE[x]
+    end
+    v[i] = x or -1
+  end
+  return struct.pack(LIFE_FORMAT, unpack(v))
+end
+
+-- The job's lifecycle scalars, or nil if there is no such job.
 local function load(key, id)
-  local j = {key = key, id = id, set = {}, del = {}}
-  if not read_into(j, LIFE) then
+  local life = redis.call('HGET', key, 'life')
+  if not life then
     return nil
   end
-  if j.webhook_url then
-    read_into(j, WEBHOOK_LIFE)
-  end
+  local j = {key = key, id = id, set = {}, del = {}}
+  unpack_life(j, life)
   return j
 end
 
@@ -97,30 +116,29 @@ end
 -- both, with the changes commit() made (j.written, j.deleted) beside it.
 local function load_whole(key, id)
   local flat = redis.call('HGETALL', key)
-  local j = {key = key, id = id, set = {}, del = {}, read = flat}
   for i = 1, #flat, 2 do
-    local f = flat[i]
-    if LIFE_SET[f] then
-      local x = flat[i + 1]
-      if NUMERIC[f] then
-        x = tonumber(x)
-      end
-      j[f] = x
+    if flat[i] == 'life' then
+      local j = {key = key, id = id, set = {}, del = {}, read = flat}
+      unpack_life(j, flat[i + 1])
+      return j
     end
   end
-  if not j.status then
-    return nil
+  return nil
+end
+
+-- The key of the job's idempotency slot, or nil.
+local function slot_of(j)
+  if j.has_slot == 1 then
+    return redis.call('HGET', j.key, 'idempotency_slot')
   end
-  return j
+  return nil
 end
 
 local function put(j, f, v)
-  if v == nil then
-    -- A lifecycle field that is nil in j is not in the hash: no HDEL. Of
-    -- any other field, nothing is known.
-    if j[f] ~= nil or not LIFE_SET[f] then
-      j.del[f] = true
-    end
+  if LIFE_SET[f] then
+    j.life_changed = true
+  elseif v == nil then
+    j.del[f] = true
     j.set[f] = nil
   else
     j.set[f] = v
@@ -192,13 +210,15 @@ end
 -- no code there is no message to delete either.
 local function set_error(j, code, message)
   if code == nil or code == '' then
-    if j.error_code ~= nil then
+    if j.has_error == 1 then
       put(j, 'error_code', nil)
       put(j, 'error_message', nil)
+      put(j, 'has_error', 0)
     end
   else
     put(j, 'error_code', code)
     put(j, 'error_message', message)
+    put(j, 'has_error', 1)
   end
 end
 
@@ -210,7 +230,7 @@ local function finish_as(j, status)
   put(j, 'retry_at', nil)
   put(j, 'completed_at', NOW)
   put(j, 'expires_at', NOW + j.result_ttl_ms)
-  if j.webhook_url then
+  if j.has_webhook == 1 then
     put(j, 'wh_status', 'pending')
     put(j, 'wh_attempts', 0)
     put(j, 'wh_last_status_code', nil)
@@ -471,6 +491,10 @@ local function commit(j, b)
     publish(WORK, j.id)
   end
   local args = {}
+  if j.life_changed then
+    args[1] = 'life'
+    args[2] = pack_life(j)
+  end
   for f, v in pairs(j.set) do
     args[#args + 1] = f
     if type(v) == 'number' then
@@ -494,8 +518,9 @@ local function commit(j, b)
   if b.kept and is_terminal(j.status) and not delivering(j) then
     local at = j.expires_at + EXPIRY_SLACK_MS
     redis.call('PEXPIREAT', j.key, at)
-    if j.idempotency_slot then
-      redis.call('PEXPIREAT', j.idempotency_slot, at)
+    local slot = slot_of(j)
+    if slot then
+      redis.call('PEXPIREAT', slot, at)
     end
   end
   if j.revision ~= b.revision then
@@ -505,9 +530,10 @@ end
 
 -- Forgets a job past its result TTL (MemoryStore::forget).
 local function forget(j)
+  local slot = slot_of(j)
   redis.call('DEL', j.key)
-  if j.idempotency_slot and redis.call('GET', j.idempotency_slot) == j.id then
-    redis.call('DEL', j.idempotency_slot)
+  if slot and redis.call('GET', slot) == j.id then
+    redis.call('DEL', slot)
   end
   redis.call('ZREM', DUE, j.id)
   redis.call('ZREM', DELIVERIES, j.id)

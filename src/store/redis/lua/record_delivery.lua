@@ -12,7 +12,7 @@ put(j, 'wh_attempts', (j.wh_attempts or 0) + 1)
 put(j, 'wh_lease_token', nil)
 put(j, 'wh_lease_until', nil)
 if ARGV[5] ~= '' then
-  put(j, 'wh_last_status_code', ARGV[5])
+  put(j, 'wh_last_status_code', tonumber(ARGV[5]))
 else
   put(j, 'wh_last_status_code', nil)
 end

@@ -5,7 +5,8 @@ for level = 1, 3 do
   out[level] = n2s(redis.call('ZCARD', READY[level]))
   local head = redis.call('ZRANGE', READY[level], 0, 0)
   if head[1] then
-    local at = tonumber(redis.call('HGET', job_key(head[1]), 'created_at'))
+    local j = load(job_key(head[1]), head[1])
+    local at = j and j.created_at
     if at and (oldest == nil or at < oldest) then
       oldest = at
     end
