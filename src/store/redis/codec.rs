@@ -771,6 +771,12 @@ mod tests {
         assert_eq!(lua_list("local LIFE = {"), quoted(LIFE));
         let format = format!("local LIFE_FORMAT = '<{}'", "d".repeat(LIFE.len()));
         assert!(prelude.contains(&format), "{format}");
+        let format = format!(
+            "local STATUS_AT, WH_STATUS_AT = {}, {}",
+            Scalar::Status as usize + 1,
+            Scalar::WhStatus as usize + 1
+        );
+        assert!(prelude.contains(&format), "{format}");
         let statuses: Vec<_> = STATUSES.iter().map(|s| s.as_str()).collect();
         assert_eq!(lua_list("local STATUS_NAME = {[0] = "), quoted(&statuses));
         let deliveries: Vec<_> = DELIVERY_STATUSES.iter().map(|s| s.as_str()).collect();

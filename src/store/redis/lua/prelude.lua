@@ -43,12 +43,15 @@ local LIFE = {'status', 'attempts', 'revision', 'claims', 'lease_token', 'lease_
   'has_webhook', 'has_slot', 'wh_status', 'wh_attempts', 'wh_claims', 'wh_next_attempt_at',
   'wh_lease_token', 'wh_lease_until', 'wh_last_status_code'}
 local LIFE_FORMAT = '<ddddddddddddddddddddddddddd'
+local NLIFE = #LIFE
 local LIFE_SET = {}
-for _, f in ipairs(LIFE) do
-  LIFE_SET[f] = true
+for i = 1, NLIFE do
+  LIFE_SET[LIFE[i]] = true
 end
--- status and wh_status are packed as their index in these (JobStatus,
--- DeliveryStatus); transitions read them as names.
+-- status and wh_status (at these places in LIFE) are packed as their index
+-- in STATUS_NAME and DELIVERY_NAME (JobStatus, DeliveryStatus); transitions
+-- read them as names.
+local STATUS_AT, WH_STATUS_AT = 1, 21
 local STATUS_NAME = {[0] = 'queued', 'in_progress', 'succeeded', 'failed', 'canceled', 'expired'}
 local DELIVERY_NAME = {[0] = 'pending', 'succeeded', 'failed'}
 local STATUS_CODE, DELIVERY_CODE = {}, {}
@@ -70,16 +73,18 @@ local function job_key(id)
   return PREFIX .. 'job:' .. id
 end
 
--- The scalars of a 'life' field, into j.
+-- The scalars of a 'life' field, into j. (Loops here and in pack_life are
+-- numeric: they run for every job a script touches, and ipairs costs a
+-- function call per step in Lua 5.1.)
 local function unpack_life(j, life)
   local v = {struct.unpack(LIFE_FORMAT, life)}
-  for i, f in ipairs(LIFE) do
+  for i = 1, NLIFE do
     local x = v[i]
     if x >= 0 then
-      j[f] = x
+      j[LIFE[i]] = x
     end
   end
-  j.status = STATUS_NAME[j.status]
+  j.status = STATUS_NAME[v[STATUS_AT]]
   if j.wh_status then
     j.wh_status = DELIVERY_NAME[j.wh_status]
   end
@@ -88,16 +93,14 @@ end
 -- j's scalars as a 'life' field.
 local function pack_life(j)
   local v = {}
-  for i, f in ipairs(LIFE) do
-    local x = j[f]
-    if f == 'status' then
-      x = STATUS_CODE[x]
-    elseif f == 'wh_status' and x then
-      x = DELIVERY_CODE[x]
-    end
-    v[i] = x or -1
+  for i = 1, NLIFE do
+    v[i] = j[LIFE[i]] or -1
   end
-  return struct.pack(LIFE_FORMAT, unpack(v))
+  v[STATUS_AT] = STATUS_CODE[j.status]
+  if j.wh_status then
+    v[WH_STATUS_AT] = DELIVERY_CODE[j.wh_status]
+  end
+  return struct.pack(LIFE_FORMAT, unpack(v, 1, NLIFE))
 end
 
 -- The job's lifecycle scalars, or nil if there is no such job.
