@@ -16,9 +16,9 @@
 //! workers, the store's client) and, for Redis, the server's main thread,
 //! which runs every command one at a time and so bounds the rate. For Redis
 //! it then prints where that thread's time went, from `INFO commandstats`
-//! (reset before each phase): the scripts (`evalsha`, whose time includes
-//! the commands they run) beside the commands the scripts ran, and the
-//! client's round trips per job (the calls no script made; the run phase
+//! (reset before each phase): the functions (`fcall`, whose time includes
+//! the commands they run) beside the commands the functions ran, and the
+//! client's round trips per job (the calls no function made; the run phase
 //! includes the bench's own `stats` polls, one per 5 ms).
 
 use std::convert::Infallible;
@@ -179,9 +179,9 @@ impl Spent {
     }
 }
 
-/// The commands the store sends itself in these phases (a script's own
+/// The commands the store sends itself in these phases (a function's own
 /// commands are the others; `get`, which sends `HGETALL`, is not used here).
-const CLIENT_COMMANDS: &[&str] = &["evalsha", "eval", "script|load"];
+const CLIENT_COMMANDS: &[&str] = &["fcall", "function|load"];
 
 /// This process's CPU time so far, user and system, in seconds.
 fn process_cpu() -> f64 {
@@ -218,7 +218,7 @@ async fn command_stats(conn: &mut MultiplexedConnection) -> Vec<CommandStat> {
         .await
         .unwrap();
     let mut out = Vec::new();
-    // cmdstat_evalsha:calls=3,usec=400,usec_per_call=133.33,...
+    // cmdstat_fcall:calls=3,usec=400,usec_per_call=133.33,...
     for line in info.lines() {
         let Some((name, fields)) = line
             .strip_prefix("cmdstat_")

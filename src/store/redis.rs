@@ -16,6 +16,17 @@
 //! # let _ = layer; Ok(()) }
 //! ```
 //!
+//! # Redis version
+//!
+//! Redis 7.0 or later (or a fork with its functions, such as Valkey): the
+//! transitions are a library of Lua functions, loaded when the store
+//! connects (`FUNCTION LOAD`). Its name, `tower_defer_<hash of its source>`,
+//! changes with each version of the library, so replicas of different
+//! versions each call their own; `FUNCTION LIST` shows the libraries, and an
+//! old one may be dropped (`FUNCTION DELETE`) once no replica runs it.
+//! [`connect`](RedisStoreBuilder::connect) fails with a message that says so
+//! on an older server.
+//!
 //! # Layout
 //!
 //! Every key shares one hash tag, `{ns}` (namespace `tower-defer` unless
@@ -47,7 +58,7 @@
 //!
 //! # Transitions
 //!
-//! Every transition is one Lua script (`EVALSHA`), which mirrors the pure
+//! Every transition is one Lua function (`FCALL`), which mirrors the pure
 //! methods of [`Job`] and the bookkeeping of [`MemoryStore`](super::MemoryStore)
 //! (ready lists with aging, the due index, counters) and publishes the change;
 //! the client never reads, modifies and writes a job. Keys the client can name
@@ -66,9 +77,9 @@
 //!
 //! | operation | round trips |
 //! |---|---|
-//! | submit ([`enqueue`](Store::enqueue)) | 1 (`EVALSHA`) |
-//! | [`claim`](Store::claim) | at most 1 (`EVALSHA`; also applies what came due) |
-//! | [`complete`](Store::complete), [`complete_status`](Store::complete_status) | at most 1 (`EVALSHA`; the worker's `complete_status` gets no job back) |
+//! | submit ([`enqueue`](Store::enqueue)) | 1 (`FCALL`) |
+//! | [`claim`](Store::claim) | at most 1 (`FCALL`; also applies what came due) |
+//! | [`complete`](Store::complete), [`complete_status`](Store::complete_status) | at most 1 (`FCALL`; the worker's `complete_status` gets no job back) |
 //! | one lookup ([`get`](Store::get)) | 1 (`HGETALL`) |
 //! | a long-poll ([`wait`](Store::wait)) | 1 per change seen, plus 1 at its deadline |
 //!
@@ -81,7 +92,8 @@
 //! The worker also watches a running job (that is how a cancel on another
 //! replica reaches it): one small read when the call starts, then one read
 //! and one lease extension per third of the lease. After a Redis restart
-//! each script costs two more round trips once (`NOSCRIPT`, `SCRIPT LOAD`).
+//! that lost the functions (one without persistence), the first call that
+//! finds them missing costs two more round trips once (`FUNCTION LOAD`).
 //!
 //! # Notifications
 //!
@@ -136,12 +148,13 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, RedisError, Script, ScriptInvocation};
+use ::redis::{Client, RedisError};
 use futures_util::StreamExt;
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
 
 use self::batch::Batcher;
+use self::scripts::{Function, Invocation};
 use super::{
     Claim, DeliveryClaim, EnqueueError, Enqueued, QueueStats, QueuedCancel, Store, StoreError,
 };
@@ -251,18 +264,21 @@ impl RedisStoreBuilder {
                 .map_err(failed("connect"))
         })
         .await?;
-        // Every script loaded now, once: otherwise every caller of a busy
-        // store that has just started meets NOSCRIPT and loads it again.
-        // (After a Redis restart, `Script` still loads on NOSCRIPT.)
+        // The library loaded now, once: otherwise every caller of a busy
+        // store that has just started finds it missing and loads it too.
+        // (Should Redis lose it later, the call that finds out loads it.)
         let mut c = conn.clone();
-        exec(&io, hold, timeout, "load scripts", async move {
-            for script in scripts::ALL {
-                script
-                    .load_async(&mut c)
-                    .await
-                    .map_err(failed("load scripts"))?;
-            }
-            Ok(())
+        exec(&io, hold, timeout, "load functions", async move {
+            scripts::load(&mut c).await.map_err(|e| {
+                if e.detail().is_some_and(|d| d.contains("unknown command")) {
+                    StoreError::unavailable(
+                        "redis: RedisStore needs Redis 7.0 or later (FUNCTION LOAD)",
+                        e,
+                    )
+                } else {
+                    failed("load functions")(e)
+                }
+            })
         })
         .await?;
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -370,8 +386,8 @@ impl RedisStore {
         }
     }
 
-    fn invocation(&self, script: &'static Script, now: Timestamp) -> ScriptInvocation<'static> {
-        self.inner.keys.invocation(script, now)
+    fn invocation(&self, function: Function, now: Timestamp) -> Invocation {
+        self.inner.keys.invocation(function, now)
     }
 
     /// Runs a script; its answer is a tag and what follows it.
@@ -384,7 +400,7 @@ impl RedisStore {
         queued_only: bool,
     ) -> Result<(String, Option<Job>), StoreError> {
         let now = Timestamp::now();
-        let mut inv = self.invocation(&scripts::CANCEL, now);
+        let mut inv = self.invocation(Function::Cancel, now);
         inv.key(self.job_key(id))
             .arg(id.as_str())
             .arg(if owner.is_some() { "1" } else { "0" })
@@ -404,7 +420,7 @@ impl RedisStore {
     async fn run(
         &self,
         what: &'static str,
-        inv: ScriptInvocation<'static>,
+        inv: Invocation,
     ) -> Result<(String, Vec<Vec<u8>>), StoreError> {
         let mut conn = self.inner.conn.clone();
         let mut out = self
@@ -498,7 +514,7 @@ fn claim_line(
                     .map(|&i| calls[i].now)
                     .max()
                     .unwrap_or(calls[first].now);
-                let mut inv = keys.invocation(&scripts::CLAIM, now);
+                let mut inv = keys.invocation(Function::Claim, now);
                 inv.arg(calls[first].lease_ms)
                     .arg(
                         calls[first]
@@ -568,7 +584,7 @@ fn complete_line(
                 .map(|c| c.now)
                 .max()
                 .unwrap_or_else(Timestamp::now);
-            let mut inv = keys.invocation(&scripts::COMPLETE, now);
+            let mut inv = keys.invocation(Function::Complete, now);
             for c in &calls {
                 inv.key(keys.job(c.id));
                 inv.arg(c.now.as_millis())
@@ -687,11 +703,7 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// Appends a response and an error as the complete and retry scripts take them.
-fn outcome_args(
-    inv: &mut ScriptInvocation<'static>,
-    response: Option<&StoredResponse>,
-    error: Option<&JobError>,
-) {
+fn outcome_args(inv: &mut Invocation, response: Option<&StoredResponse>, error: Option<&JobError>) {
     match response {
         Some(r) => {
             let [status, headers, body] = codec::response_args(r);
@@ -718,9 +730,9 @@ struct Keys {
 }
 
 impl Keys {
-    /// A script call with the keys and arguments every script takes.
-    fn invocation(&self, script: &'static Script, now: Timestamp) -> ScriptInvocation<'static> {
-        let mut inv = script.prepare_invoke();
+    /// A function call with the keys and arguments every function takes.
+    fn invocation(&self, function: Function, now: Timestamp) -> Invocation {
+        let mut inv = Invocation::new(function);
         for key in &self.common {
             inv.key(key.as_str());
         }
@@ -942,7 +954,7 @@ impl Store for RedisStore {
             .as_deref()
             .map(|k| keys.idempotency(new.options.owner.as_deref(), k));
         let job = Job::new(id, new, now);
-        let mut inv = self.invocation(&scripts::ENQUEUE, now);
+        let mut inv = self.invocation(Function::Enqueue, now);
         inv.key(keys.job(id));
         if let Some(slot) = &slot {
             inv.key(slot.as_str());
@@ -1018,7 +1030,7 @@ impl Store for RedisStore {
             if now >= until {
                 return self.get(id).await;
             }
-            let mut inv = self.invocation(&scripts::PEEK, now);
+            let mut inv = self.invocation(Function::Peek, now);
             inv.key(self.job_key(id)).arg(seen);
             let (tag, rest) = self.run("wait", inv).await?;
             match tag.as_str() {
@@ -1074,7 +1086,7 @@ impl Store for RedisStore {
         lease: Duration,
     ) -> Result<Lease, StoreError> {
         let now = Timestamp::now();
-        let mut inv = self.invocation(&scripts::EXTEND, now);
+        let mut inv = self.invocation(Function::Extend, now);
         inv.key(self.job_key(id))
             .arg(id.as_str())
             .arg(token.0)
@@ -1120,7 +1132,7 @@ impl Store for RedisStore {
         retry: Retry,
     ) -> Result<Job, StoreError> {
         let now = Timestamp::now();
-        let mut inv = self.invocation(&scripts::RETRY_LATER, now);
+        let mut inv = self.invocation(Function::RetryLater, now);
         inv.key(self.job_key(id))
             .arg(id.as_str())
             .arg(token.0)
@@ -1160,7 +1172,7 @@ impl Store for RedisStore {
 
     async fn claim_delivery(&self, lease: Duration) -> Result<Option<DeliveryClaim>, StoreError> {
         let now = Timestamp::now();
-        let mut inv = self.invocation(&scripts::CLAIM_DELIVERY, now);
+        let mut inv = self.invocation(Function::ClaimDelivery, now);
         inv.arg(millis(lease)).arg(CLAIM_DUE_BATCH);
         let (tag, rest) = self.run("claim_delivery", inv).await?;
         if tag == "claimed" {
@@ -1190,7 +1202,7 @@ impl Store for RedisStore {
         attempt: DeliveryAttempt,
     ) -> Result<Job, StoreError> {
         let now = Timestamp::now();
-        let mut inv = self.invocation(&scripts::RECORD_DELIVERY, now);
+        let mut inv = self.invocation(Function::RecordDelivery, now);
         inv.key(self.job_key(id))
             .arg(id.as_str())
             .arg(token.0)
@@ -1223,7 +1235,7 @@ impl Store for RedisStore {
     }
 
     async fn stats(&self) -> Result<QueueStats, StoreError> {
-        let inv = self.invocation(&scripts::STATS, Timestamp::now());
+        let inv = self.invocation(Function::Stats, Timestamp::now());
         let mut conn = self.inner.conn.clone();
         let out = self
             .exec("stats", async move {
@@ -1248,7 +1260,7 @@ impl Store for RedisStore {
     }
 
     async fn sweep(&self) -> Result<Option<Timestamp>, StoreError> {
-        let mut inv = self.invocation(&scripts::SWEEP, Timestamp::now());
+        let mut inv = self.invocation(Function::Sweep, Timestamp::now());
         inv.arg(SWEEP_DUE_BATCH);
         let (tag, _) = self.run("sweep", inv).await?;
         let next = parse_u64("sweep", tag.as_bytes())?.map(Timestamp::from_millis);

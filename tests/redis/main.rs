@@ -440,3 +440,33 @@ async fn webhook_delivery_follows_the_job_state_machine() {
     store.sweep().await.unwrap();
     assert!(store.get(job.id).await.unwrap().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_the_functions_is_given_them_again() {
+    let server = redis_or_skip!(false);
+    let counter = Counter::default();
+    let a = DeferLayer::new(store(&server, "t").await).layer(counter.service("a"));
+    let first = submit(&a, &json!("before")).await;
+    // What a restart without persistence, or an operator, does.
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let flushed: String = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(flushed, "OK");
+    let second = submit(&a, &json!("after")).await;
+    for id in [&first, &second] {
+        assert_eq!(
+            finished(&a, id, Duration::from_secs(20)).await["status"],
+            "succeeded"
+        );
+    }
+    let libraries: Vec<redis::Value> = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(libraries.len(), 1, "loaded again, once: {libraries:?}");
+}

@@ -1,7 +1,8 @@
--- Shared by every script of tower-defer's Redis store: prepended to each at
--- build time (see scripts.rs). It mirrors the pure transitions of `Job`
--- (src/job.rs) and the bookkeeping of `MemoryStore::transition`
--- (src/store/memory.rs): keep the three in step.
+-- The top of tower-defer's Redis library (see scripts.rs): what every
+-- function shares. Redis runs it once, when the library is loaded; each
+-- function then starts with begin(KEYS, ARGV). It mirrors the pure
+-- transitions of `Job` (src/job.rs) and the bookkeeping of
+-- `MemoryStore::transition` (src/store/memory.rs): keep the three in step.
 --
 -- KEYS[1..3]  {ns}:ready:0|1|2  runnable jobs per priority (score = global sequence)
 -- KEYS[4]     {ns}:due          each job's Job::next_due() in ms
@@ -11,19 +12,18 @@
 -- KEYS[8]     {ns}:deliveries   webhook deliveries nobody holds, by Job::delivery_ready_at()
 -- ARGV[1]     the key prefix "{ns}:"; ARGV[2] now (ms, the caller's clock)
 --
+-- Only constants may be computed here, at load time: Redis gives a
+-- library's top level no more than the language itself.
+--
 -- A script that must reach a job it found inside Redis (the head of a ready
 -- or due zset) builds that job's key from ARGV[1]. Every such key carries the
 -- same {ns} hash tag as the declared KEYS, so all of them live in one hash
 -- slot: the layout Redis Cluster requires of a script in practice.
 
-local READY = {KEYS[1], KEYS[2], KEYS[3]}
-local DUE, SEQ, N_RETRYING, N_IN_PROGRESS = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local DELIVERIES = KEYS[8]
-local PREFIX = ARGV[1]
-local NOW = tonumber(ARGV[2])
-local CHANGED = PREFIX .. 'changed'
-local WORK = PREFIX .. 'work'
-local DELIVER = PREFIX .. 'deliver'
+-- The keys, the prefix, the time and the channels of the call being run
+-- (begin sets them).
+local READY, DUE, SEQ, N_RETRYING, N_IN_PROGRESS, DELIVERIES
+local PREFIX, NOW, CHANGED, WORK, DELIVER
 -- Redis drops a finished job's key itself this long after its expires_at;
 -- until then reads treat it as gone (slack for clock skew between hosts).
 local EXPIRY_SLACK_MS = 60000
@@ -609,6 +609,20 @@ local function tagged(tag, key)
   local out = hgetall(key)
   table.insert(out, 1, tag)
   return out
+end
+
+-- Every function starts here: the keys and arguments every call takes
+-- first.
+local function begin(keys, argv)
+  READY = {keys[1], keys[2], keys[3]}
+  DUE, SEQ, N_RETRYING, N_IN_PROGRESS = keys[4], keys[5], keys[6], keys[7]
+  DELIVERIES = keys[8]
+  PREFIX = argv[1]
+  NOW = tonumber(argv[2])
+  CHANGED = PREFIX .. 'changed'
+  WORK = PREFIX .. 'work'
+  DELIVER = PREFIX .. 'deliver'
+  gathered = nil
 end
 
 -- ---- end of prelude ----
