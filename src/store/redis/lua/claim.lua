@@ -27,7 +27,7 @@ local function head(level)
       return nil
     end
     local from, size = passed[level + 1], math.max(want - claimed, 1)
-    local ids = redis.call('ZRANGE', READY[level + 1], from, from + size - 1)
+    local ids = redis.call('ZRANGE', READY[level + 1], n2s(from), n2s(from + size - 1))
     -- A short page is the end of the list.
     page = {pos = 1, last = #ids < size}
     for i, id in ipairs(ids) do

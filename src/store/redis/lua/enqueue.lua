@@ -36,7 +36,7 @@ if slot then
   redis.call('SET', slot, id)
 end
 redis.call('HSET', key, unpack(fields))
-redis.call('ZADD', READY[tonumber(ARGV[8]) + 1], redis.call('INCR', SEQ), id)
+redis.call('ZADD', READY[tonumber(ARGV[8]) + 1], n2s(redis.call('INCR', SEQ)), id)
 redis.call('ZADD', DUE, ARGV[9], id)
 redis.call('PUBLISH', WORK, id)
 return {'created'}

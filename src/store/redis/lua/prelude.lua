@@ -63,11 +63,16 @@ for code = 0, #DELIVERY_NAME do
 end
 
 -- Every number here is a whole number of milliseconds or a count, below
--- 2^53: '%d' prints it exactly, and costs far less than '%.0f' (which goes
--- through the C library's floating-point printing).
+-- 2^53: '%d' prints it exactly, and costs far less than '%.0f' or the
+-- '%.17g' redis.call uses for a number argument (both go through the C
+-- library's floating-point printing): numbers reach redis.call as n2s().
 local function n2s(n)
   return string.format('%d', n)
 end
+
+-- An empty table, never written to: what a function that changed nothing
+-- reads or returns.
+local NOTHING = {}
 
 local function job_key(id)
   return PREFIX .. 'job:' .. id
@@ -92,7 +97,8 @@ end
 
 -- j's scalars as a 'life' field.
 local function pack_life(j)
-  local v = {}
+  -- Sized once (a copy of LIFE, overwritten), not grown five times.
+  local v = {unpack(LIFE)}
   for i = 1, NLIFE do
     v[i] = j[LIFE[i]] or -1
   end
@@ -109,7 +115,7 @@ local function load(key, id)
   if not life then
     return nil
   end
-  local j = {key = key, id = id, set = {}, del = {}}
+  local j = {key = key, id = id}
   unpack_life(j, life)
   return j
 end
@@ -121,7 +127,7 @@ local function load_whole(key, id)
   local flat = redis.call('HGETALL', key)
   for i = 1, #flat, 2 do
     if flat[i] == 'life' then
-      local j = {key = key, id = id, set = {}, del = {}, read = flat}
+      local j = {key = key, id = id, read = flat}
       unpack_life(j, flat[i + 1])
       return j
     end
@@ -137,15 +143,24 @@ local function slot_of(j)
   return nil
 end
 
+-- Records a change for commit(): a scalar of 'life', or a field of its own
+-- (j.set and j.del are made when first needed: most transitions change
+-- only 'life').
 local function put(j, f, v)
   if LIFE_SET[f] then
     j.life_changed = true
   elseif v == nil then
+    j.del = j.del or {}
     j.del[f] = true
-    j.set[f] = nil
+    if j.set then
+      j.set[f] = nil
+    end
   else
+    j.set = j.set or {}
     j.set[f] = v
-    j.del[f] = nil
+    if j.del then
+      j.del[f] = nil
+    end
   end
   j[f] = v
 end
@@ -367,7 +382,7 @@ local function count(key, by)
   if gathered then
     gathered.counts[key] = (gathered.counts[key] or 0) + by
   else
-    redis.call('INCRBY', key, by)
+    redis.call('INCRBY', key, n2s(by))
   end
 end
 
@@ -378,7 +393,7 @@ local function index(zset, id, score)
     local pending = zset == DUE and gathered.due or gathered.deliveries
     pending[id] = score
   elseif score then
-    redis.call('ZADD', zset, score, id)
+    redis.call('ZADD', zset, n2s(score), id)
   else
     redis.call('ZREM', zset, id)
   end
@@ -389,7 +404,7 @@ local function set_ready(level, id, ready)
   if gathered then
     gathered.ready[#gathered.ready + 1] = {level, id, ready}
   elseif ready then
-    redis.call('ZADD', READY[level], redis.call('INCR', SEQ), id)
+    redis.call('ZADD', READY[level], n2s(redis.call('INCR', SEQ)), id)
   else
     redis.call('ZREM', READY[level], id)
   end
@@ -404,14 +419,14 @@ local function flush()
   end
   for key, by in pairs(g.counts) do
     if by ~= 0 then
-      redis.call('INCRBY', key, by)
+      redis.call('INCRBY', key, n2s(by))
     end
   end
   for zset, pending in pairs({[DUE] = g.due, [DELIVERIES] = g.deliveries}) do
     local add, gone = {}, {}
     for id, score in pairs(pending) do
       if score then
-        add[#add + 1] = score
+        add[#add + 1] = n2s(score)
         add[#add + 1] = id
       else
         gone[#gone + 1] = id
@@ -447,9 +462,9 @@ local function flush()
     end
   end
   if #new > 0 then
-    local seq = redis.call('INCRBY', SEQ, #new) - #new
+    local seq = redis.call('INCRBY', SEQ, n2s(#new)) - #new
     for i, change in ipairs(new) do
-      redis.call('ZADD', READY[change[1]], seq + i, change[2])
+      redis.call('ZADD', READY[change[1]], n2s(seq + i), change[2])
     end
   end
   for channel, ids in pairs(g.published) do
@@ -498,7 +513,7 @@ local function commit(j, b)
     args[1] = 'life'
     args[2] = pack_life(j)
   end
-  for f, v in pairs(j.set) do
+  for f, v in pairs(j.set or NOTHING) do
     args[#args + 1] = f
     if type(v) == 'number' then
       args[#args + 1] = n2s(v)
@@ -509,17 +524,18 @@ local function commit(j, b)
   if #args > 0 then
     redis.call('HSET', j.key, unpack(args))
   end
-  local gone = {}
-  for f in pairs(j.del) do
-    gone[#gone + 1] = f
-  end
-  if #gone > 0 then
+  local gone = NOTHING
+  if j.del then
+    gone = {}
+    for f in pairs(j.del) do
+      gone[#gone + 1] = f
+    end
     redis.call('HDEL', j.key, unpack(gone))
   end
   j.written, j.deleted = args, gone
   -- Redis forgets a finished job itself, unless a delivery still needs it.
   if b.kept and is_terminal(j.status) and not delivering(j) then
-    local at = j.expires_at + EXPIRY_SLACK_MS
+    local at = n2s(j.expires_at + EXPIRY_SLACK_MS)
     redis.call('PEXPIREAT', j.key, at)
     local slot = slot_of(j)
     if slot then
@@ -593,7 +609,7 @@ local function apply_due(limit)
       -- deadline must then expire); without one it would loop.
       local due = next_due(j)
       if due and (changed or due > NOW) then
-        redis.call('ZADD', DUE, due, id)
+        redis.call('ZADD', DUE, n2s(due), id)
       end
     end
   end
