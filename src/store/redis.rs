@@ -138,7 +138,7 @@
 
 mod batch;
 mod codec;
-mod scripts;
+mod functions;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -154,7 +154,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
 
 use self::batch::Batcher;
-use self::scripts::{Function, Invocation};
+use self::functions::{Function, Invocation};
 use super::{
     Claim, DeliveryClaim, EnqueueError, Enqueued, QueueStats, QueuedCancel, Store, StoreError,
 };
@@ -269,7 +269,7 @@ impl RedisStoreBuilder {
         // (Should Redis lose it later, the call that finds out loads it.)
         let mut c = conn.clone();
         exec(&io, hold, timeout, "load functions", async move {
-            scripts::load(&mut c).await.map_err(|e| {
+            functions::load(&mut c).await.map_err(|e| {
                 if e.detail().is_some_and(|d| d.contains("unknown command")) {
                     StoreError::unavailable(
                         "redis: RedisStore needs Redis 7.0 or later (FUNCTION LOAD)",
@@ -390,9 +390,8 @@ impl RedisStore {
         self.inner.keys.invocation(function, now)
     }
 
-    /// Runs a script; its answer is a tag and what follows it.
-    /// The cancel script, for both cancels: its answer tag, and the job when
-    /// it was found (and, when canceled, its waiters told).
+    /// The cancel function, for both cancels: its answer tag, and the job
+    /// when it was found (and, when canceled, its waiters told).
     async fn run_cancel(
         &self,
         id: JobId,
@@ -417,6 +416,7 @@ impl RedisStore {
         Ok((tag, job))
     }
 
+    /// Calls a function; its answer is a tag and what follows it.
     async fn run(
         &self,
         what: &'static str,

@@ -752,7 +752,7 @@ mod tests {
     /// write them.
     #[test]
     fn the_scripts_pack_life_as_the_codec_does() {
-        let prelude = super::super::scripts::sources()[0];
+        let prelude = super::super::functions::sources()[0];
         let quoted = |names: &[&str]| {
             names
                 .iter()
@@ -789,7 +789,7 @@ mod tests {
     #[test]
     fn the_scripts_spell_the_fields_as_the_codec_does() {
         use field::*;
-        let lua = super::super::scripts::sources().concat();
+        let lua = super::super::functions::sources().concat();
         for name in [
             LIFE,
             ERROR_CODE,

@@ -1,4 +1,4 @@
--- The top of tower-defer's Redis library (see scripts.rs): what every
+-- The top of tower-defer's Redis library (see functions.rs): what every
 -- function shares. Redis runs it once, when the library is loaded; each
 -- function then starts with begin(KEYS, ARGV). It mirrors the pure
 -- transitions of `Job` (src/job.rs) and the bookkeeping of
@@ -530,7 +530,10 @@ local function commit(j, b)
     for f in pairs(j.del) do
       gone[#gone + 1] = f
     end
-    redis.call('HDEL', j.key, unpack(gone))
+    -- A field put back after it was deleted leaves j.del empty.
+    if #gone > 0 then
+      redis.call('HDEL', j.key, unpack(gone))
+    end
   end
   j.written, j.deleted = args, gone
   -- Redis forgets a finished job itself, unless a delivery still needs it.
