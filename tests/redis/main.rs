@@ -470,3 +470,72 @@ async fn a_redis_that_lost_the_functions_is_given_them_again() {
         .unwrap();
     assert_eq!(libraries.len(), 1, "loaded again, once: {libraries:?}");
 }
+
+/// A server that speaks RESP and answers `+OK` to everything but
+/// `FUNCTION`, which it does not know: Redis 6 as `connect` meets it.
+fn redis_6() -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut out = stream.try_clone().unwrap();
+                let mut input = BufReader::new(stream);
+                let mut line = String::new();
+                // Each command: "*N\r\n" then N times "$len\r\n<bytes>\r\n".
+                while input.read_line(&mut line).unwrap_or(0) > 0 {
+                    let n: usize = line.trim()[1..].parse().unwrap();
+                    let mut words = Vec::new();
+                    for _ in 0..n {
+                        line.clear();
+                        input.read_line(&mut line).unwrap();
+                        let len: usize = line.trim()[1..].parse().unwrap();
+                        let mut word = vec![0; len + 2];
+                        input.read_exact(&mut word).unwrap();
+                        word.truncate(len);
+                        words.push(String::from_utf8_lossy(&word).to_uppercase());
+                    }
+                    let answer = if words[0] == "FUNCTION" {
+                        "-ERR unknown command 'FUNCTION', with args beginning with: 'LOAD'\r\n"
+                    } else {
+                        "+OK\r\n"
+                    };
+                    if out.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    format!("redis://127.0.0.1:{port}/0")
+}
+
+#[tokio::test]
+async fn connect_says_what_is_wrong() {
+    use tower_defer::RedisStore;
+    let error = |result: Result<RedisStore, tower_defer::store::StoreError>| {
+        let e = result.expect_err("must not connect");
+        assert!(e.is_unavailable());
+        e.to_string()
+    };
+    assert_eq!(
+        error(RedisStore::connect(redis_6()).await),
+        "redis: RedisStore needs Redis 7.0 or later (FUNCTION LOAD)"
+    );
+    assert_eq!(
+        error(RedisStore::connect("http://127.0.0.1:1/").await),
+        "redis: the URL is not valid"
+    );
+    assert_eq!(
+        error(
+            RedisStore::builder("redis://127.0.0.1:1/0")
+                .namespace("a{b}")
+                .connect()
+                .await
+        ),
+        "redis: the namespace must not contain '{' or '}'"
+    );
+}
