@@ -47,11 +47,12 @@
 //! | channel `{ns}:deliver` | pub/sub | job ids, when webhook deliveries become claimable |
 //!
 //! A job hash keeps its lifecycle scalars (status, attempts, revision,
-//! lease, deadlines and times, the webhook delivery's state) packed in one
-//! field, `life`: a little-endian `f64` per scalar, `-1` for none, which a
-//! script reads with one `struct.unpack`. The rest are fields of their own:
-//! `error_code` and `error_message`, the options (`owner`,
-//! `idempotency_key`, `webhook_url`, durations in ms), the request as
+//! lease, deadlines and times, the webhook delivery's state, the options'
+//! durations) packed in one field, `life`: a little-endian `f64` per
+//! scalar, `-1` for none, which a script reads with one `struct.unpack`.
+//! The rest are fields of their own: `id`, `error_code` and
+//! `error_message`, the options that are text (`owner`,
+//! `idempotency_key`, `webhook_url`, `webhook_format`), the request as
 //! `method`, `path`, `req_headers` (a small binary encoding) and `req_body`
 //! (raw bytes), the response likewise. The encoding lives in one place,
 //! `codec.rs`.

@@ -1,16 +1,15 @@
 //! A job as a Redis hash, and back: the one place that knows the encoding.
 //!
 //! The lifecycle scalars (status, attempts, revision, lease, deadlines and
-//! times, the webhook delivery's state, and flags saying which string fields
-//! are there) are packed into one field, `life` ([`Life`]): one
+//! times, the webhook delivery's state, flags saying which string fields
+//! are there, and the options' durations) are packed into one field, `life` ([`Life`]): one
 //! little-endian `f64` per scalar, in the order of [`LIFE`], `-1` for none.
 //! The Lua scripts read and write them all with one `struct.unpack` and one
 //! `struct.pack`; as fields of their own (the layout before 0.2) each
 //! transition spent most of its time in Redis converting them.
 //!
 //! Everything else is a field of its own: strings as text (error code and
-//! message, owner, webhook URL...), the options the scripts never read as
-//! decimal milliseconds, the request as `method`, `path`, `req_headers` and
+//! message, owner, webhook URL...), the request as `method`, `path`, `req_headers` and
 //! `req_body`, the response as `resp_status`, `resp_headers` and
 //! `resp_body`: bodies are raw bytes, header maps a small length-prefixed
 //! binary encoding ([`encode_headers`]). Keeping method, path and body apart
@@ -53,10 +52,6 @@ pub(super) mod field {
     pub(crate) const LIFE: &str = "life";
     pub(crate) const ERROR_CODE: &str = "error_code";
     pub(crate) const ERROR_MESSAGE: &str = "error_message";
-    pub(crate) const MAX_TIME_IN_QUEUE_MS: &str = "max_time_in_queue_ms";
-    pub(crate) const EXECUTION_TIMEOUT_MS: &str = "execution_timeout_ms";
-    pub(crate) const RETRY_INITIAL_DELAY_MS: &str = "retry_initial_delay_ms";
-    pub(crate) const RETRY_MAX_DELAY_MS: &str = "retry_max_delay_ms";
     pub(crate) const OWNER: &str = "owner";
     pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency_key";
     pub(crate) const METHOD: &str = "method";
@@ -122,6 +117,11 @@ life! {
     WhLeaseToken = "wh_lease_token",
     WhLeaseUntil = "wh_lease_until",
     WhLastStatusCode = "wh_last_status_code",
+    // Options the scripts do not read, here to keep the job's fields few.
+    MaxTimeInQueueMs = "max_time_in_queue_ms",
+    ExecutionTimeoutMs = "execution_timeout_ms",
+    RetryInitialDelayMs = "retry_initial_delay_ms",
+    RetryMaxDelayMs = "retry_max_delay_ms",
 }
 
 /// `status` and `wh_status` are packed as their index here (`STATUS_NAME`
@@ -186,6 +186,10 @@ impl Life {
             life.set(WhLeaseUntil, w.lease.map(|l| l.until.as_millis()));
             life.set(WhLastStatusCode, w.last_status_code.map(u64::from));
         }
+        life.set(MaxTimeInQueueMs, Some(millis(o.max_time_in_queue)));
+        life.set(ExecutionTimeoutMs, Some(millis(o.execution_timeout)));
+        life.set(RetryInitialDelayMs, Some(millis(o.retry.initial_delay)));
+        life.set(RetryMaxDelayMs, Some(millis(o.retry.max_delay)));
         life
     }
 
@@ -204,6 +208,10 @@ impl Life {
 
     fn time(&self, scalar: Scalar) -> Option<Timestamp> {
         self.get(scalar).map(Timestamp::from_millis)
+    }
+
+    fn ms(&self, scalar: Scalar, default: Duration) -> Duration {
+        self.get(scalar).map_or(default, Duration::from_millis)
     }
 
     /// The `life` field's bytes. (Every value is below 2^53 in practice, so
@@ -322,10 +330,6 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn ms(d: Duration) -> Vec<u8> {
-    num(millis(d))
-}
-
 /// The fields of a job just made by [`Job::new`], less `method`, `path` and
 /// `req_body`, which the enqueue script takes apart (it compares them).
 pub(super) fn new_job_fields(job: &Job) -> Vec<(&'static str, Vec<u8>)> {
@@ -334,10 +338,6 @@ pub(super) fn new_job_fields(job: &Job) -> Vec<(&'static str, Vec<u8>)> {
     let mut out = vec![
         (ID, job.id.as_str().as_bytes().to_vec()),
         (LIFE, Life::of(job, job.created_at).encode()),
-        (MAX_TIME_IN_QUEUE_MS, ms(o.max_time_in_queue)),
-        (EXECUTION_TIMEOUT_MS, ms(o.execution_timeout)),
-        (RETRY_INITIAL_DELAY_MS, ms(o.retry.initial_delay)),
-        (RETRY_MAX_DELAY_MS, ms(o.retry.max_delay)),
         (REQ_HEADERS, encode_headers(&job.request.headers)),
     ];
     if let Some(owner) = &o.owner {
@@ -426,10 +426,6 @@ fn opt_num(f: &Fields, name: &str) -> Result<Option<u64>, CodecError> {
         .transpose()
 }
 
-fn opt_ms(f: &Fields, name: &str, default: Duration) -> Result<Duration, CodecError> {
-    Ok(opt_num(f, name)?.map_or(default, Duration::from_millis))
-}
-
 fn code_from(s: &str) -> Result<ErrorCode, CodecError> {
     ErrorCode::ALL
         .into_iter()
@@ -499,19 +495,17 @@ pub(super) fn decode_job(id: JobId, mut f: Fields) -> Result<Job, CodecError> {
         .ok_or_else(|| bad(format!("unknown status {status}")))?;
     let options = JobOptions {
         priority,
-        max_time_in_queue: opt_ms(&f, MAX_TIME_IN_QUEUE_MS, defaults.max_time_in_queue)?,
-        result_ttl: life
-            .get(S::ResultTtlMs)
-            .map_or(defaults.result_ttl, Duration::from_millis),
-        execution_timeout: opt_ms(&f, EXECUTION_TIMEOUT_MS, defaults.execution_timeout)?,
+        max_time_in_queue: life.ms(S::MaxTimeInQueueMs, defaults.max_time_in_queue),
+        result_ttl: life.ms(S::ResultTtlMs, defaults.result_ttl),
+        execution_timeout: life.ms(S::ExecutionTimeoutMs, defaults.execution_timeout),
         retry: RetryPolicy {
             max_attempts: life
                 .get(S::MaxAttempts)
                 .map_or(defaults.retry.max_attempts, |n| {
                     u32::try_from(n).unwrap_or(u32::MAX)
                 }),
-            initial_delay: opt_ms(&f, RETRY_INITIAL_DELAY_MS, defaults.retry.initial_delay)?,
-            max_delay: opt_ms(&f, RETRY_MAX_DELAY_MS, defaults.retry.max_delay)?,
+            initial_delay: life.ms(S::RetryInitialDelayMs, defaults.retry.initial_delay),
+            max_delay: life.ms(S::RetryMaxDelayMs, defaults.retry.max_delay),
         },
         owner: text(&f, OWNER)?.map(Arc::from),
         idempotency_key: text(&f, IDEMPOTENCY_KEY)?.map(Arc::from),
@@ -584,11 +578,17 @@ mod tests {
             owner: Some("tenant:a".into()),
             idempotency_key: Some("key 1".into()),
             result_ttl: Duration::from_millis(1234),
+            max_time_in_queue: Duration::from_millis(4321),
+            execution_timeout: Duration::from_millis(987),
+            retry: RetryPolicy {
+                max_attempts: 7,
+                initial_delay: Duration::from_millis(250),
+                max_delay: Duration::from_secs(9),
+            },
             webhook: Some(WebhookTarget {
                 url: "https://example.com/hook?a=1".into(),
                 format: WebhookFormat::Baseten,
             }),
-            ..JobOptions::default()
         };
         Job::new(
             JobId::random(),

@@ -33,7 +33,9 @@ local EXPIRY_SLACK_MS = 60000
 -- value is a count, a flag or a time in ms, whole and below 2^53, so a double
 -- holds it exactly. One HGET and one struct.unpack read them all; as fields
 -- of their own they cost about ten times as much (a Lua string per field,
--- tonumber per number, string.format per write). codec.rs spells the same
+-- tonumber per number, string.format per write). The options' durations,
+-- which no script reads, are here too: fewer fields make every read and
+-- write of the hash cheaper. codec.rs spells the same
 -- list (a unit test compares them). The strings a transition writes (error
 -- code and message, the last webhook error) stay fields of their own; a flag
 -- in 'life' says whether each string field a script needs is there.
@@ -41,8 +43,9 @@ local LIFE = {'status', 'attempts', 'revision', 'claims', 'lease_token', 'lease_
   'retry_at', 'queue_deadline', 'created_at', 'status_at', 'started_at', 'completed_at',
   'expires_at', 'ready_at', 'priority', 'max_attempts', 'result_ttl_ms', 'has_error',
   'has_webhook', 'has_slot', 'wh_status', 'wh_attempts', 'wh_claims', 'wh_next_attempt_at',
-  'wh_lease_token', 'wh_lease_until', 'wh_last_status_code'}
-local LIFE_FORMAT = '<ddddddddddddddddddddddddddd'
+  'wh_lease_token', 'wh_lease_until', 'wh_last_status_code', 'max_time_in_queue_ms',
+  'execution_timeout_ms', 'retry_initial_delay_ms', 'retry_max_delay_ms'}
+local LIFE_FORMAT = '<ddddddddddddddddddddddddddddddd'
 local NLIFE = #LIFE
 local LIFE_SET = {}
 for i = 1, NLIFE do
