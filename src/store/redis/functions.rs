@@ -1,9 +1,10 @@
 //! The Lua functions: one per transition, each run atomically by Redis.
 //!
 //! They form one library, loaded with `FUNCTION LOAD` (Redis 7.0 or later):
-//! `lua/prelude.lua` (the transitions of [`Job`](crate::Job) and the
-//! bookkeeping of the ready lists, the due index and the counters) once, then
-//! each function, whose body is its own file. Redis runs a library's top level
+//! the Lua that reads and writes a job's packed scalars, which the codec
+//! writes ([`Life::lua`]), then `lua/prelude.lua` (the transitions of
+//! [`Job`](crate::Job) and the bookkeeping of the ready lists, the due index
+//! and the counters) once, then each function, whose body is its own file. Redis runs a library's top level
 //! once, when it loads it. A script sent with `EVALSHA` ran the whole prelude
 //! (some forty closures and its tables) on every call: about 7.5 µs of Redis's
 //! one thread, a quarter of a submission's cost there.
@@ -17,6 +18,8 @@ use std::sync::LazyLock;
 
 use ::redis::aio::ConnectionLike;
 use ::redis::{Cmd, FromRedisValue, RedisError, RedisResult, ToRedisArgs};
+
+use super::codec::Life;
 
 /// Declares the functions once: [`Function`] and the files of their bodies.
 macro_rules! functions {
@@ -57,18 +60,19 @@ struct Library {
 }
 
 static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
+    let life = Life::lua();
     // FNV-1a: a name that changes with the source, not a secret.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in BODIES
         .iter()
-        .flat_map(|(name, body)| [name, body])
-        .chain([&PRELUDE])
-        .flat_map(|s| s.bytes())
+        .flat_map(|(name, body)| [*name, *body])
+        .chain([PRELUDE, life.as_str()])
+        .flat_map(str::bytes)
     {
         hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
     }
     let library = format!("tower_defer_{hash:016x}");
-    let mut source = format!("#!lua name={library}\n{PRELUDE}");
+    let mut source = format!("#!lua name={library}\n{life}{PRELUDE}");
     let mut names = Vec::with_capacity(BODIES.len());
     for (short, body) in BODIES {
         let name = format!("{library}_{short}");
@@ -151,7 +155,7 @@ impl Invocation {
 }
 
 /// Every script's source, for tests that check them against the codec:
-/// the prelude first.
+/// the prelude first (the codec's own Lua is not among them).
 #[cfg(test)]
 pub(super) fn sources() -> Vec<&'static str> {
     std::iter::once(PRELUDE)

@@ -29,41 +29,20 @@ local PREFIX, NOW, CHANGED, WORK, DELIVER
 local EXPIRY_SLACK_MS = 60000
 
 -- A job's lifecycle scalars live in one field of its hash, 'life': one
--- little-endian double per name of LIFE, in this order, -1 for none. Every
--- value is a count, a flag or a time in ms, whole and below 2^53, so a double
--- holds it exactly. One HGET and one struct.unpack read them all; as fields
--- of their own they cost about ten times as much (a Lua string per field,
--- tonumber per number, string.format per write). The options' durations,
--- which no script reads, are here too: fewer fields make every read and
--- write of the hash cheaper. codec.rs spells the same
--- list (a unit test compares them). The strings a transition writes (error
--- code and message, the last webhook error) stay fields of their own; a flag
--- in 'life' says whether each string field a script needs is there.
-local LIFE = {'status', 'attempts', 'revision', 'claims', 'lease_token', 'lease_until',
-  'retry_at', 'queue_deadline', 'created_at', 'status_at', 'started_at', 'completed_at',
-  'expires_at', 'ready_at', 'priority', 'max_attempts', 'result_ttl_ms', 'has_error',
-  'has_webhook', 'has_slot', 'wh_status', 'wh_attempts', 'wh_claims', 'wh_next_attempt_at',
-  'wh_lease_token', 'wh_lease_until', 'wh_last_status_code', 'max_time_in_queue_ms',
-  'execution_timeout_ms', 'retry_initial_delay_ms', 'retry_max_delay_ms'}
-local LIFE_FORMAT = '<ddddddddddddddddddddddddddddddd'
-local NLIFE = #LIFE
-local LIFE_SET = {}
-for i = 1, NLIFE do
-  LIFE_SET[LIFE[i]] = true
-end
--- status and wh_status (at these places in LIFE) are packed as their index
--- in STATUS_NAME and DELIVERY_NAME (JobStatus, DeliveryStatus); transitions
--- read them as names.
-local STATUS_AT, WH_STATUS_AT = 1, 21
-local STATUS_NAME = {[0] = 'queued', 'in_progress', 'succeeded', 'failed', 'canceled', 'expired'}
-local DELIVERY_NAME = {[0] = 'pending', 'succeeded', 'failed'}
-local STATUS_CODE, DELIVERY_CODE = {}, {}
-for code = 0, #STATUS_NAME do
-  STATUS_CODE[STATUS_NAME[code]] = code
-end
-for code = 0, #DELIVERY_NAME do
-  DELIVERY_CODE[DELIVERY_NAME[code]] = code
-end
+-- little-endian double each, -1 for none. Every value is a count, a flag or
+-- a time in ms, whole and below 2^53, so a double holds it exactly. One HGET
+-- and one struct.unpack read them all; as fields of their own they cost
+-- about ten times as much (a Lua string per field, tonumber per number,
+-- string.format per write). The options' durations, which no script reads,
+-- are there too: fewer fields make every read and write of the hash
+-- cheaper. The strings a transition writes (error code and message, the
+-- last webhook error) stay fields of their own; a flag in 'life' says
+-- whether each string field a script needs is there.
+--
+-- The Lua that knows the order comes before this prelude, written by
+-- codec.rs from its list of scalars (Life::lua): LIFE_SET (the names),
+-- unpack_life(key, id, life, read) (a job table, built by one constructor
+-- so Lua sizes it once) and pack_life(j) (one struct.pack, no table).
 
 -- Every number here is a whole number of milliseconds or a count, below
 -- 2^53: '%d' prints it exactly, and costs far less than '%.0f' or the
@@ -81,46 +60,13 @@ local function job_key(id)
   return PREFIX .. 'job:' .. id
 end
 
--- The scalars of a 'life' field, into j. (Loops here and in pack_life are
--- numeric: they run for every job a script touches, and ipairs costs a
--- function call per step in Lua 5.1.)
-local function unpack_life(j, life)
-  local v = {struct.unpack(LIFE_FORMAT, life)}
-  for i = 1, NLIFE do
-    local x = v[i]
-    if x >= 0 then
-      j[LIFE[i]] = x
-    end
-  end
-  j.status = STATUS_NAME[v[STATUS_AT]]
-  if j.wh_status then
-    j.wh_status = DELIVERY_NAME[j.wh_status]
-  end
-end
-
--- j's scalars as a 'life' field.
-local function pack_life(j)
-  -- Sized once (a copy of LIFE, overwritten), not grown five times.
-  local v = {unpack(LIFE)}
-  for i = 1, NLIFE do
-    v[i] = j[LIFE[i]] or -1
-  end
-  v[STATUS_AT] = STATUS_CODE[j.status]
-  if j.wh_status then
-    v[WH_STATUS_AT] = DELIVERY_CODE[j.wh_status]
-  end
-  return struct.pack(LIFE_FORMAT, unpack(v, 1, NLIFE))
-end
-
 -- The job's lifecycle scalars, or nil if there is no such job.
 local function load(key, id)
   local life = redis.call('HGET', key, 'life')
   if not life then
     return nil
   end
-  local j = {key = key, id = id}
-  unpack_life(j, life)
-  return j
+  return unpack_life(key, id, life, nil)
 end
 
 -- load, from the whole hash, kept as read in j.read (the fields as HGETALL
@@ -130,9 +76,7 @@ local function load_whole(key, id)
   local flat = redis.call('HGETALL', key)
   for i = 1, #flat, 2 do
     if flat[i] == 'life' then
-      local j = {key = key, id = id, read = flat}
-      unpack_life(j, flat[i + 1])
-      return j
+      return unpack_life(key, id, flat[i + 1], flat)
     end
   end
   return nil
