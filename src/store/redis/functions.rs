@@ -4,10 +4,11 @@
 //! the Lua that reads and writes a job's packed scalars, which the codec
 //! writes ([`Life::lua`]), then `lua/prelude.lua` (the transitions of
 //! [`Job`](crate::Job) and the bookkeeping of the ready lists, the due index
-//! and the counters) once, then each function, whose body is its own file. Redis runs a library's top level
-//! once, when it loads it. A script sent with `EVALSHA` ran the whole prelude
-//! (some forty closures and its tables) on every call: about 7.5 µs of Redis's
-//! one thread, a quarter of a submission's cost there.
+//! and the counters) once, then each function, whose body is its own file.
+//! Redis runs a library's top level once, when it loads it. A script sent
+//! with `EVALSHA` ran the whole prelude (some forty closures and its tables)
+//! on every call: about 7.5 µs of Redis's one thread, a quarter of a
+//! submission's cost there.
 //!
 //! The library's name, and so its functions', carries a hash of its source:
 //! replicas running different versions each call their own, and a library

@@ -1,6 +1,7 @@
--- The top of tower-defer's Redis library (see functions.rs): what every
--- function shares. Redis runs it once, when the library is loaded; each
--- function then starts with begin(KEYS, ARGV). It mirrors the pure
+-- What every function of tower-defer's Redis library shares (see
+-- functions.rs; only the codec's Lua for 'life' comes before it). Redis
+-- runs it once, when the library is loaded; each function then starts with
+-- begin(KEYS, ARGV). It mirrors the pure
 -- transitions of `Job` (src/job.rs) and the bookkeeping of
 -- `MemoryStore::transition` (src/store/memory.rs): keep the three in step.
 --
