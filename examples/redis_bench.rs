@@ -262,7 +262,7 @@ async fn main() {
         .port();
     let dir = std::env::temp_dir().join(format!("tower-defer-bench-{port}"));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut redis = Command::new("redis-server")
+    let redis = Command::new("redis-server")
         .args([
             "--port",
             &port.to_string(),
@@ -277,6 +277,9 @@ async fn main() {
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server (install it: apt-get install redis-server)");
+    // Stopped and its directory removed however the bench ends (a panic
+    // too): a server left running would hold the terminal's output open.
+    let _redis = Server { child: redis, dir };
     let url = format!("redis://127.0.0.1:{port}/0");
     let store = loop {
         match RedisStore::connect(url.as_str()).await {
@@ -292,7 +295,18 @@ async fn main() {
     println!("{jobs} jobs, {SUBMITTERS} submitters, worker concurrency {concurrency}, redis-server with appendonly yes");
     bench("memory", MemoryStore::new(), jobs, concurrency, None).await;
     bench("redis", store, jobs, concurrency, Some(probe)).await;
-    let _ = redis.kill();
-    let _ = redis.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The bench's own redis-server.
+struct Server {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
