@@ -21,9 +21,12 @@
 //! Redis 7.0 or later (or a fork with its functions, such as Valkey): the
 //! transitions are a library of Lua functions, loaded when the store
 //! connects (`FUNCTION LOAD`). Its name, `tower_defer_<hash of its source>`,
-//! changes with each version of the library, so replicas of different
-//! versions each call their own; `FUNCTION LIST` shows the libraries, and an
-//! old one may be dropped (`FUNCTION DELETE`) once no replica runs it.
+//! changes with each version of the library, so during a rolling upgrade
+//! the replicas of each version call their own functions on the same keys.
+//! That holds while the versions agree on the layout below; a release that
+//! changes it says so in the changelog, and needs the queue drained (or a
+//! new namespace) first. `FUNCTION LIST` shows the libraries, and an old
+//! one may be dropped (`FUNCTION DELETE`) once no replica runs it.
 //! [`connect`](RedisStoreBuilder::connect) fails with a message that says so
 //! on an older server.
 //!
