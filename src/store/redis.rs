@@ -1060,10 +1060,8 @@ impl Store for RedisStore {
         let Some(claimed) = self.batched("claim", i.claims.call(call)).await? else {
             return Ok(None);
         };
+        let id = first_id(&claimed.read).ok_or_else(|| undecodable("claim", "no id"))?;
         let fields = claimed.fields().map_err(|e| undecodable("claim", e))?;
-        let id = (fields.get(codec::field::ID))
-            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
-            .ok_or_else(|| undecodable("claim", "no id"))?;
         let job = codec::decode_job(id, fields).map_err(|e| undecodable("claim", e))?;
         let lease = job
             .lease
@@ -1274,7 +1272,8 @@ impl Store for RedisStore {
 }
 
 /// The job id in a job hash returned by a script (its `id` field), for the
-/// answers about a job the script found in Redis (claim, idempotent enqueue).
+/// answers about a job the script found in Redis (claim, claim_delivery,
+/// idempotent enqueue).
 fn first_id(flat: &[Vec<u8>]) -> Option<JobId> {
     flat.chunks(2)
         .find(|kv| kv[0] == codec::field::ID.as_bytes())

@@ -2,23 +2,25 @@
 //!
 //! The lifecycle scalars (status, attempts, revision, lease, deadlines and
 //! times, the webhook delivery's state, flags saying which string fields
-//! are there, and the options' durations) are packed into one field, `life` ([`Life`]): one
-//! little-endian `f64` per scalar, in the order of [`LIFE`], `-1` for none.
-//! The Lua scripts read and write them all with one `struct.unpack` and one
-//! `struct.pack`; as fields of their own (the layout before 0.2) each
-//! transition spent most of its time in Redis converting them.
+//! are there, and the options' durations) are packed into one field,
+//! `life` ([`Life`]): one little-endian `f64` per scalar, in the order of
+//! [`LIFE`], `-1` for none. The Lua scripts read and write them all with one
+//! `struct.unpack` and one `struct.pack`, in code this module writes from
+//! the same list ([`Life::lua`]); as fields of their own (the layout of
+//! earlier development builds) each transition spent most of its time in
+//! Redis converting them.
 //!
 //! Everything else is a field of its own: strings as text (error code and
-//! message, owner, webhook URL...), the request as `method`, `path`, `req_headers` and
-//! `req_body`, the response as `resp_status`, `resp_headers` and
+//! message, owner, webhook URL...), the request as `method`, `path`,
+//! `req_headers` and `req_body`, the response as `resp_status`, `resp_headers` and
 //! `resp_body`: bodies are raw bytes, header maps a small length-prefixed
 //! binary encoding ([`encode_headers`]). Keeping method, path and body apart
 //! lets the enqueue script compare an idempotent resubmission exactly as the
 //! memory store does (method, path and query, body; headers may differ).
 //!
-//! Adding a scalar the scripts need: add it to the `life!` list and to
-//! `LIFE` in `prelude.lua`. That changes the layout of every stored job, so
-//! say so in the changelog. Adding any other field: give it a name below,
+//! Adding a scalar the scripts need: add it to the `life!` list (the Lua
+//! follows). That changes the layout of every stored job, so say so in the
+//! changelog. Adding any other field: give it a name below,
 //! write it in [`new_job_fields`] (or in the script that sets it), read it in
 //! [`decode_job`] treating its absence as the default, so jobs written by an
 //! older version still decode.
@@ -33,6 +35,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, StatusCode};
 
+use super::millis;
 use crate::job::{
     DeliveryStatus, ErrorCode, Job, JobError, JobId, JobOptions, JobStatus, Lease, LeaseToken,
     Priority, RetryPolicy, StoredRequest, StoredResponse, WebhookDelivery, WebhookFormat,
@@ -74,7 +77,8 @@ pub(super) mod field {
 macro_rules! life {
     ($($scalar:ident = $name:literal,)*) => {
         /// The names of the scalars packed in a job's `life` field, in
-        /// order. `LIFE` in `prelude.lua` is the same list.
+        /// order; the scripts' Lua for them is written from it
+        /// ([`Life::lua`]).
         pub(super) const LIFE: &[&str] = &[$($name),*];
 
         /// One scalar of [`LIFE`].
@@ -125,7 +129,7 @@ life! {
 }
 
 /// `status` and `wh_status` are packed as their index here (`STATUS_NAME`
-/// and `DELIVERY_NAME` in `prelude.lua`).
+/// and `DELIVERY_NAME` in [`Life::lua`]).
 const STATUSES: [JobStatus; 6] = [
     JobStatus::Queued,
     JobStatus::InProgress,
@@ -400,10 +404,6 @@ pub(super) fn decode_headers(bytes: &[u8]) -> Result<HeaderMap, CodecError> {
 
 fn num(n: u64) -> Vec<u8> {
     n.to_string().into_bytes()
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The fields of a job just made by [`Job::new`], less `method`, `path` and
