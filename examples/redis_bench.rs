@@ -22,14 +22,16 @@
 //! includes the bench's own `stats` polls, one per 5 ms).
 
 use std::convert::Infallible;
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use redis::aio::MultiplexedConnection;
 use tower::ServiceExt;
 use tower_defer::{Body, DeferLayer, MemoryStore, RedisStore, Store};
+
+#[allow(unused_imports)]
+#[path = "../tests/redis/support.rs"]
+mod support;
 
 const SUBMITTERS: usize = 32;
 
@@ -255,38 +257,15 @@ async fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(16)
         .clamp(1, 10_000);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = std::env::temp_dir().join(format!("tower-defer-bench-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let redis = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .args(["--appendonly", "yes", "--daemonize", "no"])
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server (install it: apt-get install redis-server)");
-    // Stopped and its directory removed however the bench ends (a panic
-    // too): a server left running would hold the terminal's output open.
-    let _redis = Server { child: redis, dir };
-    let url = format!("redis://127.0.0.1:{port}/0");
-    let store = loop {
-        match RedisStore::connect(url.as_str()).await {
-            Ok(s) => break s,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
+    // The tests' own server: a free port, a temp dir, stopped (and the dir
+    // removed) however the bench ends.
+    let Some(server) = support::RedisServer::start(true) else {
+        return;
     };
+    let url = server.url();
+    let store = RedisStore::connect(url.as_str())
+        .await
+        .expect("connects to the bench's redis-server");
     let probe = redis::Client::open(url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -295,18 +274,4 @@ async fn main() {
     println!("{jobs} jobs, {SUBMITTERS} submitters, worker concurrency {concurrency}, redis-server with appendonly yes");
     bench("memory", MemoryStore::new(), jobs, concurrency, None).await;
     bench("redis", store, jobs, concurrency, Some(probe)).await;
-}
-
-/// The bench's own redis-server.
-struct Server {
-    child: std::process::Child,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
