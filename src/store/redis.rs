@@ -657,7 +657,13 @@ where
     } else {
         io.spawn(task).await
     };
-    joined.map_err(|e| StoreError::unavailable("redis: the store's I/O thread is gone", e))?
+    joined.map_err(io_gone)?
+}
+
+/// The store's I/O thread (or a task of it) has stopped: every call that
+/// needs it fails so.
+fn io_gone(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::unavailable("redis: the store's I/O thread is gone", source)
 }
 
 /// `fut`, failing as unavailable after `timeout`.

@@ -50,7 +50,7 @@ impl RedisServer {
             if std::env::var_os("CI").is_some() {
                 panic!("redis-server is not installed, and CI is set: the Redis tests must run");
             }
-            eprintln!("SKIPPED: redis-server is not installed (install it to run the Redis tests)");
+            eprintln!("SKIPPED: redis-server is not installed (install it to run the Redis tests and benchmarks)");
             return None;
         }
         static N: AtomicUsize = AtomicUsize::new(0);

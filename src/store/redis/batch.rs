@@ -87,8 +87,5 @@ fn copy(e: &StoreError) -> StoreError {
 }
 
 fn gone() -> StoreError {
-    StoreError::unavailable(
-        "redis: the store's I/O thread is gone",
-        "the batch task stopped",
-    )
+    super::io_gone("the batch task stopped")
 }
