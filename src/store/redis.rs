@@ -971,13 +971,19 @@ impl Store for RedisStore {
         }
         inv.arg(max_queued)
             .arg(id.as_str())
-            .arg(job.request.method.as_str())
-            .arg(job.request.path_and_query.as_str())
-            .arg(job.request.body.as_ref())
             .arg(job.options.priority.level())
-            .arg(job.next_due().map_or(0, Timestamp::as_millis));
+            .arg(job.next_due().map_or(0, Timestamp::as_millis))
+            .arg(codec::field::METHOD)
+            .arg(job.request.method.as_str())
+            .arg(codec::field::PATH)
+            .arg(job.request.path_and_query.as_str())
+            .arg(codec::field::REQ_BODY)
+            .arg(job.request.body.as_ref());
         for (name, value) in codec::new_job_fields(&job) {
             inv.arg(name).arg(value);
+        }
+        if let Some(slot) = &slot {
+            inv.arg(codec::field::IDEMPOTENCY_SLOT).arg(slot.as_str());
         }
         let (tag, rest) = self.run("enqueue", inv).await?;
         match tag.as_str() {

@@ -67,8 +67,7 @@ pub(super) mod field {
     pub(crate) const WEBHOOK_URL: &str = "webhook_url";
     pub(crate) const WEBHOOK_FORMAT: &str = "webhook_format";
     pub(crate) const WH_LAST_ERROR: &str = "wh_last_error";
-    /// Written by the enqueue script only: the key of its idempotency slot.
-    #[cfg(test)]
+    /// The key of the job's idempotency slot (read by the functions only).
     pub(crate) const IDEMPOTENCY_SLOT: &str = "idempotency_slot";
 }
 
