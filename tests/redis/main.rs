@@ -441,6 +441,72 @@ async fn webhook_delivery_follows_the_job_state_machine() {
     assert!(store.get(job.id).await.unwrap().is_none());
 }
 
+/// A finished job's key, and its idempotency slot's, are Redis's to expire
+/// (a minute after the result TTL), so nothing is left behind when no
+/// replica sweeps; until then neither has a TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_job_and_its_idempotency_slot_expire_in_redis() {
+    use tower_defer::job::{Outcome, StoredResponse};
+    let server = redis_or_skip!(false);
+    let store = tower_defer::RedisStore::builder(server.url())
+        .namespace("ttl")
+        .connect()
+        .await
+        .unwrap();
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let new = NewJob {
+        request: StoredRequest {
+            method: Method::POST,
+            path_and_query: "/".parse().unwrap(),
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"{}"),
+        },
+        options: JobOptions {
+            idempotency_key: Some("once".into()),
+            result_ttl: Duration::from_secs(10),
+            ..JobOptions::default()
+        },
+    };
+    let job = store.enqueue(new, 100).await.unwrap().job;
+    let job_key = format!("{{ttl}}:job:{}", job.id);
+    let slot_key = "{ttl}:idem:-:once";
+    let mut pttl = async |key: &str| -> i64 {
+        redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(pttl(&job_key).await, -1, "a queued job has no TTL");
+    assert_eq!(pttl(slot_key).await, -1, "nor has its slot");
+    let claim = store
+        .claim(Duration::from_secs(30), None)
+        .await
+        .unwrap()
+        .unwrap();
+    let response = StoredResponse {
+        status: http::StatusCode::OK,
+        headers: HeaderMap::new(),
+        body: Bytes::from_static(b"ok"),
+    };
+    let status = store
+        .complete_status(job.id, claim.token(), Outcome::response(response))
+        .await
+        .unwrap();
+    assert_eq!(status, JobStatus::Succeeded);
+    for key in [job_key.as_str(), slot_key] {
+        let left = pttl(key).await;
+        assert!(
+            (60_000..=70_000).contains(&left),
+            "{key} expires with the result TTL and a minute of slack: {left} ms"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_lost_the_functions_is_given_them_again() {
     let server = redis_or_skip!(false);

@@ -221,11 +221,14 @@ impl Life {
     /// [`LIFE`] so the two cannot disagree: `STATUS_NAME` and
     /// `DELIVERY_NAME` (a packed status is its index there) and their
     /// inverses, `LIFE_SET` (the scalars' names), `unpack_life(key, id,
-    /// life, read)` (a job table from the field) and `pack_life(j)` (the
+    /// life)` (a job table from the field) and `pack_life(j)` (the
     /// field from a job table). The job table is made by one constructor
     /// that names every scalar, so Lua sizes it once: filled name by name
     /// it grew and rehashed six times, 1.5 of the 2.3 µs an unpack took.
-    /// `pack_life` hands the values straight to `struct.pack`.
+    /// `pack_life` hands the values straight to `struct.pack`. For the
+    /// functions that work on the packed values themselves, in an array
+    /// (claim and complete, see `prelude.lua`): `I_<NAME>`, each scalar's
+    /// place in it, and `N_LIFE`, how many there are.
     pub(super) fn lua() -> String {
         let quoted = |names: &mut dyn Iterator<Item = &str>| {
             names
@@ -271,9 +274,11 @@ impl Life {
              local DELIVERY_CODE = {{{}}}\n\
              local LIFE_FORMAT = '<{}'\n\
              local LIFE_SET = {{{}}}\n\
-             local function unpack_life(key, id, life, read)\n\
+             local {} = {}\n\
+             local N_LIFE = {}\n\
+             local function unpack_life(key, id, life)\n\
              \x20 local {} = struct.unpack(LIFE_FORMAT, life)\n\
-             \x20 return {{\n    key = key, id = id, read = read,\n{}  }}\n\
+             \x20 return {{\n    key = key, id = id,\n{}  }}\n\
              end\n\
              local function pack_life(j)\n\
              \x20 return struct.pack(LIFE_FORMAT,\n{})\n\
@@ -287,6 +292,15 @@ impl Life {
                 .map(|n| format!("{n} = true"))
                 .collect::<Vec<_>>()
                 .join(", "),
+            LIFE.iter()
+                .map(|n| format!("I_{}", n.to_uppercase()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            (1..=LIFE.len())
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            LIFE.len(),
             values.join(", "),
             fields.concat(),
             packed.join(",\n"),

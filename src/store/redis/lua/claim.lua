@@ -90,23 +90,35 @@ for _ = 1, 1000 + want do
   local id = head(level).id
   pass(level)
   local key = job_key(id)
-  local j = load_whole(key, id)
-  if not j then
+  local flat = redis.call('HGETALL', key)
+  local life = nil
+  for i = 1, #flat, 2 do
+    if flat[i] == 'life' then
+      life = flat[i + 1]
+      break
+    end
+  end
+  if not life then
     -- A stale entry (the job is gone) would be met again: drop it.
     set_ready(level + 1, id, false)
   else
-    local b = snapshot(j)
-    -- A job past its deadline is expired here, never run.
-    if expire_if_due(j) then
+    local t = life_array(life)
+    if t[I_STATUS] == S_QUEUED and t[I_QUEUE_DEADLINE] <= NOW then
+      -- A job past its deadline is expired here, never run.
+      local j = unpack_life(key, id, life)
+      local b = snapshot(j)
+      expire_if_due(j)
       commit(j, b)
-    elseif claim_job(j, lease_ms) then
-      commit(j, b)
-      claimed = claimed + 1
-      out[#out + 1] = j.read
-      out[#out + 1] = j.written
-      out[#out + 1] = j.deleted
     else
-      set_ready(level + 1, id, false)
+      local written, deleted = claim_packed(key, id, t, lease_ms)
+      if written then
+        claimed = claimed + 1
+        out[#out + 1] = flat
+        out[#out + 1] = written
+        out[#out + 1] = deleted
+      else
+        set_ready(level + 1, id, false)
+      end
     end
   end
 end
