@@ -277,19 +277,26 @@ end
 -- jobs (claim, complete) gathers them here and writes each key once at the
 -- end (flush); the others write at once. Nothing in between reads them: a
 -- gathering script pages the ready lists by offset (see claim.lua).
+-- Each part of it is made when first needed: a call that claims or
+-- completes one job would otherwise make a dozen tables it never fills.
 local gathered = nil
 
 local function gather()
-  gathered = {counts = {}, due = {}, deliveries = {}, ready = {}, published = {}}
+  gathered = {}
 end
 
 -- A channel's message is the ids it is about, separated by spaces.
 local function publish(channel, id)
   if gathered then
-    local ids = gathered.published[channel]
+    local published = gathered.published
+    if not published then
+      published = {}
+      gathered.published = published
+    end
+    local ids = published[channel]
     if not ids then
       ids = {}
-      gathered.published[channel] = ids
+      published[channel] = ids
     end
     ids[#ids + 1] = id
   else
@@ -299,7 +306,12 @@ end
 
 local function count(key, by)
   if gathered then
-    gathered.counts[key] = (gathered.counts[key] or 0) + by
+    local counts = gathered.counts
+    if not counts then
+      counts = {}
+      gathered.counts = counts
+    end
+    counts[key] = (counts[key] or 0) + by
   else
     redis.call('INCRBY', key, n2s(by))
   end
@@ -309,7 +321,12 @@ end
 -- time (the due index, the deliveries).
 local function index(zset, id, score)
   if gathered then
-    local pending = zset == DUE and gathered.due or gathered.deliveries
+    local part = zset == DUE and 'due' or 'deliveries'
+    local pending = gathered[part]
+    if not pending then
+      pending = {}
+      gathered[part] = pending
+    end
     pending[id] = score
   elseif score then
     redis.call('ZADD', zset, n2s(score), id)
@@ -319,13 +336,49 @@ local function index(zset, id, score)
 end
 
 -- Takes `id` out of (`ready` false) or puts it at the end of a ready list.
+-- Only the taking out is gathered (the claims of a batch; a job put in
+-- goes in at once, at the end, which moves none of the offsets a claim
+-- pages by); a job put back in after it was taken out in the same call
+-- stays in.
 local function set_ready(level, id, ready)
-  if gathered then
-    gathered.ready[#gathered.ready + 1] = {level, id, ready}
-  elseif ready then
+  if ready then
+    if gathered and gathered.unready then
+      gathered.unready[id] = nil
+    end
     redis.call('ZADD', READY[level], n2s(redis.call('INCR', SEQ)), id)
+  elseif gathered then
+    local unready = gathered.unready
+    if not unready then
+      unready = {}
+      gathered.unready = unready
+    end
+    unready[id] = level
   else
     redis.call('ZREM', READY[level], id)
+  end
+end
+
+-- Writes a time index's gathered changes: one ZADD and one ZREM at most.
+local function flush_index(zset, pending)
+  if not pending then
+    return
+  end
+  local add, gone = nil, nil
+  for id, score in pairs(pending) do
+    if score then
+      add = add or {}
+      add[#add + 1] = n2s(score)
+      add[#add + 1] = id
+    else
+      gone = gone or {}
+      gone[#gone + 1] = id
+    end
+  end
+  if add then
+    redis.call('ZADD', zset, unpack(add))
+  end
+  if gone then
+    redis.call('ZREM', zset, unpack(gone))
   end
 end
 
@@ -336,57 +389,28 @@ local function flush()
   if not g then
     return
   end
-  for key, by in pairs(g.counts) do
+  for key, by in pairs(g.counts or NOTHING) do
     if by ~= 0 then
       redis.call('INCRBY', key, n2s(by))
     end
   end
-  for zset, pending in pairs({[DUE] = g.due, [DELIVERIES] = g.deliveries}) do
-    local add, gone = {}, {}
-    for id, score in pairs(pending) do
-      if score then
-        add[#add + 1] = n2s(score)
-        add[#add + 1] = id
-      else
-        gone[#gone + 1] = id
+  flush_index(DUE, g.due)
+  flush_index(DELIVERIES, g.deliveries)
+  if g.unready then
+    local gone = {}
+    for id, level in pairs(g.unready) do
+      local ids = gone[level]
+      if not ids then
+        ids = {}
+        gone[level] = ids
       end
+      ids[#ids + 1] = id
     end
-    if #add > 0 then
-      redis.call('ZADD', zset, unpack(add))
-    end
-    if #gone > 0 then
-      redis.call('ZREM', zset, unpack(gone))
+    for level, ids in pairs(gone) do
+      redis.call('ZREM', READY[level], unpack(ids))
     end
   end
-  -- Each job's last change counts: out, or in at the end, in the order
-  -- the jobs became ready (the scores one by one would have given).
-  local last = {}
-  for i, change in ipairs(g.ready) do
-    last[change[2]] = i
-  end
-  local gone, new = {{}, {}, {}}, {}
-  for i, change in ipairs(g.ready) do
-    if last[change[2]] == i then
-      if change[3] then
-        new[#new + 1] = change
-      else
-        local ids = gone[change[1]]
-        ids[#ids + 1] = change[2]
-      end
-    end
-  end
-  for level = 1, 3 do
-    if #gone[level] > 0 then
-      redis.call('ZREM', READY[level], unpack(gone[level]))
-    end
-  end
-  if #new > 0 then
-    local seq = redis.call('INCRBY', SEQ, n2s(#new)) - #new
-    for i, change in ipairs(new) do
-      redis.call('ZADD', READY[change[1]], n2s(seq + i), change[2])
-    end
-  end
-  for channel, ids in pairs(g.published) do
+  for channel, ids in pairs(g.published or NOTHING) do
     redis.call('PUBLISH', channel, table.concat(ids, ' '))
   end
 end
@@ -710,15 +734,24 @@ end
 
 -- Every function starts here: the keys and arguments every call takes
 -- first.
+-- The ready lists and channel names of each namespace (key prefix) the
+-- library has served, made on its first call: every call of a namespace
+-- passes the same keys, and making them again cost a submission a table
+-- and three strings.
+local NAMESPACES = {}
+
 local function begin(keys, argv)
-  READY = {keys[1], keys[2], keys[3]}
+  PREFIX = argv[1]
+  local ns = NAMESPACES[PREFIX]
+  if not ns then
+    ns = {ready = {keys[1], keys[2], keys[3]}, changed = PREFIX .. 'changed',
+      work = PREFIX .. 'work', deliver = PREFIX .. 'deliver'}
+    NAMESPACES[PREFIX] = ns
+  end
+  READY, CHANGED, WORK, DELIVER = ns.ready, ns.changed, ns.work, ns.deliver
   DUE, SEQ, N_RETRYING, N_IN_PROGRESS = keys[4], keys[5], keys[6], keys[7]
   DELIVERIES = keys[8]
-  PREFIX = argv[1]
   NOW = tonumber(argv[2])
-  CHANGED = PREFIX .. 'changed'
-  WORK = PREFIX .. 'work'
-  DELIVER = PREFIX .. 'deliver'
   gathered = nil
 end
 
