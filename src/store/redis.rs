@@ -56,8 +56,9 @@
 //! The rest are fields of their own: `id`, `error_code` and
 //! `error_message`, the options that are text (`owner`,
 //! `idempotency_key`, `webhook_url`, `webhook_format`), the request as
-//! `method`, `path`, `req_headers` (a small binary encoding) and `req_body`
-//! (raw bytes), the response likewise. The encoding lives in one place,
+//! `request` (method, path and query, and headers, in a small binary
+//! encoding) and `req_body` (raw bytes), the response as `resp_status`,
+//! `resp_headers` and `resp_body`. The encoding lives in one place,
 //! `codec.rs`.
 //!
 //! # Transitions
@@ -972,13 +973,7 @@ impl Store for RedisStore {
         inv.arg(max_queued)
             .arg(id.as_str())
             .arg(job.options.priority.level())
-            .arg(job.next_due().map_or(0, Timestamp::as_millis))
-            .arg(codec::field::METHOD)
-            .arg(job.request.method.as_str())
-            .arg(codec::field::PATH)
-            .arg(job.request.path_and_query.as_str())
-            .arg(codec::field::REQ_BODY)
-            .arg(job.request.body.as_ref());
+            .arg(job.next_due().map_or(0, Timestamp::as_millis));
         for (name, value) in codec::new_job_fields(&job) {
             inv.arg(name).arg(value);
         }

@@ -1530,6 +1530,27 @@ pub async fn idempotency_key_with_a_different_request_conflicts<St: Store>(store
         store.enqueue(other_path, NO_LIMIT).await,
         Err(EnqueueError::IdempotencyConflict { .. })
     ));
+    // So are a different query of the same length, and a different method.
+    let mut other_query = keyed("one", Some("alice"), "k");
+    other_query.request.path_and_query = PathAndQuery::from_static("/run?x=2");
+    let mut other_method = keyed("one", Some("alice"), "k");
+    other_method.request.method = Method::PUT;
+    for other in [other_query, other_method] {
+        assert!(matches!(
+            store.enqueue(other, NO_LIMIT).await,
+            Err(EnqueueError::IdempotencyConflict { .. })
+        ));
+    }
+    // Headers are not compared: a retry with a new trace header is the
+    // same request.
+    let mut other_headers = keyed("one", Some("alice"), "k");
+    other_headers
+        .request
+        .headers
+        .insert("traceparent", "00-1-2-01".parse().unwrap());
+    let again = store.enqueue(other_headers, NO_LIMIT).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(again.job.id, first.id);
     assert_eq!(stats(&store).await.queued, 1);
     assert_eq!(drain(&store).await, ["one"]);
 }

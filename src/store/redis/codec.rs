@@ -11,12 +11,15 @@
 //! Redis converting them.
 //!
 //! Everything else is a field of its own: strings as text (error code and
-//! message, owner, webhook URL...), the request as `method`, `path`,
-//! `req_headers` and `req_body`, the response as `resp_status`, `resp_headers` and
-//! `resp_body`: bodies are raw bytes, header maps a small length-prefixed
-//! binary encoding ([`encode_headers`]). Keeping method, path and body apart
-//! lets the enqueue script compare an idempotent resubmission exactly as the
-//! memory store does (method, path and query, body; headers may differ).
+//! message, owner, webhook URL...), the request as `request` (method, path
+//! and query, and headers, [`encode_request`]) and `req_body`, the response
+//! as `resp_status`, `resp_headers` and `resp_body`: bodies are raw bytes,
+//! header maps a small length-prefixed binary encoding ([`encode_headers`]).
+//! The request's head is one field because every string a claim reads
+//! costs Redis twice (read into Lua, then answered); its method and path
+//! come first, so the enqueue script can compare an idempotent
+//! resubmission exactly as the memory store does (method, path and query,
+//! body; headers may differ).
 //!
 //! Adding a scalar the scripts need: add it to the `life!` list (the Lua
 //! follows). That changes the layout of every stored job, so say so in the
@@ -57,9 +60,7 @@ pub(super) mod field {
     pub(crate) const ERROR_MESSAGE: &str = "error_message";
     pub(crate) const OWNER: &str = "owner";
     pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency_key";
-    pub(crate) const METHOD: &str = "method";
-    pub(crate) const PATH: &str = "path";
-    pub(crate) const REQ_HEADERS: &str = "req_headers";
+    pub(crate) const REQUEST: &str = "request";
     pub(crate) const REQ_BODY: &str = "req_body";
     pub(crate) const RESP_STATUS: &str = "resp_status";
     pub(crate) const RESP_HEADERS: &str = "resp_headers";
@@ -362,72 +363,117 @@ fn bad(what: impl Into<String>) -> CodecError {
 }
 
 const HEADERS_V1: u8 = 1;
+const REQUEST_V1: u8 = 1;
+
+/// Appends `part`, preceded by its length as four bytes (big-endian).
+fn put_part(out: &mut Vec<u8>, part: &[u8]) {
+    let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(part);
+}
+
+/// Takes the next part [`put_part`] wrote off the front of `rest`.
+fn take_part<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], CodecError> {
+    let (len, tail) = rest
+        .split_first_chunk::<4>()
+        .ok_or_else(|| bad("truncated length"))?;
+    let len = u32::from_be_bytes(*len) as usize;
+    let (part, tail) = tail
+        .split_at_checked(len)
+        .ok_or_else(|| bad("truncated part"))?;
+    *rest = tail;
+    Ok(part)
+}
+
+fn headers_size(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| 8 + n.as_str().len() + v.len())
+        .sum()
+}
+
+fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        put_part(out, name.as_str().as_bytes());
+        put_part(out, value.as_bytes());
+    }
+}
+
+/// The headers [`put_headers`] wrote, which are all of `rest`.
+fn take_headers(mut rest: &[u8]) -> Result<HeaderMap, CodecError> {
+    let mut headers = HeaderMap::new();
+    while !rest.is_empty() {
+        let name = take_part(&mut rest)?;
+        let value = take_part(&mut rest)?;
+        let name = HeaderName::from_bytes(name).map_err(|e| bad(e.to_string()))?;
+        let value = HeaderValue::from_bytes(value).map_err(|e| bad(e.to_string()))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
 
 /// A header map as bytes: a version byte, then for each value in order
 /// `u32 name length, name, u32 value length, value` (big-endian lengths).
 /// Binary-safe; repeated names keep their order.
 pub(super) fn encode_headers(headers: &HeaderMap) -> Vec<u8> {
-    let size: usize = headers
-        .iter()
-        .map(|(n, v)| 8 + n.as_str().len() + v.len())
-        .sum();
-    let mut out = Vec::with_capacity(1 + size);
+    let mut out = Vec::with_capacity(1 + headers_size(headers));
     out.push(HEADERS_V1);
-    for (name, value) in headers {
-        for part in [name.as_str().as_bytes(), value.as_bytes()] {
-            let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(part);
-        }
-    }
+    put_headers(&mut out, headers);
     out
 }
 
 /// The inverse of [`encode_headers`].
 pub(super) fn decode_headers(bytes: &[u8]) -> Result<HeaderMap, CodecError> {
-    let mut headers = HeaderMap::new();
-    let Some((&version, mut rest)) = bytes.split_first() else {
-        return Ok(headers);
+    let Some((&version, rest)) = bytes.split_first() else {
+        return Ok(HeaderMap::new());
     };
     if version != HEADERS_V1 {
         return Err(bad(format!("unknown header encoding {version}")));
     }
-    let take = |rest: &mut &[u8]| -> Result<Vec<u8>, CodecError> {
-        if rest.len() < 4 {
-            return Err(bad("truncated header length"));
-        }
-        let (len, tail) = rest.split_at(4);
-        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        if tail.len() < len {
-            return Err(bad("truncated header"));
-        }
-        let (part, tail) = tail.split_at(len);
-        *rest = tail;
-        Ok(part.to_vec())
-    };
-    while !rest.is_empty() {
-        let name = take(&mut rest)?;
-        let value = take(&mut rest)?;
-        let name = HeaderName::from_bytes(&name).map_err(|e| bad(e.to_string()))?;
-        let value = HeaderValue::from_bytes(&value).map_err(|e| bad(e.to_string()))?;
-        headers.append(name, value);
+    take_headers(rest)
+}
+
+/// A request's method, path and query, and headers as bytes: a version
+/// byte, the method and the path as parts (`u32` big-endian length, then
+/// the bytes), then the headers as [`encode_headers`] writes them after its
+/// version byte. The enqueue script compares what comes before the headers.
+pub(super) fn encode_request(request: &StoredRequest) -> Vec<u8> {
+    let method = request.method.as_str().as_bytes();
+    let path = request.path_and_query.as_str().as_bytes();
+    let size = 9 + method.len() + path.len() + headers_size(&request.headers);
+    let mut out = Vec::with_capacity(size);
+    out.push(REQUEST_V1);
+    put_part(&mut out, method);
+    put_part(&mut out, path);
+    put_headers(&mut out, &request.headers);
+    out
+}
+
+/// The inverse of [`encode_request`], less the body.
+fn decode_request(bytes: &[u8]) -> Result<(Method, PathAndQuery, HeaderMap), CodecError> {
+    let (&version, mut rest) = bytes.split_first().ok_or_else(|| bad("request is empty"))?;
+    if version != REQUEST_V1 {
+        return Err(bad(format!("unknown request encoding {version}")));
     }
-    Ok(headers)
+    let method = Method::from_bytes(take_part(&mut rest)?).map_err(|e| bad(e.to_string()))?;
+    let path = PathAndQuery::try_from(take_part(&mut rest)?).map_err(|e| bad(e.to_string()))?;
+    Ok((method, path, take_headers(rest)?))
 }
 
 fn num(n: u64) -> Vec<u8> {
     n.to_string().into_bytes()
 }
 
-/// The fields of a job just made by [`Job::new`], less `method`, `path` and
-/// `req_body`, which the enqueue script takes apart (it compares them).
+/// The fields of a job just made by [`Job::new`]: `request` and `req_body`
+/// first, where the enqueue script looks for them (it compares them).
 pub(super) fn new_job_fields(job: &Job) -> Vec<(&'static str, Vec<u8>)> {
     use field::*;
     let o = &job.options;
     let mut out = vec![
+        (REQUEST, encode_request(&job.request)),
+        (REQ_BODY, job.request.body.to_vec()),
         (ID, job.id.as_str().as_bytes().to_vec()),
         (LIFE, Life::of(job, job.created_at).encode()),
-        (REQ_HEADERS, encode_headers(&job.request.headers)),
     ];
     if let Some(owner) = &o.owner {
         out.push((OWNER, owner.as_bytes().to_vec()));
@@ -535,14 +581,12 @@ pub(super) fn decode_job(id: JobId, mut f: Fields) -> Result<Job, CodecError> {
         bad("life is missing (a job in the layout of earlier development builds?)")
     })?;
     let life = Life::decode(life)?;
-    let method = text(&f, METHOD)?.ok_or_else(|| bad("method is missing"))?;
-    let method = Method::from_bytes(method.as_bytes()).map_err(|e| bad(e.to_string()))?;
-    let path = text(&f, PATH)?.ok_or_else(|| bad("path is missing"))?;
-    let path_and_query = PathAndQuery::try_from(path).map_err(|e| bad(e.to_string()))?;
+    let head = f.get(REQUEST).ok_or_else(|| bad("request is missing"))?;
+    let (method, path_and_query, headers) = decode_request(head)?;
     let request = StoredRequest {
         method,
         path_and_query,
-        headers: decode_headers(f.get(REQ_HEADERS).map_or(&[][..], Vec::as_slice))?,
+        headers,
         body: bytes(&mut f, REQ_BODY),
     };
     let response = match opt_num(&f, RESP_STATUS)? {
@@ -694,9 +738,6 @@ mod tests {
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
         f.insert(LIFE.into(), Life::of(job, job.created_at).encode());
-        f.insert(METHOD.into(), job.request.method.as_str().into());
-        f.insert(PATH.into(), job.request.path_and_query.as_str().into());
-        f.insert(REQ_BODY.into(), job.request.body.to_vec());
         if let Some(r) = &job.response {
             let [s, h, b] = response_args(r);
             f.insert(RESP_STATUS.into(), s);
@@ -797,8 +838,16 @@ mod tests {
             (field::LIFE, life(Scalar::CreatedAt, -1.0)),
             (field::LIFE, vec![0; 8]),
             (field::ERROR_CODE, b"nope".to_vec()),
-            (field::METHOD, b"BAD METHOD".to_vec()),
-            (field::REQ_HEADERS, b"\x01\x00".to_vec()),
+            (field::REQUEST, b"\x01\x00\x00\x00\x03BAD".to_vec()),
+            (
+                field::REQUEST,
+                b"\x01\x00\x00\x00\x0aBAD METHOD\x00\x00\x00\x01/".to_vec(),
+            ),
+            (
+                field::REQUEST,
+                b"\x02\x00\x00\x00\x03GET\x00\x00\x00\x01/".to_vec(),
+            ),
+            (field::REQUEST, Vec::new()),
         ] {
             let mut f = as_hash(&job);
             f.insert(k.into(), v);
@@ -877,8 +926,7 @@ mod tests {
             ERROR_CODE,
             ERROR_MESSAGE,
             OWNER,
-            METHOD,
-            PATH,
+            REQUEST,
             REQ_BODY,
             RESP_STATUS,
             RESP_HEADERS,

@@ -2,9 +2,9 @@
 -- ARGV[3] max queued, ARGV[4] id, ARGV[5] priority, ARGV[6] next due
 -- (Job::next_due of the new job: the function need not read back what it
 -- writes), ARGV[7..] the new job's fields and values as HSET takes them,
--- passed on as they are: 'method', 'path' and 'req_body' first (so the
--- request is ARGV[8], ARGV[10] and ARGV[12]), 'life' among the rest (its
--- ready_at now, has_slot set when KEYS[10] is given), and
+-- passed on as they are: 'request' and 'req_body' first (ARGV[8] and
+-- ARGV[10], which an idempotent resubmission is compared by), 'life' among
+-- the rest (its ready_at now, has_slot set when KEYS[10] is given), and
 -- 'idempotency_slot' with KEYS[10] when it is given.
 -- -> {'created'} | {'existing', fields...} | {'conflict', id} | {'full'}
 local key, slot = KEYS[9], KEYS[10]
@@ -15,8 +15,8 @@ if slot then
     local ekey = job_key(existing)
     local ej = load(ekey, existing)
     if ej and not is_forgotten(ej) then
-      local e = redis.call('HMGET', ekey, 'method', 'path', 'req_body')
-      if e[1] ~= ARGV[8] or e[2] ~= ARGV[10] or e[3] ~= ARGV[12] then
+      local e = redis.call('HMGET', ekey, 'request', 'req_body')
+      if not e[1] or request_head(e[1]) ~= request_head(ARGV[8]) or e[2] ~= ARGV[10] then
         return {'conflict', existing}
       end
       return tagged('existing', ekey)

@@ -76,6 +76,16 @@ local function load(key, id)
   return unpack_life(key, id, life)
 end
 
+-- The method and the path and query that begin a job's 'request' field
+-- (codec.rs, encode_request: a version byte, then each a part of four bytes
+-- of big-endian length and its bytes), as one string: what an idempotency
+-- key compares, with the body (not the headers that follow).
+local function request_head(request)
+  local method_len = struct.unpack('>I4', request, 2)
+  local path_len = struct.unpack('>I4', request, 6 + method_len)
+  return string.sub(request, 1, 9 + method_len + path_len)
+end
+
 -- The key of the job's idempotency slot, or nil.
 local function slot_of(j)
   if j.has_slot == 1 then
