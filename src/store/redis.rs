@@ -82,17 +82,18 @@
 //!
 //! | operation | round trips |
 //! |---|---|
-//! | submit ([`enqueue`](Store::enqueue)) | 1 (`FCALL`) |
+//! | submit ([`enqueue`](Store::enqueue)) | at most 1 (`FCALL`) |
 //! | [`claim`](Store::claim) | at most 1 (`FCALL`; also applies what came due) |
 //! | [`complete`](Store::complete), [`complete_status`](Store::complete_status) | at most 1 (`FCALL`; the worker's `complete_status` gets no job back) |
 //! | one lookup ([`get`](Store::get)) | 1 (`HGETALL`) |
 //! | a long-poll ([`wait`](Store::wait)) | 1 per change seen, plus 1 at its deadline |
 //!
-//! Claims, and completions, that arrive while one of their kind is in
-//! flight are sent together in one script call when it returns (see
+//! Submissions, claims, and completions that arrive while one of their kind
+//! is in flight are sent together in one script call when it returns (see
 //! `batch.rs`): under load, sixteen workers share a round trip or two
-//! instead of taking one each. Such a script also writes each counter,
-//! index and channel once for all its jobs rather than once per job.
+//! instead of taking one each, and so do the submissions of many clients.
+//! Such a script also writes each counter, index and channel once for all
+//! its jobs rather than once per job.
 //!
 //! The worker also watches a running job (that is how a cancel on another
 //! replica reaches it): one small read when the call starts, then one read
@@ -189,6 +190,7 @@ struct Inner {
     keys: Arc<Keys>,
     hub: Arc<Hub>,
     /// Claims, coalesced (see `batch.rs`).
+    submissions: Batcher<EnqueueCall, Submitted>,
     claims: Batcher<ClaimCall, Claimed>,
     /// Completions, coalesced (see `batch.rs`).
     completions: Batcher<CompleteCall, Completed>,
@@ -304,6 +306,7 @@ impl RedisStoreBuilder {
         })
         .await?;
         let keys = Arc::new(keys);
+        let submissions = enqueue_line(&io, &conn, &keys, timeout);
         let claims = claim_line(&io, &conn, &keys, &hub, timeout);
         let completions = complete_line(&io, &conn, &keys, timeout);
         Ok(RedisStore {
@@ -311,6 +314,7 @@ impl RedisStoreBuilder {
                 conn,
                 keys,
                 hub,
+                submissions,
                 claims,
                 completions,
                 io,
@@ -452,6 +456,73 @@ impl RedisStore {
 /// How many calls one batch carries at most: a script blocks Redis while it
 /// runs, and one claim or completion takes it some tens of microseconds.
 const MAX_BATCH: usize = 64;
+
+/// One submission, waiting for its batch.
+struct EnqueueCall {
+    now: Timestamp,
+    id: JobId,
+    priority: u8,
+    next_due: u64,
+    /// The new job's fields, as `HSET` takes them.
+    fields: Vec<(&'static str, Vec<u8>)>,
+    /// The key of its idempotency slot, if it has a key.
+    slot: Option<String>,
+    max_queued: usize,
+}
+
+/// The enqueue function's answer for one submission: its tag, then what
+/// follows it.
+type Submitted = Vec<Vec<u8>>;
+
+/// The submission line: submissions that arrive together are made by one
+/// `enqueue` call, in the order they arrived, at the latest "now" of them.
+/// A submission costs Redis little beyond the call itself (the keys and
+/// the function's start, counting the queue, writing the ready lists, the
+/// due index and the work channel), which a batch pays once.
+fn enqueue_line(
+    io: &Handle,
+    conn: &ConnectionManager,
+    keys: &Arc<Keys>,
+    timeout: Duration,
+) -> Batcher<EnqueueCall, Submitted> {
+    let (conn, keys) = (conn.clone(), keys.clone());
+    Batcher::start(io, MAX_BATCH, move |calls: Vec<EnqueueCall>| {
+        let (mut conn, keys) = (conn.clone(), keys.clone());
+        async move {
+            let now = calls
+                .iter()
+                .map(|c| c.now)
+                .max()
+                .unwrap_or_else(Timestamp::now);
+            let mut inv = keys.invocation(Function::Enqueue, now);
+            for c in &calls {
+                inv.key(keys.job(c.id));
+                if let Some(slot) = &c.slot {
+                    inv.key(slot.as_str());
+                }
+                let pairs = c.fields.len() + usize::from(c.slot.is_some());
+                inv.arg(c.max_queued)
+                    .arg(c.id.as_str())
+                    .arg(c.priority)
+                    .arg(c.next_due)
+                    .arg(if c.slot.is_some() { "1" } else { "0" })
+                    .arg(pairs);
+                for (name, value) in &c.fields {
+                    inv.arg(*name).arg(value.as_slice());
+                }
+                if let Some(slot) = &c.slot {
+                    inv.arg(codec::field::IDEMPOTENCY_SLOT).arg(slot.as_str());
+                }
+            }
+            let run = async { inv.invoke_async(&mut conn).await.map_err(failed("enqueue")) };
+            let out: Vec<Vec<Vec<u8>>> = bounded(timeout, "enqueue", run).await?;
+            if out.len() != calls.len() {
+                return Err(undecodable("enqueue", "not one answer per job"));
+            }
+            Ok(out.into_iter().map(Ok).collect())
+        }
+    })
+}
 
 /// One worker's claim, waiting for its batch.
 struct ClaimCall {
@@ -965,22 +1036,23 @@ impl Store for RedisStore {
             .as_deref()
             .map(|k| keys.idempotency(new.options.owner.as_deref(), k));
         let job = Job::new(id, new, now);
-        let mut inv = self.invocation(Function::Enqueue, now);
-        inv.key(keys.job(id));
-        if let Some(slot) = &slot {
-            inv.key(slot.as_str());
+        let call = EnqueueCall {
+            now,
+            id,
+            priority: job.options.priority.level(),
+            next_due: job.next_due().map_or(0, Timestamp::as_millis),
+            fields: codec::new_job_fields(&job),
+            slot,
+            max_queued,
+        };
+        let mut answer = self
+            .batched("enqueue", self.inner.submissions.call(call))
+            .await?;
+        if answer.is_empty() {
+            return Err(undecodable("enqueue", "an empty answer").into());
         }
-        inv.arg(max_queued)
-            .arg(id.as_str())
-            .arg(job.options.priority.level())
-            .arg(job.next_due().map_or(0, Timestamp::as_millis));
-        for (name, value) in codec::new_job_fields(&job) {
-            inv.arg(name).arg(value);
-        }
-        if let Some(slot) = &slot {
-            inv.arg(codec::field::IDEMPOTENCY_SLOT).arg(slot.as_str());
-        }
-        let (tag, rest) = self.run("enqueue", inv).await?;
+        let tag = String::from_utf8(answer.remove(0)).unwrap_or_default();
+        let rest = answer;
         match tag.as_str() {
             "created" => {
                 self.inner.hub.work.notify_one();

@@ -83,6 +83,7 @@ macro_rules! conformance_tests {
                 idempotent_enqueue_returns_the_first_job,
                 idempotency_key_with_a_different_request_conflicts,
                 idempotency_keys_are_per_owner,
+                concurrent_enqueues_fill_the_queue_to_its_limit,
                 concurrent_idempotent_enqueues_make_one_job,
                 concurrent_claims_hand_out_every_job_once,
             );
@@ -1579,6 +1580,43 @@ pub async fn idempotency_keys_are_per_owner<St: Store>(store: St) {
     assert_eq!(again.job.id, bob.job.id);
     let ids: HashSet<JobId> = drain_ids(&store, 10).await.into_iter().collect();
     assert_eq!(ids, HashSet::from([alice.id, bob.job.id, nobody.job.id]));
+}
+
+pub async fn concurrent_enqueues_fill_the_queue_to_its_limit<St: Store>(store: St) {
+    // Submissions that arrive together (Redis makes them in one call) are
+    // counted one by one: exactly the limit is made, the rest are refused,
+    // and each made job runs once.
+    const LIMIT: usize = 4;
+    let store = Arc::new(store);
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                store.enqueue(job(&format!("{i}")), LIMIT).await
+            })
+        })
+        .collect();
+    let mut made = HashSet::new();
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(e) => {
+                assert!(e.created);
+                made.insert(e.job.id);
+            }
+            Err(EnqueueError::QueueFull { limit }) => {
+                assert_eq!(limit, LIMIT);
+                refused += 1;
+            }
+            Err(e) => panic!("enqueue: {e:?}"),
+        }
+    }
+    assert_eq!((made.len(), refused), (LIMIT, 10 - LIMIT));
+    assert_eq!(stats(&*store).await.queued, LIMIT as u64);
+    let ran: HashSet<JobId> = drain_ids(&*store, LIMIT).await.into_iter().collect();
+    assert_eq!(ran, made);
+    assert!(claim(&*store).await.is_none());
 }
 
 pub async fn concurrent_idempotent_enqueues_make_one_job<St: Store>(store: St) {

@@ -5,7 +5,8 @@
 //! round trip (reading the request, writing the answer, entering the script)
 //! weighs as much as the script's own work. Sixteen workers that each claim a
 //! job and each record a result would pay it thirty-two times; coalesced,
-//! they pay it about twice. Nothing waits on purpose: a call that finds the
+//! they pay it about twice. Submissions from many clients coalesce the same
+//! way. Nothing waits on purpose: a call that finds the
 //! line idle is sent at once, so a lone call costs what it did before, and a
 //! batch only forms from calls that would otherwise queue behind each other.
 //!

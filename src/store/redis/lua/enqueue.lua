@@ -1,38 +1,106 @@
--- enqueue: KEYS[9] the new job, KEYS[10] its idempotency slot (if any).
--- ARGV[3] max queued, ARGV[4] id, ARGV[5] priority, ARGV[6] next due
+-- enqueue: the submissions of several callers, sent together. KEYS[9..]
+-- each new job's key, followed by its idempotency slot's when it has one.
+-- ARGV[3..] for each job in turn: max queued, id, priority, next due
 -- (Job::next_due of the new job: the function need not read back what it
--- writes), ARGV[7..] the new job's fields and values as HSET takes them,
--- passed on as they are: 'request' and 'req_body' first (ARGV[8] and
--- ARGV[10], which an idempotent resubmission is compared by), 'life' among
--- the rest (its ready_at now, has_slot set when KEYS[10] is given), and
--- 'idempotency_slot' with KEYS[10] when it is given.
--- -> {'created'} | {'existing', fields...} | {'conflict', id} | {'full'}
-local key, slot = KEYS[9], KEYS[10]
-local id = ARGV[4]
-if slot then
-  local existing = redis.call('GET', slot)
-  if existing then
-    local ekey = job_key(existing)
-    local ej = load(ekey, existing)
-    if ej and not is_forgotten(ej) then
-      local e = redis.call('HMGET', ekey, 'request', 'req_body')
-      if not e[1] or request_head(e[1]) ~= request_head(ARGV[8]) or e[2] ~= ARGV[10] then
-        return {'conflict', existing}
+-- writes), '1' if it has a slot (else '0'), how many field, value pairs
+-- follow, then those pairs as HSET takes them, passed on as they are:
+-- 'request' and 'req_body' first (which an idempotent resubmission is
+-- compared by), 'life' among the rest (its ready_at now, has_slot set
+-- when it has a slot), and 'idempotency_slot' when it has one.
+-- -> per job, in order: {'created'} | {'existing', fields...}
+--    | {'conflict', id} | {'full'}
+-- Jobs are taken in order, so a job whose key an earlier one of the same
+-- call took is that job's resubmission. The ready lists, the due index
+-- and the work channel are written once, after the last job.
+local out = {}
+local queued = nil
+-- The jobs made: the first in locals, the rest side by side with it in
+-- tables (ids, ready-list levels, due times), made for a second job only:
+-- most calls make one.
+local made = 0
+local id1, level1, due1
+local ids, levels, dues
+local k, a = 9, 3
+while a <= #ARGV do
+  local key = KEYS[k]
+  local max, id, priority, due, fields = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
+    tonumber(ARGV[a + 5])
+  local slot = nil
+  if ARGV[a + 4] == '1' then
+    slot = KEYS[k + 1]
+    k = k + 2
+  else
+    k = k + 1
+  end
+  local first, last = a + 6, a + 5 + 2 * fields
+  a = last + 1
+  local answer = nil
+  if slot then
+    local existing = redis.call('GET', slot)
+    if existing then
+      local ekey = job_key(existing)
+      local ej = load(ekey, existing)
+      if ej and not is_forgotten(ej) then
+        local e = redis.call('HMGET', ekey, 'request', 'req_body')
+        if not e[1] or request_head(e[1]) ~= request_head(ARGV[first + 1]) or e[2] ~= ARGV[first + 3] then
+          answer = {'conflict', existing}
+        else
+          answer = tagged('existing', ekey)
+        end
       end
-      return tagged('existing', ekey)
     end
   end
+  if not answer then
+    if not queued then
+      queued = redis.call('ZCARD', READY[1]) + redis.call('ZCARD', READY[2])
+        + redis.call('ZCARD', READY[3]) + tonumber(redis.call('GET', N_RETRYING) or '0')
+    end
+    if queued >= max then
+      answer = FULL
+    else
+      queued = queued + 1
+      if slot then
+        redis.call('SET', slot, id)
+      end
+      redis.call('HSET', key, unpack(ARGV, first, last))
+      made = made + 1
+      if made == 1 then
+        id1, level1, due1 = id, tonumber(priority) + 1, due
+      else
+        if made == 2 then
+          ids, levels, dues = {id1}, {level1}, {due1}
+        end
+        ids[made], levels[made], dues[made] = id, tonumber(priority) + 1, due
+      end
+      answer = CREATED
+    end
+  end
+  out[#out + 1] = answer
 end
-local queued = redis.call('ZCARD', READY[1]) + redis.call('ZCARD', READY[2])
-  + redis.call('ZCARD', READY[3]) + tonumber(redis.call('GET', N_RETRYING) or '0')
-if queued >= tonumber(ARGV[3]) then
-  return {'full'}
+if made == 1 then
+  redis.call('ZADD', READY[level1], n2s(redis.call('INCR', SEQ)), id1)
+  redis.call('ZADD', DUE, due1, id1)
+  redis.call('PUBLISH', WORK, id1)
+elseif made > 1 then
+  -- In the ready lists in the order they were taken, as one INCR each would
+  -- have put them.
+  local seq = redis.call('INCRBY', SEQ, n2s(made)) - made
+  local ready, due = {}, {}
+  for i = 1, made do
+    local add = ready[levels[i]]
+    if not add then
+      add = {}
+      ready[levels[i]] = add
+    end
+    add[#add + 1] = n2s(seq + i)
+    add[#add + 1] = ids[i]
+    due[#due + 1] = dues[i]
+    due[#due + 1] = ids[i]
+  end
+  for level, add in pairs(ready) do
+    redis.call('ZADD', READY[level], unpack(add))
+  end
+  redis.call('ZADD', DUE, unpack(due))
+  redis.call('PUBLISH', WORK, table.concat(ids, ' '))
 end
-if slot then
-  redis.call('SET', slot, id)
-end
-redis.call('HSET', key, unpack(ARGV, 7))
-redis.call('ZADD', READY[tonumber(ARGV[5]) + 1], n2s(redis.call('INCR', SEQ)), id)
-redis.call('ZADD', DUE, ARGV[6], id)
-redis.call('PUBLISH', WORK, id)
-return {'created'}
+return out

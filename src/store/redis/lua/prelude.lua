@@ -61,7 +61,7 @@ local NOTHING = {}
 
 -- Answers that carry nothing of their own, made once (Redis only reads an
 -- answer's table).
-local OK, STALE = {'ok'}, {'stale'}
+local OK, STALE, CREATED, FULL = {'ok'}, {'stale'}, {'created'}, {'full'}
 
 local function job_key(id)
   return PREFIX .. 'job:' .. id
