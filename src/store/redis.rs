@@ -485,43 +485,78 @@ fn enqueue_line(
     keys: &Arc<Keys>,
     timeout: Duration,
 ) -> Batcher<EnqueueCall, Submitted> {
-    let (conn, keys) = (conn.clone(), keys.clone());
-    Batcher::start(io, MAX_BATCH, move |calls: Vec<EnqueueCall>| {
-        let (mut conn, keys) = (conn.clone(), keys.clone());
-        async move {
-            let now = calls
-                .iter()
-                .map(|c| c.now)
-                .max()
-                .unwrap_or_else(Timestamp::now);
-            let mut inv = keys.invocation(Function::Enqueue, now);
-            for c in &calls {
-                inv.key(keys.job(c.id));
-                if let Some(slot) = &c.slot {
-                    inv.key(slot.as_str());
-                }
-                let pairs = c.fields.len() + usize::from(c.slot.is_some());
-                inv.arg(c.max_queued)
-                    .arg(c.id.as_str())
-                    .arg(c.priority)
-                    .arg(c.next_due)
-                    .arg(if c.slot.is_some() { "1" } else { "0" })
-                    .arg(pairs);
-                for (name, value) in &c.fields {
-                    inv.arg(*name).arg(value.as_slice());
-                }
-                if let Some(slot) = &c.slot {
-                    inv.arg(codec::field::IDEMPOTENCY_SLOT).arg(slot.as_str());
-                }
-            }
-            let run = async { inv.invoke_async(&mut conn).await.map_err(failed("enqueue")) };
-            let out: Vec<Vec<Vec<u8>>> = bounded(timeout, "enqueue", run).await?;
-            if out.len() != calls.len() {
-                return Err(undecodable("enqueue", "not one answer per job"));
-            }
-            Ok(out.into_iter().map(Ok).collect())
+    let add = |keys: &Keys, inv: &mut Invocation, c: &EnqueueCall| {
+        inv.key(keys.job(c.id));
+        if let Some(slot) = &c.slot {
+            inv.key(slot.as_str());
         }
-    })
+        let pairs = c.fields.len() + usize::from(c.slot.is_some());
+        inv.arg(c.max_queued)
+            .arg(c.id.as_str())
+            .arg(c.priority)
+            .arg(c.next_due)
+            .arg(if c.slot.is_some() { "1" } else { "0" })
+            .arg(pairs);
+        for (name, value) in &c.fields {
+            inv.arg(*name).arg(value.as_slice());
+        }
+        if let Some(slot) = &c.slot {
+            inv.arg(codec::field::IDEMPOTENCY_SLOT).arg(slot.as_str());
+        }
+    };
+    let line = FunctionLine {
+        function: Function::Enqueue,
+        what: "enqueue",
+        now: |c: &EnqueueCall| c.now,
+        add,
+        answer: Ok,
+    };
+    line.start(io, conn, keys, timeout)
+}
+
+/// A line whose batch is one call of a function that takes its calls in
+/// order, each with its own keys and arguments ([`add`](Self::add)), and
+/// answers each in turn ([`answer`](Self::answer)); the call runs at the
+/// latest "now" of its batch.
+struct FunctionLine<Req, Resp> {
+    function: Function,
+    what: &'static str,
+    now: fn(&Req) -> Timestamp,
+    add: fn(&Keys, &mut Invocation, &Req),
+    answer: fn(Vec<Vec<u8>>) -> Result<Resp, StoreError>,
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> FunctionLine<Req, Resp> {
+    fn start(
+        self,
+        io: &Handle,
+        conn: &ConnectionManager,
+        keys: &Arc<Keys>,
+        timeout: Duration,
+    ) -> Batcher<Req, Resp> {
+        let (conn, keys) = (conn.clone(), keys.clone());
+        let line = Arc::new(self);
+        Batcher::start(io, MAX_BATCH, move |calls: Vec<Req>| {
+            let (mut conn, keys, line) = (conn.clone(), keys.clone(), line.clone());
+            async move {
+                let now = calls
+                    .iter()
+                    .map(line.now)
+                    .max()
+                    .unwrap_or_else(Timestamp::now);
+                let mut inv = keys.invocation(line.function, now);
+                for c in &calls {
+                    (line.add)(&keys, &mut inv, c);
+                }
+                let run = async { inv.invoke_async(&mut conn).await.map_err(failed(line.what)) };
+                let out: Vec<Vec<Vec<u8>>> = bounded(timeout, line.what, run).await?;
+                if out.len() != calls.len() {
+                    return Err(undecodable(line.what, "not one answer per job"));
+                }
+                Ok(out.into_iter().map(line.answer).collect())
+            }
+        })
+    }
 }
 
 /// One worker's claim, waiting for its batch.
@@ -651,51 +686,31 @@ fn complete_line(
     keys: &Arc<Keys>,
     timeout: Duration,
 ) -> Batcher<CompleteCall, Completed> {
-    let (conn, keys) = (conn.clone(), keys.clone());
-    Batcher::start(io, MAX_BATCH, move |calls: Vec<CompleteCall>| {
-        let (mut conn, keys) = (conn.clone(), keys.clone());
-        async move {
-            let now = calls
-                .iter()
-                .map(|c| c.now)
-                .max()
-                .unwrap_or_else(Timestamp::now);
-            let mut inv = keys.invocation(Function::Complete, now);
-            for c in &calls {
-                inv.key(keys.job(c.id));
-                inv.arg(c.now.as_millis())
-                    .arg(c.id.as_str())
-                    .arg(c.token.0)
-                    .arg(c.outcome.status().as_str())
-                    .arg(if c.send_job { "1" } else { "0" });
-                outcome_args(
-                    &mut inv,
-                    c.outcome.response.as_ref(),
-                    c.outcome.error.as_ref(),
-                );
-            }
-            let run = async {
-                inv.invoke_async(&mut conn)
-                    .await
-                    .map_err(failed("complete"))
-            };
-            let out: Vec<Vec<Vec<u8>>> = bounded(timeout, "complete", run).await?;
-            if out.len() != calls.len() {
-                return Err(undecodable("complete", "not one answer per job"));
-            }
-            Ok(out
-                .into_iter()
-                .map(|mut answer| match answer.first().map(Vec::as_slice) {
-                    Some(b"ok") => {
-                        answer.remove(0);
-                        Ok(Some(answer))
-                    }
-                    Some(b"stale") => Ok(None),
-                    _ => Err(undecodable("complete", "an unknown tag")),
-                })
-                .collect())
+    let add = |keys: &Keys, inv: &mut Invocation, c: &CompleteCall| {
+        inv.key(keys.job(c.id));
+        inv.arg(c.now.as_millis())
+            .arg(c.id.as_str())
+            .arg(c.token.0)
+            .arg(c.outcome.status().as_str())
+            .arg(if c.send_job { "1" } else { "0" });
+        outcome_args(inv, c.outcome.response.as_ref(), c.outcome.error.as_ref());
+    };
+    let answer = |mut answer: Vec<Vec<u8>>| match answer.first().map(Vec::as_slice) {
+        Some(b"ok") => {
+            answer.remove(0);
+            Ok(Some(answer))
         }
-    })
+        Some(b"stale") => Ok(None),
+        _ => Err(undecodable("complete", "an unknown tag")),
+    };
+    let line = FunctionLine {
+        function: Function::Complete,
+        what: "complete",
+        now: |c: &CompleteCall| c.now,
+        add,
+        answer,
+    };
+    line.start(io, conn, keys, timeout)
 }
 
 /// Runs `fut` on the store's I/O thread, bounded by `timeout`.

@@ -55,6 +55,19 @@ impl Counter {
     }
 }
 
+/// A `POST /` job with `body` and `options`, as the store takes it.
+fn post(body: Bytes, options: JobOptions) -> NewJob {
+    NewJob {
+        request: StoredRequest {
+            method: Method::POST,
+            path_and_query: "/".parse().unwrap(),
+            headers: HeaderMap::new(),
+            body,
+        },
+        options,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submitted_on_one_replica_read_on_another() {
     let server = redis_or_skip!(false);
@@ -284,15 +297,7 @@ async fn ten_thousand_jobs_on_three_workers_run_once_each() {
         tasks.spawn(async move {
             let mut out = Vec::new();
             for n in (chunk..JOBS).step_by(8) {
-                let new = NewJob {
-                    request: StoredRequest {
-                        method: Method::POST,
-                        path_and_query: "/".parse().unwrap(),
-                        headers: HeaderMap::new(),
-                        body: Bytes::from(n.to_string()),
-                    },
-                    options: JobOptions::default(),
-                };
+                let new = post(Bytes::from(n.to_string()), JobOptions::default());
                 out.push(s.enqueue(new, usize::MAX).await.unwrap().job.id);
             }
             out
@@ -350,15 +355,7 @@ async fn webhook_delivery_follows_the_job_state_machine() {
         result_ttl: Duration::from_secs(10),
         ..JobOptions::default()
     };
-    let new = NewJob {
-        request: StoredRequest {
-            method: Method::POST,
-            path_and_query: "/".parse().unwrap(),
-            headers: HeaderMap::new(),
-            body: Bytes::from_static(b"{}"),
-        },
-        options,
-    };
+    let new = post(Bytes::from_static(b"{}"), options);
     let lease = Duration::from_secs(30);
     let job = store.enqueue(new, 100).await.unwrap().job;
     assert!(
@@ -458,19 +455,12 @@ async fn a_finished_job_and_its_idempotency_slot_expire_in_redis() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let new = NewJob {
-        request: StoredRequest {
-            method: Method::POST,
-            path_and_query: "/".parse().unwrap(),
-            headers: HeaderMap::new(),
-            body: Bytes::from_static(b"{}"),
-        },
-        options: JobOptions {
-            idempotency_key: Some("once".into()),
-            result_ttl: Duration::from_secs(10),
-            ..JobOptions::default()
-        },
+    let options = JobOptions {
+        idempotency_key: Some("once".into()),
+        result_ttl: Duration::from_secs(10),
+        ..JobOptions::default()
     };
+    let new = post(Bytes::from_static(b"{}"), options);
     let job = store.enqueue(new, 100).await.unwrap().job;
     let job_key = format!("{{ttl}}:job:{}", job.id);
     let slot_key = "{ttl}:idem:-:once";
