@@ -509,7 +509,7 @@ fn enqueue_line(
         what: "enqueue",
         now: |c: &EnqueueCall| c.now,
         add,
-        answer: Ok,
+        answer: |v| ::redis::from_redis_value(v).map_err(|e| undecodable("enqueue", e)),
     };
     line.start(io, conn, keys, timeout)
 }
@@ -523,7 +523,7 @@ struct FunctionLine<Req, Resp> {
     what: &'static str,
     now: fn(&Req) -> Timestamp,
     add: fn(&Keys, &mut Invocation, &Req),
-    answer: fn(Vec<Vec<u8>>) -> Result<Resp, StoreError>,
+    answer: fn(::redis::Value) -> Result<Resp, StoreError>,
 }
 
 impl<Req: Send + 'static, Resp: Send + 'static> FunctionLine<Req, Resp> {
@@ -549,7 +549,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> FunctionLine<Req, Resp> {
                     (line.add)(&keys, &mut inv, c);
                 }
                 let run = async { inv.invoke_async(&mut conn).await.map_err(failed(line.what)) };
-                let out: Vec<Vec<Vec<u8>>> = bounded(timeout, line.what, run).await?;
+                let out: Vec<::redis::Value> = bounded(timeout, line.what, run).await?;
                 if out.len() != calls.len() {
                     return Err(undecodable(line.what, "not one answer per job"));
                 }
@@ -569,31 +569,10 @@ struct ClaimCall {
 /// A claimed job, or `None` when there was no job for this claim.
 type Claimed = Option<ClaimedJob>;
 
-/// A claimed job as the claim script sends it: its fields as they were read,
-/// and the changes the claim made (one read serves the transition and the
-/// answer).
-struct ClaimedJob {
-    read: Vec<Vec<u8>>,
-    /// Field, value pairs.
-    written: Vec<Vec<u8>>,
-    deleted: Vec<Vec<u8>>,
-}
-
-impl ClaimedJob {
-    /// The job's fields after the claim.
-    fn fields(self) -> Result<codec::Fields, codec::CodecError> {
-        let mut fields = codec::pairs(self.read)?;
-        for (name, value) in codec::pairs(self.written)? {
-            fields.insert(name, value);
-        }
-        for name in self.deleted {
-            if let Ok(name) = std::str::from_utf8(&name) {
-                fields.remove(name);
-            }
-        }
-        Ok(fields)
-    }
-}
+/// A claimed job as the claim script sends it: field, value pairs, its
+/// fields as they were read and then the changes the claim made, a deleted
+/// field without a value (one read serves the transition and the answer).
+struct ClaimedJob(Vec<Option<Vec<u8>>>);
 
 /// The claim line: claims that arrive together are made by one `claim`
 /// script call per lease and aging period (one in practice: a pool asks
@@ -635,26 +614,25 @@ fn claim_line(
                     .arg(CLAIM_DUE_BATCH)
                     .arg(group.len());
                 let run = async { inv.invoke_async(&mut conn).await.map_err(failed("claim")) };
-                let out: Vec<Vec<Vec<u8>>> = bounded(timeout, "claim", run).await?;
+                let out: Vec<::redis::Value> = bounded(timeout, "claim", run).await?;
                 let mut out = out.into_iter();
-                let next_due = out
+                let next_due: Vec<u8> = out
                     .next()
+                    .map(::redis::from_redis_value)
+                    .transpose()
+                    .map_err(|e| undecodable("claim", e))?
                     .ok_or_else(|| undecodable("claim", "an empty answer"))?;
-                let claimed = out.len() / 3;
-                if claimed < group.len() {
+                if out.len() < group.len() {
                     // Some claim found no job: idle workers wait at most
                     // until the next due time, which may make work.
-                    let next = next_due.first().map_or(&[][..], Vec::as_slice);
-                    hub.set_next_due(parse_u64("claim", next)?.map(Timestamp::from_millis));
+                    hub.set_next_due(parse_u64("claim", &next_due)?.map(Timestamp::from_millis));
                 }
                 for i in group {
-                    answers[i] = match (out.next(), out.next(), out.next()) {
-                        (Some(read), Some(written), Some(deleted)) => Ok(Some(ClaimedJob {
-                            read,
-                            written,
-                            deleted,
-                        })),
-                        _ => Ok(None),
+                    answers[i] = match out.next() {
+                        Some(job) => ::redis::from_redis_value(job)
+                            .map(|fields| Some(ClaimedJob(fields)))
+                            .map_err(|e| undecodable("claim", e)),
+                        None => Ok(None),
                     };
                 }
             }
@@ -695,13 +673,24 @@ fn complete_line(
             .arg(if c.send_job { "1" } else { "0" });
         outcome_args(inv, c.outcome.response.as_ref(), c.outcome.error.as_ref());
     };
-    let answer = |mut answer: Vec<Vec<u8>>| match answer.first().map(Vec::as_slice) {
-        Some(b"ok") => {
-            answer.remove(0);
-            Ok(Some(answer))
+    // 'ok' or 'stale', or the job sent back after its tag.
+    let answer = |answer: ::redis::Value| {
+        let tag = |t: &[u8]| matches!(&answer, ::redis::Value::BulkString(b) if b == t);
+        if tag(b"ok") {
+            return Ok(Some(Vec::new()));
         }
-        Some(b"stale") => Ok(None),
-        _ => Err(undecodable("complete", "an unknown tag")),
+        if tag(b"stale") {
+            return Ok(None);
+        }
+        let mut job: Vec<Vec<u8>> =
+            ::redis::from_redis_value(answer).map_err(|e| undecodable("complete", e))?;
+        match job.first().map(Vec::as_slice) {
+            Some(b"ok") => {
+                job.remove(0);
+                Ok(Some(job))
+            }
+            _ => Err(undecodable("complete", "an unknown tag")),
+        }
     };
     let line = FunctionLine {
         function: Function::Complete,
@@ -1154,8 +1143,12 @@ impl Store for RedisStore {
         let Some(claimed) = self.batched("claim", i.claims.call(call)).await? else {
             return Ok(None);
         };
-        let id = first_id(&claimed.read).ok_or_else(|| undecodable("claim", "no id"))?;
-        let fields = claimed.fields().map_err(|e| undecodable("claim", e))?;
+        let fields = codec::changed_pairs(claimed.0).map_err(|e| undecodable("claim", e))?;
+        let id = fields
+            .get(codec::field::ID)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| undecodable("claim", "no id"))?;
         let job = codec::decode_job(id, fields).map_err(|e| undecodable("claim", e))?;
         let lease = job
             .lease

@@ -689,6 +689,26 @@ pub(super) fn pairs(flat: Vec<Vec<u8>>) -> Result<Fields, CodecError> {
     Ok(out)
 }
 
+/// The fields of a hash as read, followed by changes to them: each later
+/// pair stands over an earlier one of its name, and a name without a value
+/// deletes it.
+pub(super) fn changed_pairs(flat: Vec<Option<Vec<u8>>>) -> Result<Fields, CodecError> {
+    if !flat.len().is_multiple_of(2) {
+        return Err(bad("an odd number of hash items"));
+    }
+    let mut out = Fields::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        let k = k.ok_or_else(|| bad("a field without a name"))?;
+        let k = String::from_utf8(k).map_err(|_| bad("a field name is not text"))?;
+        match v {
+            Some(v) => out.insert(k, v),
+            None => out.remove(&k),
+        };
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,16 +1,17 @@
 -- claim: ARGV[3] lease (ms), ARGV[4] priority aging period (ms, '' for none),
 -- ARGV[5] how many due items to apply first, ARGV[6] how many jobs to claim
 -- at most (the claims of several workers, sent together).
--- -> {{next due or ''}, {fields...}, {written...}, {deleted...}, ...}: the
---    next due time, when fewer jobs than asked were claimed, then for each
---    claimed job its fields as read, the fields and values the claim wrote,
---    and the fields it deleted.
+-- -> {next due or '', {fields...}, ...}: the next due time, when fewer jobs
+--    than asked were claimed, then for each claimed job its fields as read
+--    followed by what the claim changed: 'life' and its new value, and each
+--    field it deleted with no value (false, a nil in the answer). One table
+--    per job: Redis's conversion of each table costs more than its strings.
 local lease_ms = tonumber(ARGV[3])
 local aging = tonumber(ARGV[4])
 local want = tonumber(ARGV[6])
 -- Retries that came due (and deadlines that passed) count before choosing.
 apply_due(tonumber(ARGV[5]))
-local out = {{''}}
+local out = {''}
 local claimed = 0
 
 -- Each level is read a page at a time, from the head (its oldest job). What
@@ -110,12 +111,16 @@ for _ = 1, 1000 + want do
       expire_if_due(j)
       commit(j, b)
     else
-      local written, deleted = claim_packed(key, id, t, lease_ms)
-      if written then
+      local new_life, deleted = claim_packed(key, id, t, lease_ms)
+      if new_life then
         claimed = claimed + 1
+        flat[#flat + 1] = 'life'
+        flat[#flat + 1] = new_life
+        for i = 1, #deleted do
+          flat[#flat + 1] = deleted[i]
+          flat[#flat + 1] = false
+        end
         out[#out + 1] = flat
-        out[#out + 1] = written
-        out[#out + 1] = deleted
       else
         set_ready(level + 1, id, false)
       end
@@ -126,7 +131,7 @@ flush()
 if claimed < want then
   local due = first_due()
   if due then
-    out[1] = {n2s(due)}
+    out[1] = n2s(due)
   end
 end
 return out

@@ -3,7 +3,7 @@
 -- id, token, final status, send the job back ('1'/'0'), has response
 -- ('1'/'0'), response status, headers, body, error code ('' for none), error
 -- message.
--- -> per job, in order: {'ok', fields...} | {'ok'} (not sent back) | {'stale'}
+-- -> per job, in order: {'ok', fields...} | 'ok' (not sent back) | 'stale'
 local out = {}
 gather()
 for i = 1, #KEYS - 8 do
@@ -12,11 +12,11 @@ for i = 1, #KEYS - 8 do
   NOW = tonumber(ARGV[a + 1])
   if not complete_packed(key, ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 6], ARGV[a + 7],
       ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], ARGV[a + 11]) then
-    out[i] = STALE
+    out[i] = 'stale'
   elseif ARGV[a + 5] == '1' then
     out[i] = tagged('ok', key)
   else
-    out[i] = OK
+    out[i] = 'ok'
   end
 end
 flush()

@@ -60,8 +60,10 @@ end
 local NOTHING = {}
 
 -- Answers that carry nothing of their own, made once (Redis only reads an
--- answer's table).
-local OK, STALE, CREATED, FULL = {'ok'}, {'stale'}, {'created'}, {'full'}
+-- answer's table). Redis turns each table of an answer into RESP only after
+-- asking it for seven special fields ('err', 'ok', 'double'...), some 5 000
+-- instructions: claim and complete answer a bare string where they can.
+local CREATED, FULL = {'created'}, {'full'}
 
 local function job_key(id)
   return PREFIX .. 'job:' .. id
@@ -527,9 +529,9 @@ local function pack_array(t)
 end
 
 -- Job::claim of a job read from a ready list: nil if it is not runnable
--- (is_runnable), else the fields and values the claim wrote and the fields
--- it deleted. A queued job past its queue deadline is the caller's to
--- expire first (expire_if_due).
+-- (Job::is_runnable), else its new 'life' and the fields the claim
+-- deleted. A queued job past its queue deadline is the caller's to expire
+-- first (expire_if_due).
 local function claim_packed(key, id, t, lease_ms)
   local retry_at = t[I_RETRY_AT]
   if t[I_STATUS] ~= S_QUEUED or t[I_QUEUE_DEADLINE] <= NOW or retry_at > NOW then
@@ -566,13 +568,13 @@ local function claim_packed(key, id, t, lease_ms)
   if not retrying then
     set_ready(t[I_PRIORITY] + 1, id, false)
   end
-  local written = {'life', pack_array(t)}
-  redis.call('HSET', key, 'life', written[2])
+  local life = pack_array(t)
+  redis.call('HSET', key, 'life', life)
   if #gone > 0 then
     redis.call('HDEL', key, unpack(gone))
   end
   publish(CHANGED, id)
-  return written, gone
+  return life, gone
 end
 
 -- Job::end of the job at `key` with its outcome (put_outcome, finish_as),
