@@ -479,9 +479,8 @@ local function commit(j, b)
   if #args > 0 then
     redis.call('HSET', j.key, unpack(args))
   end
-  local gone = NOTHING
   if j.del then
-    gone = {}
+    local gone = {}
     for f in pairs(j.del) do
       gone[#gone + 1] = f
     end
@@ -490,7 +489,6 @@ local function commit(j, b)
       redis.call('HDEL', j.key, unpack(gone))
     end
   end
-  j.written, j.deleted = args, gone
   -- Redis forgets a finished job itself, unless a delivery still needs it.
   if b.kept and is_terminal(j.status) and not delivering(j) then
     local at = n2s(j.expires_at + EXPIRY_SLACK_MS)
