@@ -189,10 +189,11 @@ struct Inner {
     conn: ConnectionManager,
     keys: Arc<Keys>,
     hub: Arc<Hub>,
-    /// Claims, coalesced (see `batch.rs`).
+    /// Submissions, coalesced (see `batch.rs`).
     submissions: Batcher<EnqueueCall, Submitted>,
+    /// Claims, coalesced.
     claims: Batcher<ClaimCall, Claimed>,
-    /// Completions, coalesced (see `batch.rs`).
+    /// Completions, coalesced.
     completions: Batcher<CompleteCall, Completed>,
     io: Handle,
     timeout: Duration,
@@ -432,16 +433,12 @@ impl RedisStore {
         inv: Invocation,
     ) -> Result<(String, Vec<Vec<u8>>), StoreError> {
         let mut conn = self.inner.conn.clone();
-        let mut out = self
+        let out = self
             .exec(what, async move {
                 inv.invoke_async::<Vec<Vec<u8>>>(&mut conn).await
             })
             .await?;
-        if out.is_empty() {
-            return Err(undecodable(what, "an empty answer"));
-        }
-        let tag = String::from_utf8(out.remove(0)).unwrap_or_default();
-        Ok((tag, out))
+        split_tag(what, out)
     }
 
     fn job_key(&self, id: JobId) -> String {
@@ -979,7 +976,7 @@ async fn listen(
                     } else if channel == deliver {
                         ids.for_each(|_| hub.deliveries.notify_one());
                     } else if channel == changed {
-                        let ids = ids.filter_map(|id| std::str::from_utf8(id).ok()?.parse().ok());
+                        let ids = ids.filter_map(parse_id);
                         for id in ids {
                             hub.changed(id);
                         }
@@ -1049,14 +1046,10 @@ impl Store for RedisStore {
             slot,
             max_queued,
         };
-        let mut answer = self
+        let answer = self
             .batched("enqueue", self.inner.submissions.call(call))
             .await?;
-        if answer.is_empty() {
-            return Err(undecodable("enqueue", "an empty answer").into());
-        }
-        let tag = String::from_utf8(answer.remove(0)).unwrap_or_default();
-        let rest = answer;
+        let (tag, rest) = split_tag("enqueue", answer)?;
         match tag.as_str() {
             "created" => {
                 self.inner.hub.work.notify_one();
@@ -1072,8 +1065,7 @@ impl Store for RedisStore {
             "conflict" => {
                 let existing = rest
                     .first()
-                    .and_then(|b| std::str::from_utf8(b).ok())
-                    .and_then(|s| s.parse().ok())
+                    .and_then(|id| parse_id(id))
                     .ok_or_else(|| undecodable("enqueue", "no id"))?;
                 Err(EnqueueError::IdempotencyConflict { existing })
             }
@@ -1146,8 +1138,7 @@ impl Store for RedisStore {
         let fields = codec::changed_pairs(claimed.0).map_err(|e| undecodable("claim", e))?;
         let id = fields
             .get(codec::field::ID)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|s| s.parse().ok())
+            .and_then(|id| parse_id(id))
             .ok_or_else(|| undecodable("claim", "no id"))?;
         let job = codec::decode_job(id, fields).map_err(|e| undecodable("claim", e))?;
         let lease = job
@@ -1359,12 +1350,28 @@ impl Store for RedisStore {
 }
 
 /// The job id in a job hash returned by a script (its `id` field), for the
-/// answers about a job the script found in Redis (claim, claim_delivery,
+/// answers about a job the script found in Redis (claim_delivery,
 /// idempotent enqueue).
 fn first_id(flat: &[Vec<u8>]) -> Option<JobId> {
     flat.chunks(2)
         .find(|kv| kv[0] == codec::field::ID.as_bytes())
         .and_then(|kv| kv.get(1))
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|s| s.parse().ok())
+        .and_then(|id| parse_id(id))
+}
+
+/// A job id as a script answers it.
+fn parse_id(bytes: &[u8]) -> Option<JobId> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+/// A function's answer split into its tag and what follows it.
+fn split_tag(
+    what: &'static str,
+    mut out: Vec<Vec<u8>>,
+) -> Result<(String, Vec<Vec<u8>>), StoreError> {
+    if out.is_empty() {
+        return Err(undecodable(what, "an empty answer"));
+    }
+    let tag = String::from_utf8(out.remove(0)).unwrap_or_default();
+    Ok((tag, out))
 }

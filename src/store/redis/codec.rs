@@ -346,6 +346,15 @@ impl Life {
     }
 }
 
+/// The status packed as its index `i` in `all` (a [`Life`] scalar).
+fn indexed<T: Copy>(all: &[T], i: u64, what: &str) -> Result<T, CodecError> {
+    usize::try_from(i)
+        .ok()
+        .and_then(|i| all.get(i))
+        .copied()
+        .ok_or_else(|| bad(format!("unknown {what} {i}")))
+}
+
 /// A job hash that does not decode: written by something else, or damaged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct CodecError(String);
@@ -510,10 +519,7 @@ fn decode_delivery(life: &Life, f: &Fields) -> Result<Option<WebhookDelivery>, C
     let Some(status) = life.get(S::WhStatus) else {
         return Ok(None);
     };
-    let status = *usize::try_from(status)
-        .ok()
-        .and_then(|i| DELIVERY_STATUSES.get(i))
-        .ok_or_else(|| bad(format!("unknown delivery status {status}")))?;
+    let status = indexed(&DELIVERY_STATUSES, status, "delivery status")?;
     let lease = match (life.get(S::WhLeaseToken), life.time(S::WhLeaseUntil)) {
         (Some(token), Some(until)) => Some(Lease {
             token: LeaseToken(token),
@@ -621,11 +627,7 @@ pub(super) fn decode_job(id: JobId, mut f: Fields) -> Result<Job, CodecError> {
         .ok()
         .and_then(Priority::new)
         .ok_or_else(|| bad("bad priority"))?;
-    let status = life.required(S::Status)?;
-    let status = *usize::try_from(status)
-        .ok()
-        .and_then(|i| STATUSES.get(i))
-        .ok_or_else(|| bad(format!("unknown status {status}")))?;
+    let status = indexed(&STATUSES, life.required(S::Status)?, "status")?;
     let options = JobOptions {
         priority,
         max_time_in_queue: life.ms(S::MaxTimeInQueueMs, defaults.max_time_in_queue),
@@ -677,27 +679,20 @@ pub(super) fn decode_job(id: JobId, mut f: Fields) -> Result<Job, CodecError> {
 /// Pairs `name, value, name, value, ...` (as `HGETALL` and the scripts
 /// answer) into a map.
 pub(super) fn pairs(flat: Vec<Vec<u8>>) -> Result<Fields, CodecError> {
-    if !flat.len().is_multiple_of(2) {
-        return Err(bad("an odd number of hash items"));
-    }
-    let mut out = Fields::with_capacity(flat.len() / 2);
-    let mut it = flat.into_iter();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        let k = String::from_utf8(k).map_err(|_| bad("a field name is not text"))?;
-        out.insert(k, v);
-    }
-    Ok(out)
+    changed_pairs(flat.into_iter().map(Some))
 }
 
 /// The fields of a hash as read, followed by changes to them: each later
 /// pair stands over an earlier one of its name, and a name without a value
 /// deletes it.
-pub(super) fn changed_pairs(flat: Vec<Option<Vec<u8>>>) -> Result<Fields, CodecError> {
-    if !flat.len().is_multiple_of(2) {
+pub(super) fn changed_pairs(
+    flat: impl IntoIterator<Item = Option<Vec<u8>>, IntoIter: ExactSizeIterator>,
+) -> Result<Fields, CodecError> {
+    let mut it = flat.into_iter();
+    if !it.len().is_multiple_of(2) {
         return Err(bad("an odd number of hash items"));
     }
-    let mut out = Fields::with_capacity(flat.len() / 2);
-    let mut it = flat.into_iter();
+    let mut out = Fields::with_capacity(it.len() / 2);
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
         let k = k.ok_or_else(|| bad("a field without a name"))?;
         let k = String::from_utf8(k).map_err(|_| bad("a field name is not text"))?;
@@ -911,7 +906,6 @@ mod tests {
     #[test]
     fn the_lua_for_life_follows_the_list() {
         let lua = Life::lua();
-        println!("{lua}");
         let format = format!("local LIFE_FORMAT = '<{}'", "d".repeat(LIFE.len()));
         assert!(lua.contains(&format), "{format}");
         let at = |s: Scalar| s as usize + 1;
