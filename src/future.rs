@@ -5,15 +5,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::Bytes;
 use http::{Request, Response};
 use pin_project::pin_project;
 
+use crate::api::ApiFuture;
 use crate::body::{Body, ResponseBody};
 use crate::worker::InnerService;
-
-/// The layer's own answer to a request routed to the API.
-pub(crate) type ApiFuture = Pin<Box<dyn Future<Output = Response<Bytes>> + Send>>;
 
 /// The response future of [`Defer`](crate::Defer): a request passed through
 /// to the inner service, or the layer's own answer.

@@ -7,72 +7,18 @@ use std::time::Duration;
 use http::request::Parts;
 use tower_layer::Layer;
 
-use crate::job::{JobOptions, Priority, RetryPolicy};
+use crate::context::{DoorConfig, PoolConfig};
+use crate::job::{Priority, RetryPolicy};
 use crate::service::Defer;
 use crate::store::{MemoryStore, Store};
 use crate::worker::{InnerService, Worker};
 
-/// Extracts a job's owner from the submitting request's head.
-pub(crate) type OwnerFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
-
-/// Settings shared by the front doors and the worker pool.
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) prefix: String,
-    pub(crate) concurrency: usize,
-    pub(crate) max_body: usize,
-    pub(crate) body_timeout: Duration,
-    pub(crate) max_queue: usize,
-    pub(crate) max_output: usize,
-    pub(crate) defaults: JobOptions,
-    pub(crate) max_result_ttl: Duration,
-    pub(crate) forward_credentials: bool,
-    pub(crate) lease: Duration,
-    pub(crate) priority_aging: Option<Duration>,
-    pub(crate) max_wait: Duration,
-    pub(crate) shutdown_grace: Duration,
-    pub(crate) owner: Option<OwnerFn>,
-    pub(crate) bifrost: bool,
-    pub(crate) baseten: Option<Arc<crate::api::BasetenState>>,
-    /// Webhook delivery, when configured; `None` refuses every webhook.
-    #[cfg(feature = "webhooks")]
-    pub(crate) webhooks: Option<Arc<crate::Webhooks>>,
-    /// Baseten's `model_id` and `deployment_id`, for its webhook body
-    /// (`None`: empty strings).
-    #[cfg_attr(not(feature = "webhooks"), allow(dead_code))]
-    pub(crate) baseten_ids: Option<(String, String)>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            prefix: "/async".into(),
-            concurrency: 16,
-            max_body: 10 * 1024 * 1024,
-            body_timeout: Duration::from_secs(30),
-            max_queue: 10_000,
-            max_output: 100 * 1024 * 1024,
-            defaults: JobOptions::default(),
-            max_result_ttl: Duration::from_secs(7 * 86_400),
-            forward_credentials: false,
-            lease: Duration::from_secs(30),
-            priority_aging: Some(Duration::from_secs(60)),
-            max_wait: Duration::from_secs(60),
-            shutdown_grace: Duration::from_secs(30),
-            owner: None,
-            bifrost: false,
-            baseten: None,
-            #[cfg(feature = "webhooks")]
-            webhooks: None,
-            baseten_ids: None,
-        }
-    }
-}
-
-impl Config {
-    pub(crate) fn owner_of(&self, parts: &Parts) -> Option<Arc<str>> {
-        self.owner.as_ref().and_then(|f| f(parts)).map(Arc::from)
-    }
+/// The settings a [`DeferLayer`] collects, split by who reads them.
+#[derive(Clone, Default)]
+struct Config {
+    doors: DoorConfig,
+    pool: PoolConfig,
+    baseten: Option<crate::Baseten>,
 }
 
 /// Wraps a service so that its requests can also be made asynchronously.
@@ -117,8 +63,8 @@ pub struct DeferLayer<St = MemoryStore> {
 impl<St> fmt::Debug for DeferLayer<St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeferLayer")
-            .field("prefix", &self.config.prefix)
-            .field("concurrency", &self.config.concurrency)
+            .field("prefix", &self.config.doors.prefix)
+            .field("concurrency", &self.config.pool.concurrency)
             .finish_non_exhaustive()
     }
 }
@@ -146,7 +92,8 @@ impl<St: Store> DeferLayer<St> {
             prefix.starts_with('/') && !trimmed.is_empty(),
             "the prefix must start with '/' and name a path, got {prefix:?}"
         );
-        self.config.prefix = trimmed.to_owned();
+        self.config.doors.prefix = trimmed.to_owned();
+        self.config.pool.prefix = trimmed.to_owned();
         self
     }
 
@@ -157,74 +104,75 @@ impl<St: Store> DeferLayer<St> {
     /// If `n` is 0.
     pub fn concurrency(mut self, n: usize) -> Self {
         assert!(n > 0, "concurrency must be at least 1");
-        self.config.concurrency = n;
+        self.config.doors.concurrency = n;
+        self.config.pool.concurrency = n;
         self
     }
 
     /// The largest request body accepted for a job, in bytes (default 10 MiB);
     /// larger ones answer 413.
     pub fn max_body(mut self, bytes: usize) -> Self {
-        self.config.max_body = bytes;
+        self.config.doors.max_body = bytes;
         self
     }
 
     /// How long a job's request body may take to arrive (default 30 s);
     /// slower ones answer 408.
     pub fn body_timeout(mut self, d: Duration) -> Self {
-        self.config.body_timeout = d;
+        self.config.doors.body_timeout = d;
         self
     }
 
     /// At most this many queued jobs (default 10 000); past it, submissions
     /// answer 429 with `Retry-After`.
     pub fn max_queue(mut self, jobs: usize) -> Self {
-        self.config.max_queue = jobs;
+        self.config.doors.max_queue = jobs;
         self
     }
 
     /// The largest inner response kept, in bytes (default 100 MiB); a larger
     /// one fails its job with `response_too_large`.
     pub fn max_output(mut self, bytes: usize) -> Self {
-        self.config.max_output = bytes;
+        self.config.pool.max_output = bytes;
         self
     }
 
     /// How long a finished job's result stays retrievable (default 1 h).
     pub fn result_ttl(mut self, ttl: Duration) -> Self {
-        self.config.defaults.result_ttl = ttl;
+        self.config.doors.defaults.result_ttl = ttl;
         self
     }
 
     /// The longest result TTL a job may ask for (default 7 days); longer
     /// requests are capped to it.
     pub fn max_result_ttl(mut self, ttl: Duration) -> Self {
-        self.config.max_result_ttl = ttl;
+        self.config.doors.max_result_ttl = ttl;
         self
     }
 
     /// A job not started this long after submission ends `expired`
     /// (default 600 s).
     pub fn max_time_in_queue(mut self, d: Duration) -> Self {
-        self.config.defaults.max_time_in_queue = d;
+        self.config.doors.defaults.max_time_in_queue = d;
         self
     }
 
     /// How long one inner call may run before its job fails with
     /// `execution_timeout` (default 600 s).
     pub fn execution_timeout(mut self, d: Duration) -> Self {
-        self.config.defaults.execution_timeout = d;
+        self.config.doors.defaults.execution_timeout = d;
         self
     }
 
     /// Retries after a 500, 502, 503 or 504 (default 3 attempts, 1 s doubling to 5 s).
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.config.defaults.retry = policy;
+        self.config.doors.defaults.retry = policy;
         self
     }
 
     /// The priority of jobs that do not ask for one (default 1).
     pub fn default_priority(mut self, priority: Priority) -> Self {
-        self.config.defaults.priority = priority;
+        self.config.doors.defaults.priority = priority;
         self
     }
 
@@ -241,7 +189,7 @@ impl<St: Store> DeferLayer<St> {
             period != Some(Duration::ZERO),
             "the aging period must be positive"
         );
-        self.config.priority_aging = period;
+        self.config.pool.priority_aging = period;
         self
     }
 
@@ -260,34 +208,34 @@ impl<St: Store> DeferLayer<St> {
     where
         F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
     {
-        self.config.owner = Some(Arc::new(f));
+        self.config.doors.owner = Some(Arc::new(f));
         self
     }
 
     /// Whether a job keeps `authorization`, `cookie` and `proxy-authorization`
     /// to send to the inner service (default `false`: they are not stored).
     pub fn forward_credentials(mut self, forward: bool) -> Self {
-        self.config.forward_credentials = forward;
+        self.config.doors.forward_credentials = forward;
         self
     }
 
     /// The longest `Prefer: wait=N` honoured (default 60 s).
     pub fn max_wait(mut self, d: Duration) -> Self {
-        self.config.max_wait = d;
+        self.config.doors.max_wait = d;
         self
     }
 
     /// How long a worker's claim on a job lasts without renewal (default 30 s;
     /// renewed every third of it while the call runs).
     pub fn lease(mut self, d: Duration) -> Self {
-        self.config.lease = d.max(Duration::from_millis(30));
+        self.config.pool.lease = d.max(Duration::from_millis(30));
         self
     }
 
     /// How long in-flight calls may finish when the last handle to the
     /// service is dropped (default 30 s). See [`DeferHandle::shutdown`](crate::DeferHandle::shutdown).
     pub fn shutdown_grace(mut self, d: Duration) -> Self {
-        self.config.shutdown_grace = d;
+        self.config.pool.shutdown_grace = d;
         self
     }
 
@@ -295,7 +243,7 @@ impl<St: Store> DeferLayer<St> {
     /// /v1/async/{route}` runs the inner `POST /v1/{route}` as a job, and
     /// `GET /v1/async/{route}/{id}` reads it, as Bifrost's async API does.
     pub fn bifrost(mut self) -> Self {
-        self.config.bifrost = true;
+        self.config.doors.bifrost = true;
         self
     }
 
@@ -304,8 +252,8 @@ impl<St: Store> DeferLayer<St> {
     /// `/deployment/{id}`), `GET` and `DELETE /async_request/{id}`, and
     /// `…/async_queue_status`, as Baseten's async API does.
     pub fn baseten(mut self, settings: crate::Baseten) -> Self {
-        self.config.baseten_ids = Some(settings.ids());
-        self.config.baseten = Some(Arc::new(crate::api::BasetenState::new(settings)));
+        self.config.pool.baseten_ids = Some(settings.ids());
+        self.config.baseten = Some(settings);
         self
     }
 
@@ -314,7 +262,9 @@ impl<St: Store> DeferLayer<St> {
     /// webhook answers `400`.
     #[cfg(feature = "webhooks")]
     pub fn webhooks(mut self, webhooks: crate::Webhooks) -> Self {
-        self.config.webhooks = Some(Arc::new(webhooks));
+        let webhooks = Arc::new(webhooks);
+        self.config.doors.webhooks = Some(webhooks.clone());
+        self.config.pool.webhooks = Some(webhooks);
         self
     }
 
@@ -324,7 +274,12 @@ impl<St: Store> DeferLayer<St> {
     where
         S: InnerService,
     {
-        Defer::pair(inner, self.store.clone(), self.config.clone())
+        let Config {
+            doors,
+            pool,
+            baseten,
+        } = self.config.clone();
+        Defer::pair(inner, self.store.clone(), doors, pool, baseten)
     }
 }
 

@@ -61,19 +61,27 @@
 //!
 //! # Layout
 //!
-//! - [`job`]: what a job is, and its state machine (pure methods on [`Job`]).
+//! The arrows run one way, from the face down to the ground (`.ci/layers`
+//! checks it):
+//!
+//! - `layer.rs` / `service.rs` / `future.rs` / `body.rs`: the face.
+//!   [`DeferLayer`] builds [`Defer`], whose [`ResponseFuture`] and
+//!   [`ResponseBody`] are either the inner service's or the layer's own answer.
+//! - `api/`: the front doors, which only translate HTTP to store operations,
+//!   from their own context (`api::Doors`: the store, their settings, the live
+//!   page's recent jobs, Baseten's polling limiter).
+//! - `worker/`: the pool that claims jobs and calls the inner service, from
+//!   its own context (`context::Pool`). It knows no dialect.
+//! - `webhook` (feature `webhooks`): signed delivery of each job's end, on a
+//!   loop beside the worker pool; each format's body and signature live here.
+//! - `context.rs`: the settings the doors and the pool each read, below both;
+//!   `shutdown.rs`: how the pool and the webhook loop are told to stop.
 //! - [`store`]: the [`Store`] contract every store implements atomically, and
-//!   [`MemoryStore`], the default.
-//! - `layer.rs` / `service.rs` / `future.rs` / `body.rs`: [`DeferLayer`]
-//!   builds [`Defer`], whose [`ResponseFuture`] and [`ResponseBody`] are either
-//!   the inner service's or the layer's own answer.
-//! - `api/`: the front doors, which only translate HTTP to store operations.
-//! - `worker.rs`: the pool that claims jobs and calls the inner service.
+//!   [`MemoryStore`], the default. It knows jobs and time, nothing else.
+//! - [`job`]: what a job is, and its state machine (pure methods on [`Job`]).
 //! - `policy.rs`: classification, backoff and header rules as pure functions.
 //! - `upstream` (feature `proxy`): `Upstream`, the forwarding client of the
 //!   reverse proxy.
-//! - `webhook` (feature `webhooks`): signed delivery of each job's end, on a
-//!   loop beside the worker pool.
 //! - `trace.rs`: W3C trace context, one trace per job from submission
 //!   through each attempt (see [Tracing](#tracing)).
 //! - `tls.rs` (feature `tls`): the rustls connector of https upstreams and
@@ -87,6 +95,7 @@
 
 mod api;
 mod body;
+mod context;
 mod error;
 mod future;
 pub mod job;
@@ -95,6 +104,7 @@ pub mod metrics;
 mod policy;
 mod random;
 mod service;
+mod shutdown;
 pub mod store;
 pub mod time;
 #[cfg(all(feature = "tls", any(feature = "proxy", feature = "webhooks")))]
@@ -117,7 +127,6 @@ pub use service::Defer;
 pub use store::{MemoryStore, Store};
 #[cfg(feature = "redis")]
 pub use store::{RedisStore, RedisStoreBuilder};
-pub(crate) use webhook::webhook_target;
 #[cfg(feature = "webhooks")]
 pub use webhook::Webhooks;
 pub use worker::{DeferHandle, InnerService, Worker};

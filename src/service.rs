@@ -9,21 +9,14 @@ use http::{Request, Response};
 use tokio::sync::watch;
 use tower_service::Service;
 
-use crate::api::{self, Route};
+use crate::api::{self, Doors, Route};
 use crate::body::{Body, ResponseBody};
+use crate::context::{DoorConfig, Pool, PoolConfig};
 use crate::future::ResponseFuture;
-use crate::layer::Config;
+use crate::shutdown::Control;
 use crate::store::Store;
-use crate::worker::{self, Control, DeferHandle, InnerService, Worker};
+use crate::worker::{self, DeferHandle, InnerService, Worker};
 use crate::BoxError;
-
-/// What the front doors and the workers share: the store and the settings.
-pub(crate) struct Shared<St> {
-    pub(crate) store: Arc<St>,
-    pub(crate) config: Config,
-    /// Jobs submitted through this process, for the live page.
-    pub(crate) recent: crate::api::Recent,
-}
 
 /// A service wrapped by [`DeferLayer`](crate::DeferLayer).
 ///
@@ -33,7 +26,7 @@ pub(crate) struct Shared<St> {
 /// [`DeferHandle`] are dropped, or when [`DeferHandle::shutdown`] is called.
 pub struct Defer<S, St = crate::MemoryStore> {
     inner: S,
-    shared: Arc<Shared<St>>,
+    doors: Arc<Doors<St>>,
     handle: DeferHandle,
     // Keeps the pool running while any clone lives.
     _control: Arc<watch::Sender<Control>>,
@@ -43,7 +36,7 @@ impl<S: Clone, St> Clone for Defer<S, St> {
     fn clone(&self) -> Self {
         Defer {
             inner: self.inner.clone(),
-            shared: self.shared.clone(),
+            doors: self.doors.clone(),
             handle: self.handle.clone(),
             _control: self._control.clone(),
         }
@@ -54,7 +47,7 @@ impl<S: fmt::Debug, St> fmt::Debug for Defer<S, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Defer")
             .field("inner", &self.inner)
-            .field("prefix", &self.shared.config.prefix)
+            .field("prefix", &self.doors.config.prefix)
             .finish_non_exhaustive()
     }
 }
@@ -64,16 +57,22 @@ where
     S: InnerService,
     St: Store,
 {
-    pub(crate) fn pair(inner: S, store: Arc<St>, config: Config) -> (Self, Worker) {
-        let shared = Arc::new(Shared {
-            store,
-            config,
-            recent: crate::api::Recent::default(),
+    pub(crate) fn pair(
+        inner: S,
+        store: Arc<St>,
+        doors: DoorConfig,
+        pool: PoolConfig,
+        baseten: Option<crate::Baseten>,
+    ) -> (Self, Worker) {
+        let pool = Arc::new(Pool {
+            store: store.clone(),
+            config: pool,
         });
-        let (worker, handle, control) = worker::pool(inner.clone(), shared.clone());
+        let doors = Arc::new(Doors::new(store, doors, baseten));
+        let (worker, handle, control) = worker::build(inner.clone(), pool);
         let service = Defer {
             inner,
-            shared,
+            doors,
             handle,
             _control: control,
         };
@@ -89,7 +88,7 @@ impl<S, St> Defer<S, St> {
 
     /// The store behind this service.
     pub fn store(&self) -> &St {
-        &self.shared.store
+        &self.doors.store
     }
 }
 
@@ -111,11 +110,11 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        match api::route(&self.shared.config, &req) {
+        match api::route(&self.doors, &req) {
             Route::PassThrough => {
                 ResponseFuture::pass_through(self.inner.clone(), req.map(Body::new))
             }
-            route => ResponseFuture::api(api::handle(self.shared.clone(), route, req)),
+            route => ResponseFuture::api(api::handle(self.doors.clone(), route, req)),
         }
     }
 }

@@ -22,13 +22,11 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::jobs::{base_options, enqueue, lookup, no_job};
+use super::Doors;
 use super::RequestBody;
 use super::{json, options, read_body, store_unavailable};
 use crate::error::Problem;
-use crate::job::{
-    DeliveryStatus, ErrorCode, Job, JobId, JobStatus, NewJob, StoredRequest, WebhookFormat,
-};
-use crate::service::Shared;
+use crate::job::{DeliveryStatus, Job, JobId, JobStatus, NewJob, StoredRequest, WebhookFormat};
 use crate::store::{QueuedCancel, Store};
 
 /// The Baseten dialect's settings.
@@ -108,7 +106,7 @@ impl Baseten {
     }
 }
 
-/// The dialect's settings and its polling limiter, shared by clones.
+/// The dialect's settings and its polling limiter, doors by clones.
 pub(crate) struct BasetenState {
     settings: Baseten,
     limiter: RateLimiter,
@@ -184,7 +182,7 @@ pub(crate) fn endpoint(method: &Method, path: &str) -> Option<Endpoint> {
 }
 
 pub(crate) async fn handle<St, B>(
-    shared: &Shared<St>,
+    doors: &Doors<St>,
     state: &BasetenState,
     endpoint: Endpoint,
     req: Request<B>,
@@ -194,22 +192,22 @@ where
     B: RequestBody,
 {
     let (parts, body) = req.into_parts();
-    let owner = shared.config.owner_of(&parts);
+    let owner = doors.config.owner_of(&parts);
     let owner = owner.as_deref();
     let settings = &state.settings;
     match endpoint {
-        Endpoint::Submit => submit(shared, settings, &parts, body).await,
+        Endpoint::Submit => submit(doors, settings, &parts, body).await,
         Endpoint::Status(id) => {
             state.limiter.check(owner)?;
-            let job = lookup(shared, id, owner).await?;
+            let job = lookup(doors, id, owner).await?;
             Ok(json(StatusCode::OK, &status_document(settings, &job)))
         }
         Endpoint::Cancel(id) => {
-            let job = lookup(shared, id, owner).await?;
-            cancel_queued(shared, &job, owner).await
+            let job = lookup(doors, id, owner).await?;
+            cancel_queued(doors, &job, owner).await
         }
         Endpoint::QueueStatus => {
-            let stats = shared
+            let stats = doors
                 .store
                 .stats()
                 .await
@@ -230,7 +228,7 @@ where
 }
 
 async fn submit<St, B>(
-    shared: &Shared<St>,
+    doors: &Doors<St>,
     settings: &Baseten,
     parts: &http::request::Parts,
     body: B,
@@ -239,8 +237,8 @@ where
     St: Store,
     B: RequestBody,
 {
-    let mut options = base_options(shared, parts)?;
-    let bytes = read_body(&shared.config, &parts.headers, body).await?;
+    let mut options = base_options(doors, parts)?;
+    let bytes = read_body(&doors.config, &parts.headers, body).await?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
         Problem::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
     })?;
@@ -253,12 +251,12 @@ where
     let model_input = fields
         .remove("model_input")
         .ok_or_else(|| Problem::bad_request("missing_field", "missing field `model_input`"))?;
-    options::from_envelope(&fields, &mut options, shared.config.max_result_ttl)?;
+    options::from_envelope(&fields, &mut options, doors.config.max_result_ttl)?;
     match fields.get("webhook_endpoint") {
         None | Some(Value::Null) => {}
         Some(Value::String(url)) => {
-            options.webhook = Some(crate::webhook_target(
-                &shared.config,
+            options.webhook = Some(super::options::webhook_target(
+                &doors.config,
                 url,
                 WebhookFormat::Baseten,
                 "webhook_endpoint",
@@ -279,7 +277,7 @@ where
         headers,
         body: Bytes::from(serde_json::to_vec(&model_input).unwrap_or_default()),
     };
-    let enqueued = enqueue(shared, NewJob { request, options }, &parts.headers).await?;
+    let enqueued = enqueue(doors, NewJob { request, options }, &parts.headers).await?;
     let status = if enqueued.created {
         StatusCode::CREATED
     } else {
@@ -291,7 +289,7 @@ where
 /// Baseten's cancel: only a queued job cancels; a running or finished one is
 /// left alone and says why.
 async fn cancel_queued<St: Store>(
-    shared: &Shared<St>,
+    doors: &Doors<St>,
     job: &Job,
     owner: Option<&str>,
 ) -> Result<Response<Bytes>, Problem> {
@@ -305,7 +303,7 @@ async fn cancel_queued<St: Store>(
     if job.status != JobStatus::Queued {
         return Ok(answer(false, not_canceled(job)));
     }
-    match shared.store.cancel_queued(id, owner).await {
+    match doors.store.cancel_queued(id, owner).await {
         Ok(QueuedCancel::Canceled(job)) => {
             crate::metrics::finished(job.status);
             Ok(answer(true, format!("Request {id} was canceled.")))
@@ -338,40 +336,6 @@ fn baseten_status(job: &Job) -> &'static str {
     }
 }
 
-/// Baseten's error codes for what went wrong, as its status document and
-/// its webhook show them.
-pub(crate) fn baseten_errors(job: &Job) -> Vec<Value> {
-    let error = |code: &str, message: String| json!({ "code": code, "message": message });
-    if let Some(e) = &job.error {
-        if job.status.is_terminal() {
-            let code = match e.code {
-                ErrorCode::ExecutionTimeout => "MODEL_PREDICT_TIMEOUT",
-                ErrorCode::QueueTimeout | ErrorCode::UpstreamUnavailable => "MODEL_UNAVAILABLE",
-                ErrorCode::Canceled => "CANCELED",
-                ErrorCode::UpstreamStatus
-                | ErrorCode::UpstreamError
-                | ErrorCode::ResponseBodyError => "MODEL_PREDICT_ERROR",
-                _ => "INTERNAL_SERVER_ERROR",
-            };
-            return vec![error(code, e.message.clone())];
-        }
-    }
-    match (&job.response, job.status) {
-        (Some(r), JobStatus::Failed) => {
-            let code = if r.status.is_client_error() {
-                "MODEL_INVALID_INPUT"
-            } else {
-                "MODEL_PREDICT_ERROR"
-            };
-            vec![error(
-                code,
-                format!("Server responded with status code {}", r.status.as_u16()),
-            )]
-        }
-        _ => Vec::new(),
-    }
-}
-
 fn webhook_status(job: &Job) -> &'static str {
     match (&job.options.webhook, &job.webhook) {
         (None, _) => "NO_WEBHOOK_PROVIDED",
@@ -393,7 +357,7 @@ fn status_document(settings: &Baseten, job: &Job) -> Value {
         "webhook_status": webhook_status(job),
         "created_at": job.created_at,
         "status_at": job.status_at,
-        "errors": baseten_errors(job),
+        "errors": crate::webhook::baseten_errors(job),
     })
 }
 

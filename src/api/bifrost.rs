@@ -18,12 +18,12 @@ use http::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 use super::jobs::{base_options, enqueue, lookup, no_job};
+use super::Doors;
 use super::RequestBody;
 use super::{json, read_body};
 use crate::error::Problem;
 use crate::job::{Job, JobId, JobStatus, NewJob, StoredRequest};
 use crate::policy;
-use crate::service::Shared;
 use crate::store::Store;
 
 /// Where the dialect is mounted.
@@ -76,7 +76,7 @@ pub(crate) fn endpoint(method: &Method, path: &str) -> Option<Endpoint> {
 }
 
 pub(crate) async fn handle<St, B>(
-    shared: &Shared<St>,
+    doors: &Doors<St>,
     endpoint: Endpoint,
     req: Request<B>,
 ) -> Response<Bytes>
@@ -85,11 +85,11 @@ where
     B: RequestBody,
 {
     let result = match endpoint {
-        Endpoint::Submit { route } => submit(shared, &route, req).await,
+        Endpoint::Submit { route } => submit(doors, &route, req).await,
         Endpoint::Get { route, id } => {
-            let owner = shared.config.owner_of(&req.into_parts().0);
+            let owner = doors.config.owner_of(&req.into_parts().0);
             match id {
-                Ok(id) => get(shared, &route, id, owner.as_deref()).await,
+                Ok(id) => get(doors, &route, id, owner.as_deref()).await,
                 Err(id) => Err(Problem::not_found(no_job(&id))),
             }
         }
@@ -127,7 +127,7 @@ fn inner_path(route: &str) -> String {
 }
 
 async fn submit<St, B>(
-    shared: &Shared<St>,
+    doors: &Doors<St>,
     route: &str,
     req: Request<B>,
 ) -> Result<Response<Bytes>, Problem>
@@ -136,7 +136,7 @@ where
     B: RequestBody,
 {
     let (parts, body) = req.into_parts();
-    let mut options = base_options(shared, &parts)?;
+    let mut options = base_options(doors, &parts)?;
     if let Some(value) = parts.headers.get(RESULT_TTL_HEADER) {
         let secs = value
             .to_str()
@@ -149,9 +149,9 @@ where
                     format!("`{RESULT_TTL_HEADER}` must be a whole number of seconds, at least 1"),
                 )
             })?;
-        options.result_ttl = Duration::from_secs(secs).min(shared.config.max_result_ttl);
+        options.result_ttl = Duration::from_secs(secs).min(doors.config.max_result_ttl);
     }
-    let bytes = read_body(&shared.config, &parts.headers, body).await?;
+    let bytes = read_body(&doors.config, &parts.headers, body).await?;
     let query = parts
         .uri
         .query()
@@ -160,7 +160,7 @@ where
     let path_and_query = PathAndQuery::try_from(format!("{}{query}", inner_path(route)))
         .map_err(|_| Problem::not_found(format!("no route {}", parts.uri.path())))?;
     let mut headers =
-        policy::request_headers_to_store(&parts.headers, shared.config.forward_credentials);
+        policy::request_headers_to_store(&parts.headers, doors.config.forward_credentials);
     headers.remove(RESULT_TTL_HEADER);
     let request = StoredRequest {
         method: Method::POST,
@@ -168,7 +168,7 @@ where
         headers,
         body: bytes,
     };
-    let enqueued = enqueue(shared, NewJob { request, options }, &parts.headers).await?;
+    let enqueued = enqueue(doors, NewJob { request, options }, &parts.headers).await?;
     let job = &enqueued.job;
     let mut response = json(
         StatusCode::ACCEPTED,
@@ -190,12 +190,12 @@ fn status_name(job: &Job) -> &'static str {
 }
 
 async fn get<St: Store>(
-    shared: &Shared<St>,
+    doors: &Doors<St>,
     route: &str,
     id: JobId,
     owner: Option<&str>,
 ) -> Result<Response<Bytes>, Problem> {
-    let job = lookup(shared, id, owner).await?;
+    let job = lookup(doors, id, owner).await?;
     // The route of the GET must be the route the job was submitted to.
     if job.request.path_and_query.path() != inner_path(route) {
         return Err(Problem::not_found(no_job(id.as_str())));

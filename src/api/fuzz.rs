@@ -24,7 +24,7 @@ pub fn parse_envelope(body: &[u8]) -> Result<NewJob, Refused> {
     native::parse_envelope(
         body,
         JobOptions::default(),
-        &crate::layer::Config::default(),
+        &crate::context::DoorConfig::default(),
     )
     .map_err(|p| Refused {
         status: p.status.as_u16(),

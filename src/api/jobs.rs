@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use tracing::Instrument;
 
+use super::Doors;
 use crate::error::Problem;
 use crate::job::{Job, JobId, JobOptions, NewJob};
-use crate::service::Shared;
 use crate::store::{Enqueued, Store};
 use crate::trace::{self, Submission, TraceContext};
 
@@ -21,11 +21,11 @@ pub(crate) fn no_job(id: &str) -> String {
 
 /// The job, if it exists and `owner` may see it; 404 otherwise.
 pub(crate) async fn lookup<St: Store>(
-    shared: &Shared<St>,
+    doors: &Doors<St>,
     id: JobId,
     owner: Option<&str>,
 ) -> Result<Job, Problem> {
-    match shared.store.get(id).await {
+    match doors.store.get(id).await {
         Ok(Some(job)) if job.is_visible_to(owner) => Ok(job),
         Ok(_) => Err(Problem::not_found(no_job(id.as_str()))),
         Err(e) => Err(store_unavailable(&e)),
@@ -38,11 +38,11 @@ const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempot
 /// The options every submission starts from: the layer's defaults, the
 /// owner, and the `Idempotency-Key`.
 pub(crate) fn base_options<St>(
-    shared: &Shared<St>,
+    doors: &Doors<St>,
     parts: &http::request::Parts,
 ) -> Result<JobOptions, Problem> {
-    let mut options = shared.config.defaults.clone();
-    options.owner = shared.config.owner_of(parts);
+    let mut options = doors.config.defaults.clone();
+    options.owner = doors.config.owner_of(parts);
     if let Some(key) = parts.headers.get(IDEMPOTENCY_KEY) {
         let key = key
             .to_str()
@@ -64,7 +64,7 @@ pub(crate) fn base_options<St>(
 /// from its own headers or else from those of the `submitted` request,
 /// inside a `submit` span that names the job and its trace.
 pub(crate) async fn enqueue<St: Store>(
-    shared: &Shared<St>,
+    doors: &Doors<St>,
     mut job: NewJob,
     submitted: &http::HeaderMap,
 ) -> Result<Enqueued, Problem> {
@@ -78,9 +78,9 @@ pub(crate) async fn enqueue<St: Store>(
         span_id = tracing::field::Empty,
         parent_span_id = trace::parent_span_id(trace.parent.as_ref()),
     );
-    let enqueued = shared
+    let enqueued = doors
         .store
-        .enqueue(job, shared.config.max_queue)
+        .enqueue(job, doors.config.max_queue)
         .instrument(span.clone())
         .await
         .map_err(|e| enqueue_refused(&e))?;
@@ -98,7 +98,7 @@ pub(crate) async fn enqueue<St: Store>(
         span.record("span_id", tracing::field::display(context.span_id()));
     }
     if enqueued.created {
-        shared.recent.push(job.id, job.options.owner.clone());
+        doors.recent.push(job.id, job.options.owner.clone());
         crate::metrics::submitted();
         tracing::info!("job submitted");
     }

@@ -4,6 +4,7 @@
 //! store's internals, and the worker knows none of them.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -12,15 +13,14 @@ use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
+use crate::context::DoorConfig;
 use crate::error::Problem;
-use crate::future::ApiFuture;
-use crate::layer::Config;
-use crate::service::Shared;
 use crate::store::{EnqueueError, Store, StoreError};
 use crate::BoxError;
 
 mod baseten;
 mod bifrost;
+mod context;
 mod document;
 mod envelope;
 #[cfg(feature = "fuzzing")]
@@ -33,12 +33,12 @@ mod prefer;
 mod recent;
 mod vessl;
 
-#[cfg_attr(not(feature = "webhooks"), allow(unused_imports))]
-pub(crate) use baseten::baseten_errors;
 pub use baseten::Baseten;
-pub(crate) use baseten::BasetenState;
+pub(crate) use context::Doors;
 pub(crate) use prefer::{Prefer, PREFER};
-pub(crate) use recent::Recent;
+
+/// The layer's own answer to a request routed to the API.
+pub(crate) type ApiFuture = Pin<Box<dyn Future<Output = Response<Bytes>> + Send>>;
 
 /// A request body the front doors can read: chunks of [`Bytes`], any error
 /// that boxes, sendable. Implemented for every such body.
@@ -72,7 +72,8 @@ pub(crate) enum Route {
 
 /// Decides from the request head alone, so a pass-through costs a prefix
 /// comparison and, only when a `Prefer` header is present, reading it.
-pub(crate) fn route<B>(config: &Config, req: &Request<B>) -> Route {
+pub(crate) fn route<St, B>(doors: &Doors<St>, req: &Request<B>) -> Route {
+    let config = &doors.config;
     if let Some(endpoint) = native::endpoint(&config.prefix, req.method(), req.uri().path()) {
         return Route::Native(endpoint);
     }
@@ -81,7 +82,7 @@ pub(crate) fn route<B>(config: &Config, req: &Request<B>) -> Route {
             return Route::Bifrost(endpoint);
         }
     }
-    if config.baseten.is_some() {
+    if doors.baseten.is_some() {
         if let Some(endpoint) = baseten::endpoint(req.method(), req.uri().path()) {
             return Route::Baseten(endpoint);
         }
@@ -99,7 +100,7 @@ pub(crate) fn route<B>(config: &Config, req: &Request<B>) -> Route {
 /// own: one future type for every route would be as large as the largest
 /// (a long-poll's, some kilobytes), and would be moved whole into its box and
 /// at each await on the way down, for every submission.
-pub(crate) fn handle<St, B>(shared: Arc<Shared<St>>, route: Route, req: Request<B>) -> ApiFuture
+pub(crate) fn handle<St, B>(doors: Arc<Doors<St>>, route: Route, req: Request<B>) -> ApiFuture
 where
     St: Store,
     B: RequestBody,
@@ -107,29 +108,29 @@ where
     match route {
         Route::Native(native::Endpoint::Submit) => Box::pin(async move {
             let (parts, body) = req.into_parts();
-            native::submit_envelope(&shared, &parts, body)
+            native::submit_envelope(&doors, &parts, body)
                 .await
                 .unwrap_or_else(Problem::into_response)
         }),
         Route::Native(endpoint) => Box::pin(async move {
-            native::handle(&shared, endpoint, req)
+            native::handle(&doors, endpoint, req)
                 .await
                 .unwrap_or_else(Problem::into_response)
         }),
         Route::PreferAsync(prefer) => Box::pin(async move {
-            native::submit_prefer(&shared, prefer, req)
+            native::submit_prefer(&doors, prefer, req)
                 .await
                 .unwrap_or_else(Problem::into_response)
         }),
         // Bifrost answers in its own error shape.
         Route::Bifrost(endpoint) => {
-            Box::pin(async move { bifrost::handle(&shared, endpoint, req).await })
+            Box::pin(async move { bifrost::handle(&doors, endpoint, req).await })
         }
         Route::Baseten(endpoint) => Box::pin(async move {
-            let Some(state) = &shared.config.baseten else {
+            let Some(state) = &doors.baseten else {
                 unreachable!("Baseten routes are matched only when the dialect is on")
             };
-            baseten::handle(&shared, state, endpoint, req)
+            baseten::handle(&doors, state, endpoint, req)
                 .await
                 .unwrap_or_else(Problem::into_response)
         }),
@@ -140,7 +141,7 @@ where
 /// Reads a request body of at most `max_body` bytes, within `body_timeout`:
 /// a client that trickles its body cannot hold a request open for ever.
 pub(crate) async fn read_body<B>(
-    config: &Config,
+    config: &DoorConfig,
     headers: &HeaderMap,
     body: B,
 ) -> Result<Bytes, Problem>

@@ -23,13 +23,13 @@ use super::document::StatusDocument;
 use super::envelope::{Envelope, EnvelopeError, Field, Fields};
 use super::jobs::{base_options, enqueue, lookup, no_job};
 use super::vessl::OutputDocument;
+use super::Doors;
 use super::RequestBody;
 use super::{json, json_body, options, read_body, store_unavailable, Prefer};
+use crate::context::DoorConfig;
 use crate::error::Problem;
 use crate::job::{CancelOutcome, Job, JobId, JobOptions, NewJob, StoredRequest};
-use crate::layer::Config;
 use crate::policy;
-use crate::service::Shared;
 use crate::store::Store;
 use crate::time::Timestamp;
 
@@ -95,7 +95,7 @@ pub(crate) fn endpoint(prefix: &str, method: &Method, path: &str) -> Option<Endp
 }
 
 pub(crate) async fn handle<St, B>(
-    shared: &Shared<St>,
+    doors: &Doors<St>,
     endpoint: Endpoint,
     req: Request<B>,
 ) -> Result<Response<Bytes>, Problem>
@@ -104,14 +104,14 @@ where
     B: RequestBody,
 {
     let (parts, body) = req.into_parts();
-    let owner = shared.config.owner_of(&parts);
+    let owner = doors.config.owner_of(&parts);
     let owner = owner.as_deref();
     match endpoint {
-        Endpoint::Submit => submit_envelope(shared, &parts, body).await,
-        Endpoint::Queue => queue(shared).await,
-        Endpoint::Recent => recent(shared, owner).await,
+        Endpoint::Submit => submit_envelope(doors, &parts, body).await,
+        Endpoint::Queue => queue(doors).await,
+        Endpoint::Recent => recent(doors, owner).await,
         Endpoint::OpenApi => {
-            let spec = super::openapi::document(&shared.config);
+            let spec = super::openapi::document(&doors.config, doors.baseten.is_some());
             Ok(json_body(StatusCode::OK, spec))
         }
         Endpoint::Ui => {
@@ -124,26 +124,26 @@ where
         }
         Endpoint::Status(id) => {
             let wait = Prefer::from_headers(&parts.headers).wait;
-            let mut job = lookup(shared, id, owner).await?;
+            let mut job = lookup(doors, id, owner).await?;
             if let Some(secs) = wait.filter(|_| !job.status.is_terminal()) {
                 let until =
-                    Timestamp::now().after(shared.config.max_wait.min(Duration::from_secs(secs)));
-                let changed = shared.store.wait(id, job.revision, until).await;
+                    Timestamp::now().after(doors.config.max_wait.min(Duration::from_secs(secs)));
+                let changed = doors.store.wait(id, job.revision, until).await;
                 job = changed
                     .map_err(|e| store_unavailable(&e))?
                     .ok_or_else(|| Problem::not_found(no_job(id.as_str())))?;
             }
-            Ok(status_response(&shared.config.prefix, &job))
+            Ok(status_response(&doors.config.prefix, &job))
         }
         Endpoint::Output(id) => {
-            let job = lookup(shared, id, owner).await?;
+            let job = lookup(doors, id, owner).await?;
             Ok(json(StatusCode::OK, &OutputDocument::new(&job)))
         }
         Endpoint::Result(id) => {
-            let job = lookup(shared, id, owner).await?;
+            let job = lookup(doors, id, owner).await?;
             match (&job.response, job.status.is_terminal()) {
                 (Some(response), true) => Ok(replay(&job, response)),
-                (_, false) => Ok(status_response(&shared.config.prefix, &job)),
+                (_, false) => Ok(status_response(&doors.config.prefix, &job)),
                 (None, true) => Err(Problem::new(
                     StatusCode::CONFLICT,
                     "no_result",
@@ -157,7 +157,7 @@ where
                 )),
             }
         }
-        Endpoint::Cancel(id) => match shared.store.cancel(id, owner).await {
+        Endpoint::Cancel(id) => match doors.store.cancel(id, owner).await {
             Ok(CancelOutcome::Canceled(job)) => {
                 crate::metrics::finished(job.status);
                 Ok(json(StatusCode::OK, &StatusDocument::new(&job)))
@@ -175,8 +175,8 @@ where
     }
 }
 
-async fn queue<St: Store>(shared: &Shared<St>) -> Result<Response<Bytes>, Problem> {
-    let stats = shared
+async fn queue<St: Store>(doors: &Doors<St>) -> Result<Response<Bytes>, Problem> {
+    let stats = doors
         .store
         .stats()
         .await
@@ -193,8 +193,8 @@ async fn queue<St: Store>(shared: &Shared<St>) -> Result<Response<Bytes>, Proble
             "retrying": stats.retrying,
             "in_progress": stats.in_progress,
             "oldest_queued_seconds": (oldest * 1000.0).round() / 1000.0,
-            "max_queued": shared.config.max_queue,
-            "concurrency": shared.config.concurrency,
+            "max_queued": doors.config.max_queue,
+            "concurrency": doors.config.concurrency,
         }),
     ))
 }
@@ -205,12 +205,12 @@ const UI_PAGE: &str = include_str!("ui/index.html");
 /// The jobs most recently submitted through this process that `owner` may
 /// see, newest first, as status documents.
 async fn recent<St: Store>(
-    shared: &Shared<St>,
+    doors: &Doors<St>,
     owner: Option<&str>,
 ) -> Result<Response<Bytes>, Problem> {
     let mut jobs = Vec::new();
-    for id in shared.recent.visible_to(owner) {
-        match shared.store.get(id).await {
+    for id in doors.recent.visible_to(owner) {
+        match doors.store.get(id).await {
             Ok(Some(job)) => jobs.push(job),
             Ok(None) => {}
             Err(e) => return Err(store_unavailable(&e)),
@@ -263,7 +263,7 @@ fn replay(job: &Job, response: &crate::job::StoredResponse) -> Response<Bytes> {
 
 /// `POST P` with the VESSL envelope.
 pub(crate) async fn submit_envelope<St, B>(
-    shared: &Shared<St>,
+    doors: &Doors<St>,
     parts: &http::request::Parts,
     body: B,
 ) -> Result<Response<Bytes>, Problem>
@@ -279,14 +279,14 @@ where
             "the envelope must be JSON (Content-Type: application/json)",
         ));
     }
-    let options = base_options(shared, parts)?;
-    let bytes = read_body(&shared.config, &parts.headers, body).await?;
-    let mut job = parse_envelope(&bytes, options, &shared.config)?;
+    let options = base_options(doors, parts)?;
+    let bytes = read_body(&doors.config, &parts.headers, body).await?;
+    let mut job = parse_envelope(&bytes, options, &doors.config)?;
     policy::retain_request_headers_to_store(
         &mut job.request.headers,
-        shared.config.forward_credentials,
+        doors.config.forward_credentials,
     );
-    let enqueued = enqueue(shared, job, &parts.headers).await?;
+    let enqueued = enqueue(doors, job, &parts.headers).await?;
     let status = if enqueued.created {
         StatusCode::CREATED
     } else {
@@ -295,7 +295,7 @@ where
     let mut response = created(status, enqueued.job.id);
     response
         .headers_mut()
-        .insert(LOCATION, location(&shared.config.prefix, enqueued.job.id));
+        .insert(LOCATION, location(&doors.config.prefix, enqueued.job.id));
     Ok(response)
 }
 
@@ -321,7 +321,7 @@ fn invalid(field: &str, detail: impl std::fmt::Display) -> Problem {
 pub(crate) fn parse_envelope(
     bytes: &[u8],
     mut options: JobOptions,
-    config: &Config,
+    config: &DoorConfig,
 ) -> Result<NewJob, Problem> {
     let envelope = Envelope::parse(bytes).map_err(|e| match e {
         EnvelopeError::Malformed(e) => {
@@ -425,7 +425,7 @@ fn envelope_headers(map: &Map<String, Value>) -> Result<HeaderMap, Problem> {
 
 /// Any other route with `Prefer: respond-async`: the request, stored as sent.
 pub(crate) async fn submit_prefer<St, B>(
-    shared: &Shared<St>,
+    doors: &Doors<St>,
     prefer: Prefer,
     req: Request<B>,
 ) -> Result<Response<Bytes>, Problem>
@@ -434,10 +434,10 @@ where
     B: RequestBody,
 {
     let (parts, body) = req.into_parts();
-    let mut options = base_options(shared, &parts)?;
-    options::from_headers(&parts.headers, &mut options, shared.config.max_result_ttl)?;
-    options::webhook_from_headers(&parts.headers, &mut options, &shared.config)?;
-    let bytes = read_body(&shared.config, &parts.headers, body).await?;
+    let mut options = base_options(doors, &parts)?;
+    options::from_headers(&parts.headers, &mut options, doors.config.max_result_ttl)?;
+    options::webhook_from_headers(&parts.headers, &mut options, &doors.config)?;
+    let bytes = read_body(&doors.config, &parts.headers, body).await?;
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -446,21 +446,18 @@ where
     let request = StoredRequest {
         method: parts.method.clone(),
         path_and_query,
-        headers: policy::request_headers_to_store(
-            &parts.headers,
-            shared.config.forward_credentials,
-        ),
+        headers: policy::request_headers_to_store(&parts.headers, doors.config.forward_credentials),
         body: bytes,
     };
-    let enqueued = enqueue(shared, NewJob { request, options }, &parts.headers).await?;
+    let enqueued = enqueue(doors, NewJob { request, options }, &parts.headers).await?;
     let mut job = enqueued.job;
     let wait = prefer
         .wait
-        .map(|s| shared.config.max_wait.min(Duration::from_secs(s)));
+        .map(|s| doors.config.max_wait.min(Duration::from_secs(s)));
     if let Some(wait) = wait {
         let until = Timestamp::now().after(wait);
         while !job.status.is_terminal() && Timestamp::now() < until {
-            match shared.store.wait(job.id, job.revision, until).await {
+            match doors.store.wait(job.id, job.revision, until).await {
                 Ok(Some(changed)) => job = changed,
                 Ok(None) => break,
                 Err(e) => return Err(store_unavailable(&e)),
@@ -484,7 +481,7 @@ where
             );
             r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(1));
             r.headers_mut()
-                .insert(LOCATION, location(&shared.config.prefix, job.id));
+                .insert(LOCATION, location(&doors.config.prefix, job.id));
             r
         }
     };

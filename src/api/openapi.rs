@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::layer::Config;
+use crate::context::DoorConfig;
 
 /// The document as written, for the default prefix `/async` and every dialect.
 const SPEC: &str = include_str!("openapi.json");
@@ -20,7 +20,7 @@ fn is_bifrost(path: &str) -> bool {
 }
 
 /// The document for this configuration.
-pub(crate) fn document(config: &Config) -> Bytes {
+pub(crate) fn document(config: &DoorConfig, baseten: bool) -> Bytes {
     let Ok(Value::Object(mut spec)) = serde_json::from_str::<Value>(SPEC) else {
         // The document is checked by tests; an unparsable one is a build bug.
         return Bytes::from_static(SPEC.as_bytes());
@@ -37,7 +37,7 @@ pub(crate) fn document(config: &Config) -> Bytes {
                 path
             } else {
                 // The rest is Baseten's.
-                if config.baseten.is_none() {
+                if !baseten {
                     continue;
                 }
                 path

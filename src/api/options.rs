@@ -8,14 +8,14 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, StatusCode};
 use serde_json::Value;
 
 use super::envelope::{Field, Fields};
 
+use crate::context::DoorConfig;
 use crate::error::Problem;
-use crate::job::{JobOptions, Priority, WebhookFormat};
-use crate::layer::Config;
+use crate::job::{JobOptions, Priority, WebhookFormat, WebhookTarget};
 
 /// What an option sets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,13 +236,12 @@ pub(crate) const WEBHOOK_HEADER: &str = "defer-webhook";
 pub(crate) fn webhook_from_envelope(
     envelope: &impl Fields,
     options: &mut JobOptions,
-    config: &Config,
+    config: &DoorConfig,
 ) -> Result<(), Problem> {
     match envelope.field(WEBHOOK_FIELD)? {
         Field::Missing => Ok(()),
         Field::Text(url) => {
-            let target =
-                crate::webhook_target(config, &url, WebhookFormat::Standard, WEBHOOK_FIELD)?;
+            let target = webhook_target(config, &url, WebhookFormat::Standard, WEBHOOK_FIELD)?;
             options.webhook = Some(target);
             Ok(())
         }
@@ -257,7 +256,7 @@ pub(crate) fn webhook_from_envelope(
 pub(crate) fn webhook_from_headers(
     headers: &HeaderMap,
     options: &mut JobOptions,
-    config: &Config,
+    config: &DoorConfig,
 ) -> Result<(), Problem> {
     let mut values = headers.get_all(WEBHOOK_HEADER).iter();
     let Some(value) = values.next() else {
@@ -275,8 +274,7 @@ pub(crate) fn webhook_from_headers(
             format!("`{WEBHOOK_HEADER}` must be an http or https URL"),
         )
     })?;
-    let target =
-        crate::webhook_target(config, url.trim(), WebhookFormat::Standard, WEBHOOK_HEADER)?;
+    let target = webhook_target(config, url.trim(), WebhookFormat::Standard, WEBHOOK_HEADER)?;
     options.webhook = Some(target);
     Ok(())
 }
@@ -294,6 +292,38 @@ fn check_delays(options: &JobOptions) -> Result<(), Problem> {
         ));
     }
     Ok(())
+}
+
+/// The job's webhook target for `url`, or a `400` naming `field` (the
+/// envelope field or header it came from).
+///
+/// A layer without [`Webhooks`](crate::Webhooks) configured (or a crate built
+/// without the `webhooks` feature) refuses every webhook.
+pub(crate) fn webhook_target(
+    config: &DoorConfig,
+    url: &str,
+    format: WebhookFormat,
+    field: &str,
+) -> Result<WebhookTarget, Problem> {
+    #[cfg(feature = "webhooks")]
+    if let Some(webhooks) = &config.webhooks {
+        return match webhooks.check_url(url) {
+            Ok(()) => Ok(WebhookTarget {
+                url: url.to_owned(),
+                format,
+            }),
+            Err(why) => Err(Problem::bad_request(
+                "invalid_field",
+                format!("`{field}` {why}"),
+            )),
+        };
+    }
+    let _ = (config, url, format);
+    Err(Problem::new(
+        StatusCode::BAD_REQUEST,
+        "webhooks_unsupported",
+        format!("`{field}`: this server does not deliver webhooks"),
+    ))
 }
 
 #[cfg(test)]

@@ -21,13 +21,13 @@ use tracing::Instrument;
 use super::client::{is_refused_address, Client};
 use super::event::{self, Context};
 use super::Webhooks;
+use crate::error::error_chain;
 use crate::job::DeliveryAttempt;
 use crate::policy;
-use crate::service::Shared;
+use crate::shutdown::{stopped, Control};
 use crate::store::{DeliveryClaim, Store};
 use crate::time::Timestamp;
 use crate::trace::{self, TraceContext};
-use crate::worker::{error_chain, stopped, Control};
 
 /// The longest `Retry-After` a receiver can ask for.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -36,16 +36,26 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// can be reused.
 const MAX_ANSWER: usize = 64 * 1024;
 
+/// What the delivery loop knows beside the jobs, to render their events.
+pub(crate) struct About {
+    /// The native prefix, for result links.
+    pub(crate) prefix: String,
+    /// Baseten's `model_id` and `deployment_id` (`None`: empty strings).
+    pub(crate) baseten_ids: Option<(String, String)>,
+}
+
 /// Delivers until the pool is told to stop; then lets attempts in flight
 /// finish within the grace period and drops the rest (their leases lapse).
 pub(crate) async fn deliver_loop<St: Store>(
-    shared: Arc<Shared<St>>,
+    store: Arc<St>,
     webhooks: Arc<Webhooks>,
+    about: About,
+    default_grace: Duration,
     mut control: watch::Receiver<Control>,
 ) {
     let client = Client::new(&webhooks);
     let permits = Arc::new(Semaphore::new(webhooks.concurrency));
-    let default_grace = shared.config.shutdown_grace;
+    let about = Arc::new(about);
     let mut attempts = JoinSet::new();
     let grace = loop {
         while attempts.try_join_next().is_some() {}
@@ -55,7 +65,7 @@ pub(crate) async fn deliver_loop<St: Store>(
         };
         // A claim is never abandoned half-way: the store would hold the
         // delivery until its lease lapsed.
-        match shared.store.claim_delivery(webhooks.lease()).await {
+        match store.claim_delivery(webhooks.lease()).await {
             Ok(Some(claim)) => {
                 // A delivery is a span of the job's trace, like an attempt.
                 let trace = trace::Call::of(&claim.job.request.headers, claim.job.id);
@@ -67,7 +77,8 @@ pub(crate) async fn deliver_loop<St: Store>(
                     attempt = claim.job.webhook.as_ref().map_or(0, |w| w.attempts) + 1
                 );
                 let attempt = attempt(
-                    shared.clone(),
+                    store.clone(),
+                    about.clone(),
                     webhooks.clone(),
                     client.clone(),
                     claim,
@@ -81,7 +92,7 @@ pub(crate) async fn deliver_loop<St: Store>(
                 let until = Timestamp::now().after(Duration::from_secs(1));
                 tokio::select! {
                     grace = stopped(&mut control, default_grace) => break grace,
-                    () = shared.store.delivery_available(until) => {}
+                    () = store.delivery_available(until) => {}
                 }
             }
             Err(e) => {
@@ -116,7 +127,8 @@ enum Sent {
 }
 
 async fn attempt<St: Store>(
-    shared: Arc<Shared<St>>,
+    store: Arc<St>,
+    about: Arc<About>,
     webhooks: Arc<Webhooks>,
     client: Client,
     claim: DeliveryClaim,
@@ -133,8 +145,7 @@ async fn attempt<St: Store>(
             delivered: false,
             retry_at: None,
         };
-        let _ = shared
-            .store
+        let _ = store
             .record_delivery(job.id, claim.lease.token, attempt)
             .await;
         return;
@@ -148,14 +159,13 @@ async fn attempt<St: Store>(
             .after(webhooks.schedule[0]);
         tokio::time::sleep_until(first.to_instant()).await;
     }
-    let (model_id, deployment_id) = shared
-        .config
+    let (model_id, deployment_id) = about
         .baseten_ids
         .as_ref()
         .map_or(("", ""), |(m, d)| (m.as_str(), d.as_str()));
     let cx = Context {
         webhooks: &webhooks,
-        prefix: &shared.config.prefix,
+        prefix: &about.prefix,
         baseten_ids: (model_id, deployment_id),
     };
     let mut event = event::render(job, target.format, &cx, Timestamp::now());
@@ -221,8 +231,7 @@ async fn attempt<St: Store>(
         }
         Some(error) => tracing::warn!(%error, "webhook not delivered; giving up"),
     }
-    match shared
-        .store
+    match store
         .record_delivery(job.id, claim.lease.token, record)
         .await
     {

@@ -168,6 +168,6 @@ fn baseten<'a>(job: &'a Job, cx: &Context<'a>) -> BasetenEvent<'a> {
         time: job.completed_at.unwrap_or(job.status_at),
         data,
         // The same errors as Baseten's status document shows.
-        errors: crate::api::baseten_errors(job),
+        errors: super::baseten_errors(job),
     }
 }

@@ -65,6 +65,7 @@
 //!
 //! [Standard Webhooks]: https://www.standardwebhooks.com/
 
+mod baseten;
 #[cfg(feature = "webhooks")]
 mod client;
 #[cfg(feature = "webhooks")]
@@ -75,16 +76,17 @@ mod deliver;
 mod event;
 #[cfg(feature = "webhooks")]
 mod sign;
+#[cfg(feature = "webhooks")]
 mod target;
 #[cfg(feature = "webhooks")]
 mod verify;
 
+pub(crate) use baseten::baseten_errors;
 #[cfg(feature = "webhooks")]
 pub use config::Webhooks;
 #[cfg(feature = "webhooks")]
-pub(crate) use deliver::deliver_loop;
+pub(crate) use deliver::{deliver_loop, About};
 #[cfg(feature = "webhooks")]
 pub use sign::{baseten_signature, InvalidSecret, Secret};
-pub(crate) use target::webhook_target;
 #[cfg(feature = "webhooks")]
 pub use verify::{Verifier, VerifyError};

@@ -1,53 +1,12 @@
 //! Which webhook URLs a submission may name: `http(s)` only, a host, the
 //! allowlist, and no literal private address.
 
-#[cfg(feature = "webhooks")]
 use std::net::{IpAddr, Ipv4Addr};
 
-use http::StatusCode;
-
-use crate::error::Problem;
-use crate::job::{WebhookFormat, WebhookTarget};
-use crate::layer::Config;
-
 /// The longest webhook URL accepted.
-#[cfg(feature = "webhooks")]
 const MAX_URL_LEN: usize = 2048;
 
-/// The job's webhook target for `url`, or a `400` naming `field` (the
-/// envelope field or header it came from).
-///
-/// A layer without [`Webhooks`](crate::Webhooks) configured (or a crate built
-/// without the `webhooks` feature) refuses every webhook.
-pub(crate) fn webhook_target(
-    config: &Config,
-    url: &str,
-    format: WebhookFormat,
-    field: &str,
-) -> Result<WebhookTarget, Problem> {
-    #[cfg(feature = "webhooks")]
-    if let Some(webhooks) = &config.webhooks {
-        return match webhooks.check_url(url) {
-            Ok(()) => Ok(WebhookTarget {
-                url: url.to_owned(),
-                format,
-            }),
-            Err(why) => Err(Problem::bad_request(
-                "invalid_field",
-                format!("`{field}` {why}"),
-            )),
-        };
-    }
-    let _ = (config, url, format);
-    Err(Problem::new(
-        StatusCode::BAD_REQUEST,
-        "webhooks_unsupported",
-        format!("`{field}`: this server does not deliver webhooks"),
-    ))
-}
-
 /// See [`Webhooks::check_url`](super::Webhooks::check_url).
-#[cfg(feature = "webhooks")]
 pub(super) fn check(webhooks: &super::Webhooks, url: &str) -> Result<(), String> {
     if url.len() > MAX_URL_LEN {
         return Err(format!("must be a URL of at most {MAX_URL_LEN} characters"));
@@ -92,7 +51,6 @@ pub(super) fn check(webhooks: &super::Webhooks, url: &str) -> Result<(), String>
 }
 
 /// Whether an allowlist entry admits `host` (both lowercase).
-#[cfg(feature = "webhooks")]
 fn host_matches(entry: &str, host: &str) -> bool {
     match entry.strip_prefix("*.") {
         Some(domain) => host
@@ -104,7 +62,6 @@ fn host_matches(entry: &str, host: &str) -> bool {
 
 /// Loopback, private, link-local, shared (CGNAT), multicast, broadcast or
 /// unspecified: an address no public receiver has.
-#[cfg(feature = "webhooks")]
 pub(crate) fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_private_v4(v4),
@@ -129,7 +86,6 @@ pub(crate) fn is_private(ip: IpAddr) -> bool {
     }
 }
 
-#[cfg(feature = "webhooks")]
 fn is_private_v4(v4: Ipv4Addr) -> bool {
     let [a, b, ..] = v4.octets();
     v4.is_loopback()
@@ -142,7 +98,7 @@ fn is_private_v4(v4: Ipv4Addr) -> bool {
         || (a == 100 && (64..128).contains(&b)) // shared address space 100.64.0.0/10
 }
 
-#[cfg(all(test, feature = "webhooks"))]
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::webhook::Webhooks;

@@ -1,0 +1,286 @@
+//! One job's call: replay the stored request, watch the lease, classify the
+//! answer and record it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tokio::sync::{watch, OwnedSemaphorePermit};
+
+use super::InnerService;
+use crate::body::Body;
+use crate::context::Pool;
+use crate::error::error_chain;
+use crate::job::{ErrorCode, JobError, JobStatus, Outcome, Retry, StoredRequest, StoredResponse};
+use crate::policy::{self, Verdict};
+use crate::store::{Claim, Store};
+use crate::time::Timestamp;
+use crate::trace::TraceContext;
+use crate::BoxError;
+
+/// How one inner call ended, before classification.
+enum CallEnd {
+    Answered(StoredResponse),
+    Failed(BoxError),
+    BodyFailed(BoxError),
+    TooLarge,
+    TimedOut,
+    LeaseLost,
+    HandBack,
+}
+
+pub(super) async fn run_job<S, St>(
+    mut svc: S,
+    claim: Claim,
+    trace: TraceContext,
+    pool: Arc<Pool<St>>,
+    _permit: OwnedSemaphorePermit,
+    mut hand_back: watch::Receiver<bool>,
+) where
+    S: InnerService,
+    St: Store,
+{
+    let job = &claim.job;
+    let max_output = pool.config.max_output;
+    let started = tokio::time::Instant::now();
+    crate::metrics::started(Timestamp::now().since(job.created_at));
+    let call = async {
+        let request = to_request(&job.request, &trace);
+        let response = svc.call(request).await.map_err(Into::into);
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => return CallEnd::Failed(e),
+        };
+        collect(response, max_output).await
+    };
+    // Biased, the call first: an inner service that answers on its first poll
+    // finishes before the lease keeper ever starts (no waiter, no timer).
+    let end = tokio::select! {
+        biased;
+        end = tokio::time::timeout(job.options.execution_timeout, call) => end.unwrap_or(CallEnd::TimedOut),
+        () = keep_lease(&*pool, &claim) => CallEnd::LeaseLost,
+        _ = hand_back.wait_for(|b| *b) => CallEnd::HandBack,
+    };
+    crate::metrics::ended(started.elapsed());
+    record(&pool, &claim, end).await;
+}
+
+/// Classifies how the call ended and writes it to the store (fenced by the lease).
+async fn record<St: Store>(pool: &Pool<St>, claim: &Claim, end: CallEnd) {
+    let job = &claim.job;
+    let retry = &job.options.retry;
+    let unavailable = job.claims.saturating_sub(u64::from(job.attempts)) as u32;
+    let now = Timestamp::now();
+    let requeue = |delay: Duration, error: JobError, response, spend_attempt| Retry {
+        at: now.after(delay),
+        error,
+        response,
+        spend_attempt,
+    };
+    let write = match end {
+        CallEnd::LeaseLost => {
+            tracing::debug!("lease lost (canceled or taken over): inner call dropped");
+            return;
+        }
+        CallEnd::Answered(response) => {
+            crate::metrics::inner_response(response.status);
+            match policy::classify_response(response.status, &response.headers, retry, job.attempts)
+            {
+                Verdict::Final => Write::Complete(Outcome::response(response)),
+                Verdict::Unavailable { delay } => {
+                    let msg = format!(
+                        "the upstream answered {} with Retry-After",
+                        response.status.as_u16()
+                    );
+                    Write::Retry(requeue(
+                        delay,
+                        JobError::new(ErrorCode::UpstreamUnavailable, msg),
+                        None,
+                        false,
+                    ))
+                }
+                Verdict::RetryAttempt { delay } => {
+                    let msg = format!("the upstream answered {}", response.status.as_u16());
+                    Write::Retry(requeue(
+                        delay,
+                        JobError::new(ErrorCode::UpstreamStatus, msg),
+                        Some(response),
+                        true,
+                    ))
+                }
+            }
+        }
+        CallEnd::Failed(e) | CallEnd::BodyFailed(e) if policy::is_unavailable(&*e) => {
+            let delay = policy::unavailable_backoff(unavailable, jitter());
+            let msg = format!("the upstream is unavailable: {}", error_chain(&*e));
+            Write::Retry(requeue(
+                delay,
+                JobError::new(ErrorCode::UpstreamUnavailable, msg),
+                None,
+                false,
+            ))
+        }
+        CallEnd::Failed(e) => {
+            let error = JobError::new(ErrorCode::UpstreamError, error_chain(&*e));
+            match policy::classify_error(&*e, retry, job.attempts, unavailable, jitter()) {
+                Verdict::RetryAttempt { delay } => Write::Retry(requeue(delay, error, None, true)),
+                _ => Write::Complete(Outcome::error(error)),
+            }
+        }
+        CallEnd::BodyFailed(e) => {
+            let msg = format!("reading the response body failed: {}", error_chain(&*e));
+            Write::Complete(Outcome::error(JobError::new(
+                ErrorCode::ResponseBodyError,
+                msg,
+            )))
+        }
+        CallEnd::TooLarge => {
+            let msg = format!(
+                "the response was larger than the {}-byte output limit",
+                pool.config.max_output
+            );
+            Write::Complete(Outcome::error(JobError::new(
+                ErrorCode::ResponseTooLarge,
+                msg,
+            )))
+        }
+        CallEnd::TimedOut => {
+            let msg = format!(
+                "the inner call ran longer than its {} s execution timeout",
+                job.options.execution_timeout.as_secs_f64()
+            );
+            Write::Complete(Outcome::error(JobError::new(
+                ErrorCode::ExecutionTimeout,
+                msg,
+            )))
+        }
+        CallEnd::HandBack => {
+            let error = JobError::new(
+                ErrorCode::WorkerShutdown,
+                "the worker shut down before the call finished; the job will run again",
+            );
+            Write::Retry(requeue(Duration::ZERO, error, None, false))
+        }
+    };
+    let result = match write {
+        // Only the status is needed here: a store may then send less back.
+        Write::Complete(outcome) => {
+            let store = &pool.store;
+            store.complete_status(job.id, claim.token(), outcome).await
+        }
+        Write::Retry(retry) => {
+            let reason = match (retry.spend_attempt, retry.error.code) {
+                (true, _) => "attempt",
+                (false, ErrorCode::WorkerShutdown) => "shutdown",
+                (false, _) => "unavailable",
+            };
+            crate::metrics::retried(reason);
+            let requeued = pool.store.retry_later(job.id, claim.token(), retry).await;
+            requeued.map(|job| {
+                if job.status == JobStatus::Queued {
+                    tracing::debug!(retry_at = ?job.retry_at, "job handed back to the queue");
+                }
+                job.status
+            })
+        }
+    };
+    match result {
+        Ok(JobStatus::Queued) => {}
+        Ok(status) => {
+            crate::metrics::finished(status);
+            tracing::info!(%status, "job finished");
+        }
+        Err(e) if e.is_stale_lease() => {
+            tracing::debug!("the job changed meanwhile (canceled or taken over); result dropped")
+        }
+        Err(e) => tracing::warn!(
+            error = %e,
+            "recording the job's result failed; its lease will lapse and it will run again"
+        ),
+    }
+}
+
+enum Write {
+    Complete(Outcome),
+    Retry(Retry),
+}
+
+/// Renews the lease every third of its length and watches the job; resolves
+/// when the lease is no longer this worker's (canceled, expired, taken over).
+async fn keep_lease<St: Store>(pool: &Pool<St>, claim: &Claim) {
+    let (store, lease) = (&pool.store, pool.config.lease);
+    let (id, token) = (claim.id(), claim.token());
+    let mut seen = claim.job.revision;
+    let mut renew_at = Timestamp::now().after(lease / 3);
+    loop {
+        match store.wait(id, seen, renew_at).await {
+            Ok(Some(job)) => {
+                if job.status != JobStatus::InProgress || job.lease.map(|l| l.token) != Some(token)
+                {
+                    return;
+                }
+                seen = job.revision;
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "watching the job failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        if Timestamp::now() >= renew_at {
+            match store.extend(id, token, lease).await {
+                Ok(_) => renew_at = Timestamp::now().after(lease / 3),
+                Err(e) if e.is_stale_lease() => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "renewing the lease failed; trying again");
+                    renew_at = Timestamp::now().after(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+/// Rebuilds the stored request for the inner service, with the attempt's
+/// `traceparent`.
+fn to_request(stored: &StoredRequest, trace: &TraceContext) -> Request<Body> {
+    let mut request = Request::new(Body::full(stored.body.clone()));
+    *request.method_mut() = stored.method.clone();
+    *request.uri_mut() = stored.path_and_query.clone().into();
+    // Room for the traceparent up front: a clone of the stored map is full,
+    // and adding one header to it would grow and rehash it.
+    let headers = request.headers_mut();
+    headers.reserve(stored.headers.len() + 1);
+    for (name, value) in &stored.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    trace.set_on(headers);
+    request
+}
+
+/// Reads an inner response, up to `max_output` bytes of body.
+async fn collect<B>(response: Response<B>, max_output: usize) -> CallEnd
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = response.into_parts();
+    if http_body::Body::size_hint(&body).lower() > max_output as u64 {
+        return CallEnd::TooLarge;
+    }
+    match Limited::new(body, max_output).collect().await {
+        Ok(collected) => CallEnd::Answered(StoredResponse {
+            status: parts.status,
+            headers: policy::response_headers_to_store(&parts.headers),
+            body: collected.to_bytes(),
+        }),
+        Err(e) if e.is::<LengthLimitError>() => CallEnd::TooLarge,
+        Err(e) => CallEnd::BodyFailed(e),
+    }
+}
+
+/// A number in `[0, 1)` for backoff jitter.
+fn jitter() -> f64 {
+    f64::from(u32::from_le_bytes(crate::random::bytes())) / (f64::from(u32::MAX) + 1.0)
+}
