@@ -138,8 +138,18 @@ where
     }
 }
 
+/// How much of an oversized body is read and dropped before the `413` is
+/// sent. A server that answers and closes with the body unread makes the
+/// kernel reset the connection, and a reset can discard the answer before
+/// the client reads it; a client that sends a body without
+/// `Expect: 100-continue` would see a reset instead of the `413`. Past this
+/// bound the answer is sent at once (and may be lost to that reset).
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
+
 /// Reads a request body of at most `max_body` bytes, within `body_timeout`:
 /// a client that trickles its body cannot hold a request open for ever.
+/// An oversized body is read to its end (up to [`DRAIN_LIMIT`], within the
+/// same timeout) and dropped, so that the client sees the `413`.
 pub(crate) async fn read_body<B>(
     config: &DoorConfig,
     headers: &HeaderMap,
@@ -150,33 +160,27 @@ where
     B::Error: Into<BoxError>,
 {
     let limit = config.max_body;
-    let too_large = || {
-        Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the request body is larger than the {limit}-byte limit"),
-        )
-    };
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(too_large());
-    }
-    let mut collect = std::pin::pin!(Limited::new(body, limit).collect());
+    let mut read = std::pin::pin!(read_limited(body, limit, declared));
     // A small body has usually arrived with its headers: the timer (an entry
     // in tokio's timer wheel, set and cleared) is only armed for one that
     // has not.
-    let first = std::future::poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await;
+    let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
     let read = match first {
         Poll::Ready(read) => Ok(read),
-        Poll::Pending => tokio::time::timeout(config.body_timeout, collect).await,
+        Poll::Pending => tokio::time::timeout(config.body_timeout, read).await,
     };
     match read {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large()),
-        Ok(Err(e)) => Err(Problem::bad_request(
+        Ok(Read::Body(bytes)) => Ok(bytes),
+        Ok(Read::TooLarge) => Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than the {limit}-byte limit"),
+        )),
+        Ok(Read::Failed(e)) => Err(Problem::bad_request(
             "body_unreadable",
             format!("the request body could not be read: {e}"),
         )),
@@ -189,6 +193,49 @@ where
             ),
         )),
     }
+}
+
+/// How reading a body ended.
+enum Read {
+    Body(Bytes),
+    TooLarge,
+    Failed(BoxError),
+}
+
+/// Collects `body` if it holds at most `limit` bytes; otherwise reads on to
+/// its end, dropping what arrives, unless it is (or is declared) larger than
+/// [`DRAIN_LIMIT`].
+async fn read_limited<B>(body: B, limit: usize, declared: Option<u64>) -> Read
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let too_large = declared.is_some_and(|len| len > limit as u64);
+    if too_large && declared.is_some_and(|len| len > DRAIN_LIMIT) {
+        return Read::TooLarge;
+    }
+    let mut body = std::pin::pin!(body);
+    if !too_large {
+        match Limited::new(body.as_mut(), limit).collect().await {
+            Ok(collected) => return Read::Body(collected.to_bytes()),
+            Err(e) if e.is::<LengthLimitError>() => {}
+            Err(e) => return Read::Failed(e),
+        }
+    }
+    // Over the limit: drain what follows, so the answer is not lost to a reset.
+    let mut drained = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                drained += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if drained > DRAIN_LIMIT {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    Read::TooLarge
 }
 
 /// A JSON answer.

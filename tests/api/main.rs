@@ -7,6 +7,7 @@
 
 mod bad_input;
 mod cancel;
+mod oversized;
 mod pool;
 mod prefer;
 mod result;
