@@ -57,7 +57,12 @@ impl fmt::Display for JobStatus {
 }
 
 /// A job: its request, options, lifecycle and outcome.
+///
+/// Non-exhaustive, as jobs will carry more: outside this crate a job is made
+/// with [`Job::new`] and moved on by its transitions; its fields stay public,
+/// to read and to set.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Job {
     /// Its id.
     pub id: JobId,

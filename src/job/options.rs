@@ -5,7 +5,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// A job's options, fixed when it is submitted.
+///
+/// Non-exhaustive, so that options can be added: start from
+/// [`JobOptions::default`] and set the fields you need.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_defer::job::{JobOptions, Priority};
+///
+/// let mut options = JobOptions::default();
+/// options.priority = Priority::HIGH;
+/// options.result_ttl = Duration::from_secs(60);
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct JobOptions {
     /// 0 runs first, 2 last.
     pub priority: Priority,
@@ -72,7 +85,22 @@ impl Default for Priority {
 }
 
 /// How often, and how patiently, a job is retried after a 5xx.
+///
+/// Non-exhaustive, so that the policy can learn more (jitter, say): start
+/// from [`RetryPolicy::default`] and change what you need.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_defer::job::RetryPolicy;
+///
+/// let policy = RetryPolicy::default()
+///     .with_max_attempts(5)
+///     .with_initial_delay(Duration::from_millis(200))
+///     .with_max_delay(Duration::from_secs(10));
+/// assert_eq!(policy.max_attempts, 5);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Attempts in all, the first included (at least 1).
     pub max_attempts: u32,
@@ -92,6 +120,26 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// This policy with `max_attempts` attempts in all, the first included.
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// This policy with `initial_delay` before the second attempt.
+    pub fn with_initial_delay(mut self, initial_delay: Duration) -> Self {
+        self.initial_delay = initial_delay;
+        self
+    }
+
+    /// This policy with its delays capped at `max_delay`.
+    pub fn with_max_delay(mut self, max_delay: Duration) -> Self {
+        self.max_delay = max_delay;
+        self
+    }
+}
+
 /// Where, and in which format, a job's end is delivered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebhookTarget {
@@ -102,7 +150,10 @@ pub struct WebhookTarget {
 }
 
 /// A webhook's body and signature scheme.
+///
+/// Non-exhaustive: more platforms' formats will come.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WebhookFormat {
     /// The native event, signed per the Standard Webhooks specification.
     Standard,

@@ -70,7 +70,11 @@ impl fmt::Display for ErrorCode {
 }
 
 /// What went wrong with a job: a stable code and a human message.
+///
+/// Non-exhaustive, so that it can carry more detail: make one with
+/// [`JobError::new`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct JobError {
     /// The stable code.
     pub code: ErrorCode,
@@ -137,7 +141,10 @@ pub struct Retry {
 }
 
 /// The answer to a cancel.
+///
+/// Non-exhaustive, so that a cancel can answer more cases.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum CancelOutcome {
     /// The job was queued or running and is now canceled.
     Canceled(Job),
