@@ -24,8 +24,8 @@ pub struct JobId([u8; JOB_ID_LEN]);
 const ALPHABET: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
 
 impl JobId {
-    /// A fresh id from the operating system's CSPRNG (drawn through a
-    /// per-thread buffer: one system call serves about sixty ids).
+    /// A fresh id from the operating system's CSPRNG, drawn through a
+    /// per-thread buffer so that most ids cost no system call.
     ///
     /// # Panics
     ///

@@ -2,10 +2,10 @@
 //!
 //! Jobs live in a [`DashMap`], so lookups by many clients take only a shard
 //! lock. What orders the queue (the ready lists and the timer index) lives
-//! behind one `std::sync::Mutex`, held for microseconds and never across an
-//! `.await`. Every transition takes the schedule lock first and the job's
-//! shard second, never the other way round, so the two never deadlock and a
-//! transition is atomic against every other transition.
+//! behind one `std::sync::Mutex`, held only for a transition's bookkeeping
+//! and never across an `.await`. Every transition takes the schedule lock
+//! first and the job's shard second, never the other way round, so the two
+//! never deadlock and a transition is atomic against every other transition.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::pin;
@@ -111,8 +111,8 @@ impl std::hash::Hasher for IdHasher {
 }
 
 struct Slot {
-    /// Boxed either way: the map's table then holds 48 bytes per job, not
-    /// the whole `Job`, and a table that grows to the next power of two moves
+    /// Boxed either way: the map's table then holds a few words per job, not
+    /// the whole `Job`, so a table that grows to the next power of two moves
     /// and leaves empty far less (see `examples/memory.rs`). Compact until
     /// first changed (see `stored.rs`).
     job: Stored,
