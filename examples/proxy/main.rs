@@ -215,11 +215,12 @@ fn defer_layer<St: Store>(args: &Args, store: St, webhooks: WebhookSettings) -> 
         .max_result_ttl(args.max_result_ttl)
         .max_time_in_queue(args.max_time_in_queue)
         .execution_timeout(args.execution_timeout)
-        .retry(RetryPolicy {
-            max_attempts: args.retry_attempts,
-            initial_delay: args.retry_initial_delay,
-            max_delay: args.retry_max_delay,
-        })
+        .retry(
+            RetryPolicy::default()
+                .with_max_attempts(args.retry_attempts)
+                .with_initial_delay(args.retry_initial_delay)
+                .with_max_delay(args.retry_max_delay),
+        )
         .priority_aging(args.priority_aging.0)
         .max_wait(args.max_wait)
         .lease(args.lease)

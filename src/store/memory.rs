@@ -2,12 +2,11 @@
 //!
 //! Jobs live in a [`DashMap`], so lookups by many clients take only a shard
 //! lock. What orders the queue (the ready lists and the timer index) lives
-//! behind one `std::sync::Mutex`, held for microseconds and never across an
-//! `.await`. Every transition takes the schedule lock first and the job's
-//! shard second, never the other way round, so the two never deadlock and a
-//! transition is atomic against every other transition.
+//! behind one `std::sync::Mutex`, held only for a transition's bookkeeping
+//! and never across an `.await`. Every transition takes the schedule lock
+//! first and the job's shard second, never the other way round, so the two
+//! never deadlock and a transition is atomic against every other transition.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -20,11 +19,15 @@ use super::{
 };
 use crate::job::{
     CancelOutcome, DeliveryAttempt, Job, JobId, JobStatus, Lease, LeaseToken, NewJob, Outcome,
-    Priority, Retry,
+    Retry,
 };
 use crate::time::Timestamp;
 
+mod id_hash;
+mod schedule;
 mod stored;
+use id_hash::IdHash;
+use schedule::{account, is_ready, Schedule};
 use stored::Stored;
 
 /// The in-memory store, on [`DashMap`]. Cheap to clone: clones share the jobs.
@@ -64,55 +67,9 @@ struct Inner {
     deliveries: Notify,
 }
 
-/// Job ids are random and chosen by us, never by a client, so there is no
-/// flooding to defend against: fold their bytes and mix them with one
-/// multiply (the ids are ASCII, so the mix spreads their entropy over the
-/// high bits that DashMap's shard choice and the table's tags read).
-#[derive(Clone, Default)]
-struct IdHash;
-
-impl std::hash::BuildHasher for IdHash {
-    type Hasher = IdHasher;
-
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher(0)
-    }
-}
-
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        let x = self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        x ^ (x >> 29)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // `JobId` hashes as its 16 bytes; fold them into the state, a word at
-        // a time (whole words need no copy into a buffer: this runs on every
-        // lookup).
-        let mut words = bytes.chunks_exact(8);
-        for word in &mut words {
-            let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
-            self.0 = self.0.rotate_left(5) ^ word;
-        }
-        let rest = words.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
-        }
-    }
-
-    // The array's length, hashed before its bytes: the same for every id.
-    fn write_usize(&mut self, n: usize) {
-        self.0 = self.0.rotate_left(5) ^ n as u64;
-    }
-}
-
 struct Slot {
-    /// Boxed either way: the map's table then holds 48 bytes per job, not
-    /// the whole `Job`, and a table that grows to the next power of two moves
+    /// Boxed either way: the map's table then holds a few words per job, not
+    /// the whole `Job`, so a table that grows to the next power of two moves
     /// and leaves empty far less (see `examples/memory.rs`). Compact until
     /// first changed (see `stored.rs`).
     job: Stored,
@@ -126,52 +83,6 @@ impl Slot {
     fn notify(&self) {
         if let Some(n) = &self.changed {
             n.notify_waiters();
-        }
-    }
-}
-
-/// Owner and key of an idempotent submission.
-type IdempotencyKey = (Option<Arc<str>>, Arc<str>);
-
-#[derive(Default)]
-struct Schedule {
-    /// Runnable jobs, one FIFO per priority level, keyed by arrival in it:
-    /// a job that comes back from a retry queues behind fresh work.
-    /// Values: the job, and when it became ready (for aging).
-    ready: [BTreeMap<u64, (JobId, Timestamp)>; Priority::LEVELS],
-    next_seq: u64,
-    /// Each job's next due time ([`Job::next_due`]) that needs a sweep.
-    due: BTreeSet<(Timestamp, JobId)>,
-    /// Webhook deliveries nobody holds, by when they are due
-    /// ([`Job::delivery_ready_at`]).
-    deliveries: BTreeSet<(Timestamp, JobId)>,
-    /// Queued jobs waiting out a backoff.
-    retrying: usize,
-    in_progress: usize,
-    idempotency: HashMap<IdempotencyKey, JobId>,
-}
-
-impl Schedule {
-    fn push_ready(&mut self, level: usize, id: JobId) -> u64 {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.ready[level].insert(seq, (id, Timestamp::now()));
-        seq
-    }
-
-    fn queued(&self) -> usize {
-        self.ready.iter().map(BTreeMap::len).sum::<usize>() + self.retrying
-    }
-
-    fn set_due(&mut self, id: JobId, old: Option<Timestamp>, new: Option<Timestamp>) {
-        if old == new {
-            return;
-        }
-        if let Some(t) = old {
-            self.due.remove(&(t, id));
-        }
-        if let Some(t) = new {
-            self.due.insert((t, id));
         }
     }
 }
@@ -307,20 +218,6 @@ impl MemoryStore {
 /// steady load from shrinking and regrowing the table on every sweep.
 fn oversized(len: usize, capacity: usize) -> bool {
     capacity > 4 * len + 4096
-}
-
-fn is_ready(job: &Job) -> bool {
-    job.status == JobStatus::Queued && job.retry_at.is_none()
-}
-
-/// Moves a job's contribution to the counters in or out.
-fn account(sched: &mut Schedule, status: JobStatus, waiting_retry: bool, sign: isize) {
-    let apply = |n: &mut usize| *n = n.saturating_add_signed(sign);
-    match status {
-        JobStatus::Queued if waiting_retry => apply(&mut sched.retrying),
-        JobStatus::InProgress => apply(&mut sched.in_progress),
-        _ => {}
-    }
 }
 
 fn stale() -> StoreError {

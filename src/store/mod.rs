@@ -74,7 +74,10 @@ pub struct DeliveryClaim {
 }
 
 /// The answer to [`Store::cancel_queued`].
+///
+/// Non-exhaustive, so that a cancel can answer more cases.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum QueuedCancel {
     /// The job was queued and is now canceled.
     Canceled(Job),
@@ -94,7 +97,11 @@ pub struct Enqueued {
 }
 
 /// Queue statistics.
+///
+/// Non-exhaustive, so that statistics can be added: a store starts from
+/// [`QueueStats::default`] and sets the fields.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct QueueStats {
     /// Queued jobs, ready or waiting for a retry.
     pub queued: u64,
@@ -109,7 +116,10 @@ pub struct QueueStats {
 }
 
 /// Why an enqueue was refused.
+///
+/// Non-exhaustive, so that a store can refuse for new reasons.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum EnqueueError {
     /// The queue holds `limit` jobs already.
     QueueFull {

@@ -310,10 +310,8 @@ mod upstream {
             let (model, _cert) = https_model().await;
             let url = format!("https://localhost:{}", model.addr.port());
             let upstream = Upstream::new(url.parse().unwrap()).unwrap();
-            let layer = DeferLayer::new(MemoryStore::new()).retry(RetryPolicy {
-                max_attempts: 1,
-                ..RetryPolicy::default()
-            });
+            let layer = DeferLayer::new(MemoryStore::new())
+                .retry(RetryPolicy::default().with_max_attempts(1));
             let server = serve(layer.layer(upstream)).await;
             let c = HttpClient::new();
 

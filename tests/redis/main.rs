@@ -347,14 +347,12 @@ async fn webhook_delivery_follows_the_job_state_machine() {
     let same = |a: &tower_defer::Job, b: &tower_defer::Job| {
         assert_eq!(format!("{a:?}"), format!("{b:?}"));
     };
-    let options = JobOptions {
-        webhook: Some(WebhookTarget {
-            url: "http://127.0.0.1:9/hook".into(),
-            format: WebhookFormat::Standard,
-        }),
-        result_ttl: Duration::from_secs(10),
-        ..JobOptions::default()
-    };
+    let mut options = JobOptions::default();
+    options.webhook = Some(WebhookTarget {
+        url: "http://127.0.0.1:9/hook".into(),
+        format: WebhookFormat::Standard,
+    });
+    options.result_ttl = Duration::from_secs(10);
     let new = post(Bytes::from_static(b"{}"), options);
     let lease = Duration::from_secs(30);
     let job = store.enqueue(new, 100).await.unwrap().job;
@@ -455,11 +453,9 @@ async fn a_finished_job_and_its_idempotency_slot_expire_in_redis() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let options = JobOptions {
-        idempotency_key: Some("once".into()),
-        result_ttl: Duration::from_secs(10),
-        ..JobOptions::default()
-    };
+    let mut options = JobOptions::default();
+    options.idempotency_key = Some("once".into());
+    options.result_ttl = Duration::from_secs(10);
     let new = post(Bytes::from_static(b"{}"), options);
     let job = store.enqueue(new, 100).await.unwrap().job;
     let job_key = format!("{{ttl}}:job:{}", job.id);

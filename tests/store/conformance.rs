@@ -1269,13 +1269,13 @@ fn expect_stats(
     in_progress: u64,
     oldest_queued_at: Option<Timestamp>,
 ) -> QueueStats {
-    QueueStats {
-        queued: queued_by_priority.iter().sum::<u64>() + retrying,
-        queued_by_priority,
-        retrying,
-        in_progress,
-        oldest_queued_at,
-    }
+    let mut stats = QueueStats::default();
+    stats.queued = queued_by_priority.iter().sum::<u64>() + retrying;
+    stats.queued_by_priority = queued_by_priority;
+    stats.retrying = retrying;
+    stats.in_progress = in_progress;
+    stats.oldest_queued_at = oldest_queued_at;
+    stats
 }
 
 pub async fn stats_track_every_transition<St: Store>(store: St) {

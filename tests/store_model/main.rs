@@ -650,18 +650,13 @@ impl<S: Store> Harness<S> {
         ttl_ms: u64,
         max_queued: usize,
     ) -> Result<(), String> {
-        let options = JobOptions {
-            priority: Priority::new(priority).expect("0 to 2"),
-            max_time_in_queue: ms(queue_ms),
-            result_ttl: ms(ttl_ms),
-            retry: RetryPolicy {
-                max_attempts,
-                ..RetryPolicy::default()
-            },
-            owner: owner.map(Arc::from),
-            idempotency_key: key.map(Arc::from),
-            ..JobOptions::default()
-        };
+        let mut options = JobOptions::default();
+        options.priority = Priority::new(priority).expect("0 to 2");
+        options.max_time_in_queue = ms(queue_ms);
+        options.result_ttl = ms(ttl_ms);
+        options.retry = RetryPolicy::default().with_max_attempts(max_attempts);
+        options.owner = owner.map(Arc::from);
+        options.idempotency_key = key.map(Arc::from);
         let new = NewJob {
             request: request(body),
             options,

@@ -292,13 +292,11 @@ async fn baseten_events_have_baseten_body_and_signature() {
     let app = app(layer().webhooks(local().secret(secret(KEY)).baseten_secret(BASETEN_SECRET)));
     // The Baseten front door sets this target from `webhook_endpoint`; here
     // the job goes to the store directly.
-    let options = JobOptions {
-        webhook: Some(WebhookTarget {
-            url: receiver.url("/baseten"),
-            format: WebhookFormat::Baseten,
-        }),
-        ..JobOptions::default()
-    };
+    let mut options = JobOptions::default();
+    options.webhook = Some(WebhookTarget {
+        url: receiver.url("/baseten"),
+        format: WebhookFormat::Baseten,
+    });
     let request = StoredRequest {
         method: http::Method::POST,
         path_and_query: http::uri::PathAndQuery::from_static("/predict"),

@@ -2,17 +2,17 @@
 //! changes it.
 //!
 //! Most of a backlog is jobs nobody has claimed yet, and such a job is little
-//! more than its request. Kept as a [`Job`] (328 bytes) with its request
-//! behind an `Arc` (208 more) and an `http::HeaderMap` (104 bytes for each
-//! header, whose values are slices of whatever buffer the request was read
-//! into), a queued job cost about 1 KiB beside its body. So a job fresh from
-//! [`Job::new`] is kept as [`Fresh`]: its method, path and headers encoded in
-//! one buffer, its body, its options in whole milliseconds and the time it
-//! was submitted. Everything else about such a job is what `Job::new` makes
-//! it: queued, revision 1, its queue deadline, no attempt, no lease, no
-//! error, no response. Readers get a `Job` made again from it; the first
-//! transition (a claim, a cancel, an expiry) turns it into that `Job`, in
-//! place.
+//! more than its request. Kept as a [`Job`], with its request behind an
+//! `Arc` and an `http::HeaderMap` (a large entry for each header, whose
+//! values are slices of whatever buffer the request was read into), a queued
+//! job costs many times its method, path and headers, beside its body. So a
+//! job fresh from [`Job::new`] is kept as [`Fresh`]: its method, path and
+//! headers encoded in one buffer, its body, its options in whole milliseconds
+//! and the time it was submitted. Everything else about such a job is what
+//! `Job::new` makes it: queued, revision 1, its queue deadline, no attempt,
+//! no lease, no error, no response. Readers get a `Job` made again from it;
+//! the first transition (a claim, a cancel, an expiry) turns it into that
+//! `Job`, in place.
 //!
 //! A job that does not fit the compact form (a duration that is not whole
 //! milliseconds, say) is kept as a `Job` from the start: the compact form is

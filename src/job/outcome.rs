@@ -1,0 +1,155 @@
+//! How an attempt ended, why a job failed, and what a cancel found.
+
+use std::fmt;
+
+use super::{Job, JobStatus, StoredResponse};
+use crate::time::Timestamp;
+
+/// Why a job failed, ended, or is waiting to retry, in a stable code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// Not started before its queue deadline.
+    QueueTimeout,
+    /// The inner call ran past the job's execution timeout.
+    ExecutionTimeout,
+    /// The inner response was larger than the stored-output limit.
+    ResponseTooLarge,
+    /// The inner service could not be reached (refused, reset, 429/503 with `Retry-After`).
+    UpstreamUnavailable,
+    /// The inner service answered with a status code that is retried (5xx).
+    UpstreamStatus,
+    /// The inner service returned an error instead of a response.
+    UpstreamError,
+    /// The inner response body failed while it was read.
+    ResponseBodyError,
+    /// The worker running it stopped renewing its lease too often (it died or hung).
+    LeaseExpired,
+    /// Canceled by its client.
+    Canceled,
+    /// The worker shut down mid-call and handed the job back (it runs again).
+    WorkerShutdown,
+}
+
+impl ErrorCode {
+    /// The code as shown to clients, in `snake_case`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::QueueTimeout => "queue_timeout",
+            ErrorCode::ExecutionTimeout => "execution_timeout",
+            ErrorCode::ResponseTooLarge => "response_too_large",
+            ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ErrorCode::UpstreamStatus => "upstream_status",
+            ErrorCode::UpstreamError => "upstream_error",
+            ErrorCode::ResponseBodyError => "response_body_error",
+            ErrorCode::LeaseExpired => "lease_expired",
+            ErrorCode::Canceled => "canceled",
+            ErrorCode::WorkerShutdown => "worker_shutdown",
+        }
+    }
+
+    /// All codes, for stores that persist them as text.
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::QueueTimeout,
+        ErrorCode::ExecutionTimeout,
+        ErrorCode::ResponseTooLarge,
+        ErrorCode::UpstreamUnavailable,
+        ErrorCode::UpstreamStatus,
+        ErrorCode::UpstreamError,
+        ErrorCode::ResponseBodyError,
+        ErrorCode::LeaseExpired,
+        ErrorCode::Canceled,
+        ErrorCode::WorkerShutdown,
+    ];
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What went wrong with a job: a stable code and a human message.
+///
+/// Non-exhaustive, so that it can carry more detail: make one with
+/// [`JobError::new`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobError {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// What happened, for people.
+    pub message: String,
+}
+
+impl JobError {
+    /// An error with its code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        JobError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// How a worker's inner call ended.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// The inner response, if it answered.
+    pub response: Option<StoredResponse>,
+    /// What went wrong, if anything.
+    pub error: Option<JobError>,
+}
+
+impl Outcome {
+    /// The inner service answered.
+    pub fn response(response: StoredResponse) -> Self {
+        Outcome {
+            response: Some(response),
+            error: None,
+        }
+    }
+
+    /// The job failed without (or despite) an answer.
+    pub fn error(error: JobError) -> Self {
+        Outcome {
+            response: None,
+            error: Some(error),
+        }
+    }
+
+    /// `succeeded` for a 2xx answer without error, otherwise `failed`.
+    pub fn status(&self) -> JobStatus {
+        match (&self.response, &self.error) {
+            (Some(r), None) if r.status.is_success() => JobStatus::Succeeded,
+            _ => JobStatus::Failed,
+        }
+    }
+}
+
+/// What a retry does: when, why, and whether it spends an attempt.
+#[derive(Clone, Debug)]
+pub struct Retry {
+    /// Not runnable before this time.
+    pub at: Timestamp,
+    /// Why it is retried (shown while it waits).
+    pub error: JobError,
+    /// The response that caused it, kept in case the job ends with it.
+    pub response: Option<StoredResponse>,
+    /// Whether the attempt counts (5xx) or not (upstream unavailable).
+    pub spend_attempt: bool,
+}
+
+/// The answer to a cancel.
+///
+/// Non-exhaustive, so that a cancel can answer more cases.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum CancelOutcome {
+    /// The job was queued or running and is now canceled.
+    Canceled(Job),
+    /// The job had already ended; it is unchanged.
+    AlreadyTerminal(Job),
+    /// No such job (or not this owner's, or forgotten).
+    NotFound,
+}
