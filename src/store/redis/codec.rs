@@ -38,7 +38,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, StatusCode};
 
-use super::millis;
+use super::wire::millis;
 use crate::job::{
     DeliveryStatus, ErrorCode, Job, JobError, JobId, JobOptions, JobStatus, Lease, LeaseToken,
     Priority, RetryPolicy, StoredRequest, StoredResponse, WebhookDelivery, WebhookFormat,
