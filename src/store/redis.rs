@@ -148,6 +148,7 @@ mod codec;
 mod functions;
 mod io;
 mod keys;
+mod life;
 mod lines;
 mod operations;
 mod pubsub;

@@ -20,7 +20,7 @@ use std::sync::LazyLock;
 use ::redis::aio::ConnectionLike;
 use ::redis::{Cmd, FromRedisValue, RedisError, RedisResult, ToRedisArgs};
 
-use super::codec::Life;
+use super::life::Life;
 
 /// Declares the functions once: [`Function`] and the files of their bodies.
 macro_rules! functions {
