@@ -1,14 +1,13 @@
 //! The Lua functions: one per transition, each run atomically by Redis.
 //!
 //! They form one library, loaded with `FUNCTION LOAD` (Redis 7.0 or later):
-//! the Lua that reads and writes a job's packed scalars, which the codec
-//! writes ([`Life::lua`]), then `lua/prelude.lua` (the transitions of
+//! `lua/life.lua` (the Lua for a job's packed scalars, generated from the
+//! list in `life.rs`), then `lua/prelude.lua` (the transitions of
 //! [`Job`](crate::Job) and the bookkeeping of the ready lists, the due index
 //! and the counters) once, then each function, whose body is its own file.
-//! Redis runs a library's top level once, when it loads it. A script sent
-//! with `EVALSHA` ran the whole prelude (some forty closures and its tables)
-//! on every call: about 7.5 µs of Redis's one thread, a quarter of a
-//! submission's cost there.
+//! Redis runs a library's top level once, when it loads it, so the prelude's
+//! closures and tables are made once rather than on every call (as a script
+//! sent with `EVALSHA` would make them).
 //!
 //! The library's name, and so its functions', carries a hash of its source:
 //! replicas running different versions each call their own, and a library
@@ -20,7 +19,7 @@ use std::sync::LazyLock;
 use ::redis::aio::ConnectionLike;
 use ::redis::{Cmd, FromRedisValue, RedisError, RedisResult, ToRedisArgs};
 
-use super::life::Life;
+use super::life::LIFE_LUA;
 
 /// Declares the functions once: [`Function`] and the files of their bodies.
 macro_rules! functions {
@@ -61,19 +60,18 @@ struct Library {
 }
 
 static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
-    let life = Life::lua();
     // FNV-1a: a name that changes with the source, not a secret.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in BODIES
         .iter()
         .flat_map(|(name, body)| [*name, *body])
-        .chain([PRELUDE, life.as_str()])
+        .chain([PRELUDE, LIFE_LUA])
         .flat_map(str::bytes)
     {
         hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
     }
     let library = format!("tower_defer_{hash:016x}");
-    let mut source = format!("#!lua name={library}\n{life}{PRELUDE}");
+    let mut source = format!("#!lua name={library}\n{LIFE_LUA}{PRELUDE}");
     let mut names = Vec::with_capacity(BODIES.len());
     for (short, body) in BODIES {
         let name = format!("{library}_{short}");

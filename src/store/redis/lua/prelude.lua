@@ -41,7 +41,7 @@ local EXPIRY_SLACK_MS = 60000
 -- whether each string field a script needs is there.
 --
 -- The Lua that knows the order comes before this prelude, written by
--- codec.rs from its list of scalars (Life::lua): LIFE_SET (the names),
+-- life.rs from its list of scalars (lua/life.lua): LIFE_SET (the names),
 -- unpack_life(key, id, life) (a job table, built by one constructor
 -- so Lua sizes it once), pack_life(j) (one struct.pack, no table), and
 -- I_<NAME> and N_LIFE for claim and complete, which work on the packed
