@@ -139,8 +139,9 @@
 //! The store does its Redis I/O on a thread of its own (a small tokio
 //! runtime), so its connection, reconnects and timeouts do not depend on the
 //! caller's runtime or its clock: an operation is handed to that thread and
-//! its answer awaited. For tests on tokio's paused clock, see
-//! [`hold_paused_clock`](RedisStoreBuilder::hold_paused_clock).
+//! its answer awaited. (The store's own tests, on tokio's paused clock, use
+//! a hidden builder hook, `hold_paused_clock`, so that the paused clock does
+//! not run ahead while Redis answers; a deployment never needs it.)
 
 mod batch;
 mod builder;

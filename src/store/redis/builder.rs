@@ -49,6 +49,9 @@ impl RedisStoreBuilder {
     /// paused clock does not auto-advance while Redis answers (through the
     /// blocking pool, which holds the clock). Off by default: it costs a
     /// thread hand-off per operation and means nothing on a running clock.
+    /// A test-only hook, hidden from the docs: not part of the API a
+    /// deployment configures.
+    #[doc(hidden)]
     pub fn hold_paused_clock(mut self, hold: bool) -> Self {
         self.hold_paused_clock = hold;
         self
