@@ -192,8 +192,8 @@ impl Life {
     /// inverses, `LIFE_SET` (the scalars' names), `unpack_life(key, id,
     /// life)` (a job table from the field) and `pack_life(j)` (the
     /// field from a job table). The job table is made by one constructor
-    /// that names every scalar, so Lua sizes it once: filled name by name
-    /// it grew and rehashed six times, 1.5 of the 2.3 µs an unpack took.
+    /// that names every scalar, so Lua sizes it once rather than growing
+    /// and rehashing it name by name.
     /// `pack_life` hands the values straight to `struct.pack`. For the
     /// functions that work on the packed values themselves, in an array
     /// (claim and complete, see `prelude.lua`): `I_<NAME>`, each scalar's

@@ -22,7 +22,7 @@ use crate::store::StoreError;
 use crate::time::Timestamp;
 
 /// How many calls one batch carries at most: a script blocks Redis while it
-/// runs, and one claim or completion takes it some tens of microseconds.
+/// runs, so a batch must not grow without bound.
 const MAX_BATCH: usize = 64;
 
 /// One submission, waiting for its batch.

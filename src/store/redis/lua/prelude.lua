@@ -1,17 +1,20 @@
--- What every function of tower-defer's Redis library shares (see
--- functions.rs; only the codec's Lua for 'life' comes before it). Redis
+-- prelude: what every function of tower-defer's Redis library shares (see
+-- functions.rs; only the generated lua/life.lua comes before it). Redis
 -- runs it once, when the library is loaded; each function then starts with
--- begin(KEYS, ARGV). It mirrors the pure
--- transitions of `Job` (src/job.rs) and the bookkeeping of
--- `MemoryStore::transition` (src/store/memory.rs): keep the three in step.
+-- begin(KEYS, ARGV). It mirrors the pure transitions of `Job` (src/job.rs)
+-- and the bookkeeping of `MemoryStore::transition` (src/store/memory.rs):
+-- keep the three in step.
 --
+-- KEYS and ARGV every function takes first (keys.rs passes them); its own
+-- follow, from KEYS[9] and ARGV[3]:
 -- KEYS[1..3]  {ns}:ready:0|1|2  runnable jobs per priority (score = global sequence)
 -- KEYS[4]     {ns}:due          each job's Job::next_due() in ms
 -- KEYS[5]     {ns}:seq          the sequence behind the ready scores
 -- KEYS[6]     {ns}:n:retrying   queued jobs waiting out a backoff
 -- KEYS[7]     {ns}:n:in_progress
 -- KEYS[8]     {ns}:deliveries   webhook deliveries nobody holds, by Job::delivery_ready_at()
--- ARGV[1]     the key prefix "{ns}:"; ARGV[2] now (ms, the caller's clock)
+-- ARGV[1]     the key prefix "{ns}:"
+-- ARGV[2]     now (ms, the caller's clock)
 --
 -- Only constants may be computed here, at load time: Redis gives a
 -- library's top level no more than the language itself.
@@ -32,9 +35,9 @@ local EXPIRY_SLACK_MS = 60000
 -- A job's lifecycle scalars live in one field of its hash, 'life': one
 -- little-endian double each, -1 for none. Every value is a count, a flag or
 -- a time in ms, whole and below 2^53, so a double holds it exactly. One HGET
--- and one struct.unpack read them all; as fields of their own they cost
--- about ten times as much (a Lua string per field, tonumber per number,
--- string.format per write). The options' durations, which no script reads,
+-- and one struct.unpack read them all, where fields of their own would cost
+-- a Lua string per field, a tonumber per number and a string.format per
+-- write. The options' durations, which no script reads,
 -- are there too: fewer fields make every read and write of the hash
 -- cheaper. The strings a transition writes (error code and message, the
 -- last webhook error) stay fields of their own; a flag in 'life' says
@@ -61,8 +64,8 @@ local NOTHING = {}
 
 -- Answers that carry nothing of their own, made once (Redis only reads an
 -- answer's table). Redis turns each table of an answer into RESP only after
--- asking it for seven special fields ('err', 'ok', 'double'...), some 5 000
--- instructions: claim and complete answer a bare string where they can.
+-- asking it for its special fields ('err', 'ok', 'double'...), so claim and
+-- complete answer a bare string where they can.
 local CREATED, FULL = {'created'}, {'full'}
 
 local function job_key(id)
@@ -508,11 +511,9 @@ end
 -- other transitions work on the job table (unpack_life) with put() and
 -- commit(); these two work on the scalars as struct.unpack gives them, in
 -- an array (I_<NAME> the places, -1 for none, codes for the statuses), and
--- write what Job::claim (src/job.rs) or finish_as and then commit() would:
--- building the
--- job table, its snapshot and put()'s calls cost more than half of a
--- completion (118 000 instructions against 50 000 under callgrind, a probe
--- of the step alone). The store conformance tests and the model test
+-- write what Job::claim (src/job.rs) or finish_as and then commit() would,
+-- as building the job table, its snapshot and put()'s calls would cost
+-- more than the step itself. The store conformance tests and the model test
 -- (tests/store_model) hold both ways to MemoryStore's transitions: keep
 -- these in step with Job::claim, finish_as and commit.
 local S_QUEUED, S_IN_PROGRESS = STATUS_CODE.queued, STATUS_CODE.in_progress

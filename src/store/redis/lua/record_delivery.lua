@@ -1,12 +1,29 @@
--- record_delivery: KEYS[9] the job; ARGV[3] id, ARGV[4] token, ARGV[5] the
--- receiver's status code ('' if none), ARGV[6] has error ('1'/'0'), ARGV[7]
--- error, ARGV[8] delivered ('1'/'0'), ARGV[9] retry at (ms, '' for none).
--- (Job::record_delivery) -> {'ok', fields...} | {'stale'}
+-- record_delivery: records one delivery attempt's result
+-- (Job::record_delivery), if the deliverer's lease still holds it.
+--
+-- KEYS[1..8], ARGV[1..2]: what every function takes first (prelude.lua).
+-- KEYS[9]  the job
+-- ARGV[3]  its id
+-- ARGV[4]  the delivery's lease token
+-- ARGV[5]  the receiver's status code ('' if none)
+-- ARGV[6]  '1' if the attempt failed with an error (else '0')
+-- ARGV[7]  that error
+-- ARGV[8]  '1' if delivered (else '0')
+-- ARGV[9]  when to try again (ms; '' for never: the delivery failed)
+--
+-- Returns {'ok', field, value, ...} | {'stale'}.
+--
+-- 1. Check the lease.
+-- 2. Record the attempt; the delivery succeeded, waits for a retry, or
+--    failed.
+
+-- 1. The lease.
 local j = load(KEYS[9], ARGV[3])
 if not j or not delivering(j) or j.wh_lease_token == nil
     or j.wh_lease_token ~= tonumber(ARGV[4]) then
   return {'stale'}
 end
+-- 2. The attempt.
 local b = snapshot(j)
 put(j, 'wh_attempts', (j.wh_attempts or 0) + 1)
 put(j, 'wh_lease_token', nil)
