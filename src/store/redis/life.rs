@@ -4,15 +4,15 @@
 //! webhook delivery's state, flags saying which string fields are there,
 //! and the options' durations) are one little-endian `f64` each, in the
 //! order of [`LIFE`], `-1` for none. The functions read and write them all
-//! with one `struct.unpack` and one `struct.pack`, in Lua this module
-//! writes from the same list (`Life::lua`, checked in as `lua/life.lua`),
-//! because a field of its own per scalar costs Redis a string and a
-//! conversion each.
+//! with one `struct.unpack` and one `struct.pack`, and work on the array
+//! that gives, by the places and codes this module writes from the same
+//! list (`Life::lua`, checked in as `lua/life.lua`), because a field of its
+//! own per scalar costs Redis a string and a conversion each.
 //!
 //! Adding a scalar the functions need: add it to the `life!` list, then
 //! write `lua/life.lua` again (`TOWER_DEFER_BLESS=1 cargo test --features
-//! redis --lib redis::life`; the test fails until then). That changes the layout of every stored job, so say so in the
-//! changelog.
+//! redis --lib redis::life`; the test fails until then). That changes the
+//! layout of every stored job, so say so in the changelog.
 
 use std::time::Duration;
 
@@ -77,8 +77,8 @@ life! {
     RetryMaxDelayMs = "retry_max_delay_ms",
 }
 
-/// `status` and `wh_status` are packed as their index here (`STATUS_NAME`
-/// and `DELIVERY_NAME` in `lua/life.lua`).
+/// `status` and `wh_status` are packed as their index here (`S_<STATUS>`
+/// and `D_<STATUS>` in `lua/life.lua`).
 pub(super) const STATUSES: [JobStatus; 6] = [
     JobStatus::Queued,
     JobStatus::InProgress,
@@ -109,7 +109,7 @@ const GENERATED: &str = "\
 --
 -- (the same test, without the variable, fails while the file and the list
 -- disagree). The library loads it first, before prelude.lua. It takes no
--- KEYS or ARGV: it defines constants and helpers only.
+-- KEYS or ARGV: it defines constants only.
 ";
 
 /// A job's lifecycle scalars, as packed in its `life` field.
@@ -186,94 +186,55 @@ impl Life {
         self.get(scalar).map_or(default, Duration::from_millis)
     }
 
-    /// The Lua that reads and writes `life` in the scripts, written from
-    /// [`LIFE`] so the two cannot disagree: `STATUS_NAME` and
-    /// `DELIVERY_NAME` (a packed status is its index there) and their
-    /// inverses, `LIFE_SET` (the scalars' names), `unpack_life(key, id,
-    /// life)` (a job table from the field) and `pack_life(j)` (the
-    /// field from a job table). The job table is made by one constructor
-    /// that names every scalar, so Lua sizes it once rather than growing
-    /// and rehashing it name by name.
-    /// `pack_life` hands the values straight to `struct.pack`. For the
-    /// functions that work on the packed values themselves, in an array
-    /// (claim and complete, see `prelude.lua`): `I_<NAME>`, each scalar's
-    /// place in it, and `N_LIFE`, how many there are.
+    /// The Lua for `life` in the functions (`lua/life.lua`), written from
+    /// [`LIFE`] so the two cannot disagree: `LIFE_FORMAT` and `N_LIFE` (how
+    /// `struct.unpack` reads the field), `I_<NAME>` (each scalar's place in
+    /// the array it gives), `S_<STATUS>` and `D_<STATUS>` (a packed status
+    /// is its code, its index in [`STATUSES`] or [`DELIVERY_STATUSES`]),
+    /// and `STATUS_CODE` (the codes by name, for a status a caller names).
     #[cfg(test)]
     pub(super) fn lua() -> String {
-        let quoted = |names: &mut dyn Iterator<Item = &str>| {
-            names
-                .map(|n| format!("'{n}'"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let codes = |names: &mut dyn Iterator<Item = &str>| {
-            names
-                .enumerate()
-                .map(|(i, n)| format!("{n} = {i}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let statuses = || STATUSES.iter().map(|s| s.as_str());
-        let deliveries = || DELIVERY_STATUSES.iter().map(|s| s.as_str());
-        let values: Vec<String> = (1..=LIFE.len()).map(|i| format!("v{i}")).collect();
-        let mut fields = Vec::with_capacity(LIFE.len());
-        let mut packed = Vec::with_capacity(LIFE.len());
-        for (name, v) in LIFE.iter().zip(&values) {
-            let (read, write) = match *name {
-                "status" => (
-                    format!("STATUS_NAME[{v}]"),
-                    "STATUS_CODE[j.status]".to_owned(),
-                ),
-                "wh_status" => (
-                    format!("DELIVERY_NAME[{v}]"),
-                    "j.wh_status and DELIVERY_CODE[j.wh_status] or -1".to_owned(),
-                ),
-                _ => (
-                    format!("{v} >= 0 and {v} or nil"),
-                    format!("j.{name} or -1"),
-                ),
-            };
-            fields.push(format!("    {name} = {read},\n"));
-            packed.push(format!("    {write}"));
-        }
+        let upper = |name: &str| name.to_uppercase();
+        let places: String = LIFE
+            .iter()
+            .enumerate()
+            .map(|(i, name)| format!("local I_{} = {}\n", upper(name), i + 1))
+            .collect();
+        let statuses: String = STATUSES
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("local S_{} = {i}\n", upper(s.as_str())))
+            .collect();
+        let deliveries: String = DELIVERY_STATUSES
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("local D_{} = {i}\n", upper(s.as_str())))
+            .collect();
+        let by_name = STATUSES
+            .iter()
+            .map(|s| format!("{0} = S_{1}", s.as_str(), upper(s.as_str())))
+            .collect::<Vec<_>>()
+            .join(", ");
         format!(
-            "{GENERATED}\
-             local STATUS_NAME = {{[0] = {}}}\n\
-             local DELIVERY_NAME = {{[0] = {}}}\n\
-             local STATUS_CODE = {{{}}}\n\
-             local DELIVERY_CODE = {{{}}}\n\
-             local LIFE_FORMAT = '<{}'\n\
-             local LIFE_SET = {{{}}}\n\
-             local {} = {}\n\
-             local N_LIFE = {}\n\
-             local function unpack_life(key, id, life)\n\
-             \x20 local {} = struct.unpack(LIFE_FORMAT, life)\n\
-             \x20 return {{\n    key = key, id = id,\n{}  }}\n\
-             end\n\
-             local function pack_life(j)\n\
-             \x20 return struct.pack(LIFE_FORMAT,\n{})\n\
-             end\n",
-            quoted(&mut statuses()),
-            quoted(&mut deliveries()),
-            codes(&mut statuses()),
-            codes(&mut deliveries()),
-            "d".repeat(LIFE.len()),
-            LIFE.iter()
-                .map(|n| format!("{n} = true"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            LIFE.iter()
-                .map(|n| format!("I_{}", n.to_uppercase()))
-                .collect::<Vec<_>>()
-                .join(", "),
-            (1..=LIFE.len())
-                .map(|i| i.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            LIFE.len(),
-            values.join(", "),
-            fields.concat(),
-            packed.join(",\n"),
+            "{GENERATED}\n\
+             -- A job's scalars as struct.unpack reads them from its 'life' field:\n\
+             -- one little-endian double each, in this order, -1 for none.\n\
+             local LIFE_FORMAT = '<{format}'\n\
+             local N_LIFE = {n}\n\
+             \n\
+             -- Each scalar's place in the array struct.unpack gives.\n\
+             {places}\
+             \n\
+             -- A job's status is packed as its code...\n\
+             {statuses}\
+             \n\
+             -- ...and so is its webhook delivery's.\n\
+             {deliveries}\
+             \n\
+             -- The job statuses' codes by name, for a status a caller names.\n\
+             local STATUS_CODE = {{{by_name}}}\n",
+            format = "d".repeat(LIFE.len()),
+            n = LIFE.len(),
         )
     }
 
@@ -371,28 +332,28 @@ mod tests {
         );
     }
 
-    /// The Lua the scripts read and write `life` with, as written from
+    /// The Lua the functions read and write `life` with, as written from
     /// [`LIFE`]; the store tests run it on Redis.
     #[test]
     fn the_lua_for_life_follows_the_list() {
         let lua = Life::lua();
         let format = format!("local LIFE_FORMAT = '<{}'", "d".repeat(LIFE.len()));
         assert!(lua.contains(&format), "{format}");
+        assert!(lua.contains(&format!("local N_LIFE = {}\n", LIFE.len())));
         let at = |s: Scalar| s as usize + 1;
         for expected in [
-            "local STATUS_NAME = {[0] = 'queued', 'in_progress', 'succeeded', 'failed', 'canceled', 'expired'}".to_owned(),
-            "local DELIVERY_CODE = {pending = 0, succeeded = 1, failed = 2}".to_owned(),
-            format!("status = STATUS_NAME[v{}],", at(Scalar::Status)),
-            format!("wh_status = DELIVERY_NAME[v{}],", at(Scalar::WhStatus)),
-            format!("attempts = v{0} >= 0 and v{0} or nil,", at(Scalar::Attempts)),
-            "    STATUS_CODE[j.status],".to_owned(),
-            "    j.wh_status and DELIVERY_CODE[j.wh_status] or -1,".to_owned(),
-            "    j.retry_max_delay_ms or -1)".to_owned(),
+            format!("local I_STATUS = {}\n", at(Scalar::Status)),
+            format!("local I_WH_STATUS = {}\n", at(Scalar::WhStatus)),
+            "local S_QUEUED = 0\nlocal S_IN_PROGRESS = 1\n".to_owned(),
+            "local S_EXPIRED = 5\n".to_owned(),
+            "local D_PENDING = 0\nlocal D_SUCCEEDED = 1\nlocal D_FAILED = 2\n".to_owned(),
+            "local STATUS_CODE = {queued = S_QUEUED, in_progress = S_IN_PROGRESS, ".to_owned(),
         ] {
             assert!(lua.contains(&expected), "{expected}");
         }
-        for name in LIFE {
-            assert!(lua.contains(&format!("{name} = true")), "{name}");
+        for (i, name) in LIFE.iter().enumerate() {
+            let place = format!("local I_{} = {}\n", name.to_uppercase(), i + 1);
+            assert!(lua.contains(&place), "{place}");
         }
         let prelude = super::super::functions::sources()[0];
         assert!(

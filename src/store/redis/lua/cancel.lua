@@ -32,7 +32,7 @@ if not visible then
   return {'not_found'}
 end
 -- 2. Cancel it.
-if ARGV[6] == '1' and j.status ~= 'queued' then
+if ARGV[6] == '1' and j[I_STATUS] ~= S_QUEUED then
   return tagged('not_queued', KEYS[9])
 end
 local b = snapshot(j)

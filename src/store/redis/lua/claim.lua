@@ -63,7 +63,7 @@ end
 local function ready_at(h)
   if h.at == nil then
     local j = load(job_key(h.id), h.id)
-    h.at = j and j.ready_at or 0
+    h.at = j and opt(j[I_READY_AT]) or 0
   end
   return h.at
 end
@@ -122,27 +122,24 @@ for _ = 1, 1000 + want do
     -- A stale entry (the job is gone) would be met again: drop it.
     set_ready(level + 1, id, false)
   else
-    local t = life_array(life)
-    if t[I_STATUS] == S_QUEUED and t[I_QUEUE_DEADLINE] <= NOW then
+    local j = life_of(key, id, life)
+    local b = snapshot(j)
+    if expire_if_due(j) then
       -- A job past its deadline is expired here, never run.
-      local j = unpack_life(key, id, life)
-      local b = snapshot(j)
-      expire_if_due(j)
       commit(j, b)
-    else
-      local new_life, deleted = claim_packed(key, id, t, lease_ms)
-      if new_life then
-        claimed = claimed + 1
-        flat[#flat + 1] = 'life'
-        flat[#flat + 1] = new_life
-        for i = 1, #deleted do
-          flat[#flat + 1] = deleted[i]
+    elseif claim_job(j, lease_ms) then
+      claimed = claimed + 1
+      flat[#flat + 1] = 'life'
+      flat[#flat + 1] = commit(j, b)
+      if j.del then
+        for f in pairs(j.del) do
+          flat[#flat + 1] = f
           flat[#flat + 1] = false
         end
-        out[#out + 1] = flat
-      else
-        set_ready(level + 1, id, false)
       end
+      out[#out + 1] = flat
+    else
+      set_ready(level + 1, id, false)
     end
   end
 end

@@ -23,13 +23,20 @@ for i = 1, #KEYS - 8 do
   local key, a = KEYS[8 + i], 2 + (i - 1) * 11
   -- Each result at the time its worker recorded it.
   NOW = tonumber(ARGV[a + 1])
-  if not complete_packed(key, ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 6], ARGV[a + 7],
-      ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], ARGV[a + 11]) then
+  local j = load(key, ARGV[a + 2])
+  if not j or not holds_lease(j, ARGV[a + 3]) then
     out[i] = 'stale'
-  elseif ARGV[a + 5] == '1' then
-    out[i] = tagged('ok', key)
   else
-    out[i] = 'ok'
+    -- Job::finish: the outcome, then the end it names.
+    local b = snapshot(j)
+    put_outcome(j, ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], ARGV[a + 11])
+    end_job(j, STATUS_CODE[ARGV[a + 4]])
+    commit(j, b)
+    if ARGV[a + 5] == '1' then
+      out[i] = tagged('ok', key)
+    else
+      out[i] = 'ok'
+    end
   end
 end
 -- 2. The bookkeeping, once.

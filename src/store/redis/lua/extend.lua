@@ -14,6 +14,6 @@ if not j or not holds_lease(j, ARGV[4]) then
   return {'stale'}
 end
 local b = snapshot(j)
-put(j, 'lease_until', NOW + tonumber(ARGV[5]))
+j[I_LEASE_UNTIL] = NOW + tonumber(ARGV[5])
 commit(j, b)
-return {'ok', n2s(j.lease_until)}
+return {'ok', n2s(j[I_LEASE_UNTIL])}

@@ -6,83 +6,58 @@
 --
 -- (the same test, without the variable, fails while the file and the list
 -- disagree). The library loads it first, before prelude.lua. It takes no
--- KEYS or ARGV: it defines constants and helpers only.
-local STATUS_NAME = {[0] = 'queued', 'in_progress', 'succeeded', 'failed', 'canceled', 'expired'}
-local DELIVERY_NAME = {[0] = 'pending', 'succeeded', 'failed'}
-local STATUS_CODE = {queued = 0, in_progress = 1, succeeded = 2, failed = 3, canceled = 4, expired = 5}
-local DELIVERY_CODE = {pending = 0, succeeded = 1, failed = 2}
+-- KEYS or ARGV: it defines constants only.
+
+-- A job's scalars as struct.unpack reads them from its 'life' field:
+-- one little-endian double each, in this order, -1 for none.
 local LIFE_FORMAT = '<ddddddddddddddddddddddddddddddd'
-local LIFE_SET = {status = true, attempts = true, revision = true, claims = true, lease_token = true, lease_until = true, retry_at = true, queue_deadline = true, created_at = true, status_at = true, started_at = true, completed_at = true, expires_at = true, ready_at = true, priority = true, max_attempts = true, result_ttl_ms = true, has_error = true, has_webhook = true, has_slot = true, wh_status = true, wh_attempts = true, wh_claims = true, wh_next_attempt_at = true, wh_lease_token = true, wh_lease_until = true, wh_last_status_code = true, max_time_in_queue_ms = true, execution_timeout_ms = true, retry_initial_delay_ms = true, retry_max_delay_ms = true}
-local I_STATUS, I_ATTEMPTS, I_REVISION, I_CLAIMS, I_LEASE_TOKEN, I_LEASE_UNTIL, I_RETRY_AT, I_QUEUE_DEADLINE, I_CREATED_AT, I_STATUS_AT, I_STARTED_AT, I_COMPLETED_AT, I_EXPIRES_AT, I_READY_AT, I_PRIORITY, I_MAX_ATTEMPTS, I_RESULT_TTL_MS, I_HAS_ERROR, I_HAS_WEBHOOK, I_HAS_SLOT, I_WH_STATUS, I_WH_ATTEMPTS, I_WH_CLAIMS, I_WH_NEXT_ATTEMPT_AT, I_WH_LEASE_TOKEN, I_WH_LEASE_UNTIL, I_WH_LAST_STATUS_CODE, I_MAX_TIME_IN_QUEUE_MS, I_EXECUTION_TIMEOUT_MS, I_RETRY_INITIAL_DELAY_MS, I_RETRY_MAX_DELAY_MS = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31
 local N_LIFE = 31
-local function unpack_life(key, id, life)
-  local v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15, v16, v17, v18, v19, v20, v21, v22, v23, v24, v25, v26, v27, v28, v29, v30, v31 = struct.unpack(LIFE_FORMAT, life)
-  return {
-    key = key, id = id,
-    status = STATUS_NAME[v1],
-    attempts = v2 >= 0 and v2 or nil,
-    revision = v3 >= 0 and v3 or nil,
-    claims = v4 >= 0 and v4 or nil,
-    lease_token = v5 >= 0 and v5 or nil,
-    lease_until = v6 >= 0 and v6 or nil,
-    retry_at = v7 >= 0 and v7 or nil,
-    queue_deadline = v8 >= 0 and v8 or nil,
-    created_at = v9 >= 0 and v9 or nil,
-    status_at = v10 >= 0 and v10 or nil,
-    started_at = v11 >= 0 and v11 or nil,
-    completed_at = v12 >= 0 and v12 or nil,
-    expires_at = v13 >= 0 and v13 or nil,
-    ready_at = v14 >= 0 and v14 or nil,
-    priority = v15 >= 0 and v15 or nil,
-    max_attempts = v16 >= 0 and v16 or nil,
-    result_ttl_ms = v17 >= 0 and v17 or nil,
-    has_error = v18 >= 0 and v18 or nil,
-    has_webhook = v19 >= 0 and v19 or nil,
-    has_slot = v20 >= 0 and v20 or nil,
-    wh_status = DELIVERY_NAME[v21],
-    wh_attempts = v22 >= 0 and v22 or nil,
-    wh_claims = v23 >= 0 and v23 or nil,
-    wh_next_attempt_at = v24 >= 0 and v24 or nil,
-    wh_lease_token = v25 >= 0 and v25 or nil,
-    wh_lease_until = v26 >= 0 and v26 or nil,
-    wh_last_status_code = v27 >= 0 and v27 or nil,
-    max_time_in_queue_ms = v28 >= 0 and v28 or nil,
-    execution_timeout_ms = v29 >= 0 and v29 or nil,
-    retry_initial_delay_ms = v30 >= 0 and v30 or nil,
-    retry_max_delay_ms = v31 >= 0 and v31 or nil,
-  }
-end
-local function pack_life(j)
-  return struct.pack(LIFE_FORMAT,
-    STATUS_CODE[j.status],
-    j.attempts or -1,
-    j.revision or -1,
-    j.claims or -1,
-    j.lease_token or -1,
-    j.lease_until or -1,
-    j.retry_at or -1,
-    j.queue_deadline or -1,
-    j.created_at or -1,
-    j.status_at or -1,
-    j.started_at or -1,
-    j.completed_at or -1,
-    j.expires_at or -1,
-    j.ready_at or -1,
-    j.priority or -1,
-    j.max_attempts or -1,
-    j.result_ttl_ms or -1,
-    j.has_error or -1,
-    j.has_webhook or -1,
-    j.has_slot or -1,
-    j.wh_status and DELIVERY_CODE[j.wh_status] or -1,
-    j.wh_attempts or -1,
-    j.wh_claims or -1,
-    j.wh_next_attempt_at or -1,
-    j.wh_lease_token or -1,
-    j.wh_lease_until or -1,
-    j.wh_last_status_code or -1,
-    j.max_time_in_queue_ms or -1,
-    j.execution_timeout_ms or -1,
-    j.retry_initial_delay_ms or -1,
-    j.retry_max_delay_ms or -1)
-end
+
+-- Each scalar's place in the array struct.unpack gives.
+local I_STATUS = 1
+local I_ATTEMPTS = 2
+local I_REVISION = 3
+local I_CLAIMS = 4
+local I_LEASE_TOKEN = 5
+local I_LEASE_UNTIL = 6
+local I_RETRY_AT = 7
+local I_QUEUE_DEADLINE = 8
+local I_CREATED_AT = 9
+local I_STATUS_AT = 10
+local I_STARTED_AT = 11
+local I_COMPLETED_AT = 12
+local I_EXPIRES_AT = 13
+local I_READY_AT = 14
+local I_PRIORITY = 15
+local I_MAX_ATTEMPTS = 16
+local I_RESULT_TTL_MS = 17
+local I_HAS_ERROR = 18
+local I_HAS_WEBHOOK = 19
+local I_HAS_SLOT = 20
+local I_WH_STATUS = 21
+local I_WH_ATTEMPTS = 22
+local I_WH_CLAIMS = 23
+local I_WH_NEXT_ATTEMPT_AT = 24
+local I_WH_LEASE_TOKEN = 25
+local I_WH_LEASE_UNTIL = 26
+local I_WH_LAST_STATUS_CODE = 27
+local I_MAX_TIME_IN_QUEUE_MS = 28
+local I_EXECUTION_TIMEOUT_MS = 29
+local I_RETRY_INITIAL_DELAY_MS = 30
+local I_RETRY_MAX_DELAY_MS = 31
+
+-- A job's status is packed as its code...
+local S_QUEUED = 0
+local S_IN_PROGRESS = 1
+local S_SUCCEEDED = 2
+local S_FAILED = 3
+local S_CANCELED = 4
+local S_EXPIRED = 5
+
+-- ...and so is its webhook delivery's.
+local D_PENDING = 0
+local D_SUCCEEDED = 1
+local D_FAILED = 2
+
+-- The job statuses' codes by name, for a status a caller names.
+local STATUS_CODE = {queued = S_QUEUED, in_progress = S_IN_PROGRESS, succeeded = S_SUCCEEDED, failed = S_FAILED, canceled = S_CANCELED, expired = S_EXPIRED}

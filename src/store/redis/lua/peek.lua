@@ -12,7 +12,7 @@ local j = load(KEYS[9], '')
 if not j or is_forgotten(j) then
   return {'gone'}
 end
-if j.revision <= tonumber(ARGV[3]) then
+if j[I_REVISION] <= tonumber(ARGV[3]) then
   return {'same'}
 end
 return tagged('changed', KEYS[9])

@@ -26,17 +26,17 @@ end
 -- 2. The outcome, then back in the queue.
 local b = snapshot(j)
 if ARGV[6] ~= '1' then
-  put(j, 'attempts', math.max(j.attempts - 1, 0))
+  j[I_ATTEMPTS] = math.max(j[I_ATTEMPTS] - 1, 0)
 end
 put_outcome(j, ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12])
-put(j, 'lease_token', nil)
-put(j, 'lease_until', nil)
+j[I_LEASE_TOKEN] = NONE
+j[I_LEASE_UNTIL] = NONE
 local at = tonumber(ARGV[5])
 if at > NOW then
-  put(j, 'retry_at', at)
+  j[I_RETRY_AT] = at
 else
-  put(j, 'retry_at', nil)
+  j[I_RETRY_AT] = NONE
 end
-touch(j, 'queued')
+touch(j, S_QUEUED)
 commit(j, b)
 return tagged('ok', KEYS[9])

@@ -12,7 +12,7 @@ for level = 1, 3 do
   local head = redis.call('ZRANGE', READY[level], 0, 0)
   if head[1] then
     local j = load(job_key(head[1]), head[1])
-    local at = j and j.created_at
+    local at = j and opt(j[I_CREATED_AT])
     if at and (oldest == nil or at < oldest) then
       oldest = at
     end
