@@ -71,8 +71,9 @@
 //! (the head of a ready or due set, in `claim` and `sweep`) builds its key
 //! from the `{ns}:` prefix, which stays in the same hash slot thanks to the tag.
 //! The functions' source is `src/store/redis/lua/`, one file per function
-//! (each headed by its `KEYS`, `ARGV` and answer) after the `prelude.lua`
-//! they share, as `FUNCTION LIST WITHCODE` shows them joined into one library.
+//! (each headed by its `KEYS`, `ARGV` and answer) after the code they share
+//! (`prelude.lua`, `job.lua`, `bookkeeping.lua`), as `FUNCTION LIST
+//! WITHCODE` shows them joined into one library.
 //!
 //! The client passes "now" ([`Timestamp::now`], which follows tokio's clock)
 //! to every script, so tests on a paused clock behave, and replicas must keep

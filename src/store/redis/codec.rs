@@ -17,6 +17,10 @@
 //! write it in [`new_job_fields`] (or in the script that sets it), read it in
 //! [`decode_job`] treating its absence as the default, so jobs written by an
 //! older version still decode.
+//!
+//! The file is one concept, the encoding of a job's hash, and stays whole
+//! although it is a little over 600 lines: about a third of it is the
+//! round-trip tests, which belong beside what they check.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1,13 +1,14 @@
 //! The Lua functions: one per transition, each run atomically by Redis.
 //!
 //! They form one library, loaded with `FUNCTION LOAD` (Redis 7.0 or later):
-//! `lua/life.lua` (the Lua for a job's packed scalars, generated from the
-//! list in `life.rs`), then `lua/prelude.lua` (the transitions of
-//! [`Job`](crate::Job) and the bookkeeping of the ready lists, the due index
-//! and the counters) once, then each function, whose body is its own file.
-//! Redis runs a library's top level once, when it loads it, so the prelude's
-//! closures and tables are made once rather than on every call (as a script
-//! sent with `EVALSHA` would make them).
+//! the shared code once ([`SHARED`]: `lua/life.lua`, the places and codes
+//! of a job's packed scalars, generated from the list in `life.rs`;
+//! `lua/prelude.lua`, the call's state and a job's form; `lua/job.lua`, the
+//! transitions of [`Job`](crate::Job); `lua/bookkeeping.lua`, the ready
+//! lists, the due index and the counters), then each function, whose body
+//! is its own file. Redis runs a library's top level once, when it loads
+//! it, so the shared closures and tables are made once rather than on every
+//! call (as a script sent with `EVALSHA` would make them).
 //!
 //! The library's name, and so its functions', carries a hash of its source:
 //! replicas running different versions each call their own, and a library
@@ -51,7 +52,13 @@ functions! {
     Stats = "stats",
 }
 
-const PRELUDE: &str = include_str!("lua/prelude.lua");
+/// The code every function shares, in the order the library holds it.
+const SHARED: [&str; 4] = [
+    LIFE_LUA,
+    include_str!("lua/prelude.lua"),
+    include_str!("lua/job.lua"),
+    include_str!("lua/bookkeeping.lua"),
+];
 
 /// The library as Redis loads it, and its functions' full names.
 struct Library {
@@ -65,13 +72,13 @@ static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
     for byte in BODIES
         .iter()
         .flat_map(|(name, body)| [*name, *body])
-        .chain([PRELUDE, LIFE_LUA])
+        .chain(SHARED)
         .flat_map(str::bytes)
     {
         hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
     }
     let library = format!("tower_defer_{hash:016x}");
-    let mut source = format!("#!lua name={library}\n{LIFE_LUA}{PRELUDE}");
+    let mut source = format!("#!lua name={library}\n{}", SHARED.concat());
     let mut names = Vec::with_capacity(BODIES.len());
     for (short, body) in BODIES {
         let name = format!("{library}_{short}");
@@ -154,10 +161,13 @@ impl Invocation {
 }
 
 /// Every script's source, for tests that check them against the codec:
-/// the prelude first (the codec's own Lua is not among them).
+/// the shared code first, then the functions (the generated
+/// `lua/life.lua` is not among them).
 #[cfg(test)]
 pub(super) fn sources() -> Vec<&'static str> {
-    std::iter::once(PRELUDE)
+    SHARED[1..]
+        .iter()
+        .copied()
         .chain(BODIES.iter().map(|(_, body)| *body))
         .collect()
 }

@@ -5,7 +5,7 @@
 --   TOWER_DEFER_BLESS=1 cargo test --features redis --lib redis::life
 --
 -- (the same test, without the variable, fails while the file and the list
--- disagree). The library loads it first, before prelude.lua. It takes no
+-- disagree). The library holds it first, before prelude.lua. It takes no
 -- KEYS or ARGV: it defines constants only.
 
 -- A job's scalars as struct.unpack reads them from its 'life' field:
