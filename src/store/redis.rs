@@ -41,11 +41,11 @@
 //! | `{ns}:job:<id>` | hash | one job: lifecycle fields, request, response (see below) |
 //! | `{ns}:ready:0` `:1` `:2` | sorted set | runnable jobs per priority; score = a global sequence, so FIFO within a level |
 //! | `{ns}:seq` | string | that sequence (`INCR`) |
-//! | `{ns}:due` | sorted set | each job's [`Job::next_due`] in ms: deadlines, retries, leases, TTLs |
-//! | `{ns}:n:retrying`, `{ns}:n:in_progress` | string | counters for [`stats`](Store::stats) and the queue limit |
+//! | `{ns}:due` | sorted set | each job's [`Job::next_due`](crate::Job::next_due) in ms: deadlines, retries, leases, TTLs |
+//! | `{ns}:n:retrying`, `{ns}:n:in_progress` | string | counters for [`stats`](crate::Store::stats) and the queue limit |
 //! | `{ns}:idem:-:<key>`, `{ns}:idem:<len>:<owner>:<key>` | string | the job holding an idempotency key (owner length-prefixed, so owners and keys may hold `:`) |
 //! | channel `{ns}:changed` | pub/sub | job ids (separated by spaces), on every change of those jobs |
-//! | `{ns}:deliveries` | sorted set | webhook deliveries nobody holds, by [`Job::delivery_ready_at`] |
+//! | `{ns}:deliveries` | sorted set | webhook deliveries nobody holds, by [`Job::delivery_ready_at`](crate::Job::delivery_ready_at) |
 //! | channel `{ns}:work` | pub/sub | job ids, when work becomes ready (or a retry is scheduled) |
 //! | channel `{ns}:deliver` | pub/sub | job ids, when webhook deliveries become claimable |
 //!
@@ -64,7 +64,7 @@
 //! # Transitions
 //!
 //! Every transition is one Lua function (`FCALL`), which mirrors the pure
-//! methods of [`Job`] and the bookkeeping of [`MemoryStore`](super::MemoryStore)
+//! methods of [`Job`](crate::Job) and the bookkeeping of [`MemoryStore`](super::MemoryStore)
 //! (ready lists with aging, the due index, counters) and publishes the change;
 //! the client never reads, modifies and writes a job. Keys the client can name
 //! are passed in `KEYS`; a script that reaches a job it found inside Redis
@@ -75,7 +75,7 @@
 //! (`prelude.lua`, `job.lua`, `bookkeeping.lua`), as `FUNCTION LIST
 //! WITHCODE` shows them joined into one library.
 //!
-//! The client passes "now" ([`Timestamp::now`], which follows tokio's clock)
+//! The client passes "now" ([`Timestamp::now`](crate::time::Timestamp::now), which follows tokio's clock)
 //! to every script, so tests on a paused clock behave, and replicas must keep
 //! their clocks in sync (NTP): leases, deadlines and TTLs compare times from
 //! different hosts.
@@ -86,11 +86,11 @@
 //!
 //! | operation | round trips |
 //! |---|---|
-//! | submit ([`enqueue`](Store::enqueue)) | at most 1 (`FCALL`) |
-//! | [`claim`](Store::claim) | at most 1 (`FCALL`; also applies what came due) |
-//! | [`complete`](Store::complete), [`complete_status`](Store::complete_status) | at most 1 (`FCALL`; the worker's `complete_status` gets no job back) |
-//! | one lookup ([`get`](Store::get)) | 1 (`HGETALL`) |
-//! | a long-poll ([`wait`](Store::wait)) | 1 per change seen, plus 1 at its deadline |
+//! | submit ([`enqueue`](crate::Store::enqueue)) | at most 1 (`FCALL`) |
+//! | [`claim`](crate::Store::claim) | at most 1 (`FCALL`; also applies what came due) |
+//! | [`complete`](crate::Store::complete), [`complete_status`](crate::Store::complete_status) | at most 1 (`FCALL`; the worker's `complete_status` gets no job back) |
+//! | one lookup ([`get`](crate::Store::get)) | 1 (`HGETALL`) |
+//! | a long-poll ([`wait`](crate::Store::wait)) | 1 per change seen, plus 1 at its deadline |
 //!
 //! Submissions, claims, and completions that arrive while one of their kind
 //! is in flight are sent together in one script call when it returns (see
@@ -119,7 +119,7 @@
 //! Commands go through one multiplexed connection that reconnects by itself.
 //! Every operation is bounded by [`timeout`](RedisStoreBuilder::timeout)
 //! (default 2 s): while Redis is down, operations fail promptly with
-//! [`StoreError::is_unavailable`] (the API answers `503` with `Retry-After`)
+//! [`StoreError::is_unavailable`](crate::store::StoreError::is_unavailable) (the API answers `503` with `Retry-After`)
 //! and nothing hangs. An accepted job was written by its enqueue script
 //! before the `201`.
 //!
