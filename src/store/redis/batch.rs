@@ -88,5 +88,5 @@ fn copy(e: &StoreError) -> StoreError {
 }
 
 fn gone() -> StoreError {
-    super::io_gone("the batch task stopped")
+    super::io::io_gone("the batch task stopped")
 }

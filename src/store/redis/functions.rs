@@ -1,14 +1,14 @@
 //! The Lua functions: one per transition, each run atomically by Redis.
 //!
 //! They form one library, loaded with `FUNCTION LOAD` (Redis 7.0 or later):
-//! the Lua that reads and writes a job's packed scalars, which the codec
-//! writes ([`Life::lua`]), then `lua/prelude.lua` (the transitions of
-//! [`Job`](crate::Job) and the bookkeeping of the ready lists, the due index
-//! and the counters) once, then each function, whose body is its own file.
-//! Redis runs a library's top level once, when it loads it. A script sent
-//! with `EVALSHA` ran the whole prelude (some forty closures and its tables)
-//! on every call: about 7.5 µs of Redis's one thread, a quarter of a
-//! submission's cost there.
+//! the shared code once ([`SHARED`]: `lua/life.lua`, the places and codes
+//! of a job's packed scalars, generated from the list in `life.rs`;
+//! `lua/prelude.lua`, the call's state and a job's form; `lua/job.lua`, the
+//! transitions of [`Job`](crate::Job); `lua/bookkeeping.lua`, the ready
+//! lists, the due index and the counters), then each function, whose body
+//! is its own file. Redis runs a library's top level once, when it loads
+//! it, so the shared closures and tables are made once rather than on every
+//! call (as a script sent with `EVALSHA` would make them).
 //!
 //! The library's name, and so its functions', carries a hash of its source:
 //! replicas running different versions each call their own, and a library
@@ -20,7 +20,7 @@ use std::sync::LazyLock;
 use ::redis::aio::ConnectionLike;
 use ::redis::{Cmd, FromRedisValue, RedisError, RedisResult, ToRedisArgs};
 
-use super::codec::Life;
+use super::life::LIFE_LUA;
 
 /// Declares the functions once: [`Function`] and the files of their bodies.
 macro_rules! functions {
@@ -52,7 +52,13 @@ functions! {
     Stats = "stats",
 }
 
-const PRELUDE: &str = include_str!("lua/prelude.lua");
+/// The code every function shares, in the order the library holds it.
+const SHARED: [&str; 4] = [
+    LIFE_LUA,
+    include_str!("lua/prelude.lua"),
+    include_str!("lua/job.lua"),
+    include_str!("lua/bookkeeping.lua"),
+];
 
 /// The library as Redis loads it, and its functions' full names.
 struct Library {
@@ -61,19 +67,18 @@ struct Library {
 }
 
 static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
-    let life = Life::lua();
     // FNV-1a: a name that changes with the source, not a secret.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in BODIES
         .iter()
         .flat_map(|(name, body)| [*name, *body])
-        .chain([PRELUDE, life.as_str()])
+        .chain(SHARED)
         .flat_map(str::bytes)
     {
         hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
     }
     let library = format!("tower_defer_{hash:016x}");
-    let mut source = format!("#!lua name={library}\n{life}{PRELUDE}");
+    let mut source = format!("#!lua name={library}\n{}", SHARED.concat());
     let mut names = Vec::with_capacity(BODIES.len());
     for (short, body) in BODIES {
         let name = format!("{library}_{short}");
@@ -156,10 +161,13 @@ impl Invocation {
 }
 
 /// Every script's source, for tests that check them against the codec:
-/// the prelude first (the codec's own Lua is not among them).
+/// the shared code first, then the functions (the generated
+/// `lua/life.lua` is not among them).
 #[cfg(test)]
 pub(super) fn sources() -> Vec<&'static str> {
-    std::iter::once(PRELUDE)
+    SHARED[1..]
+        .iter()
+        .copied()
         .chain(BODIES.iter().map(|(_, body)| *body))
         .collect()
 }

@@ -1,20 +1,37 @@
--- claim: ARGV[3] lease (ms), ARGV[4] priority aging period (ms, '' for none),
--- ARGV[5] how many due items to apply first, ARGV[6] how many jobs to claim
--- at most (the claims of several workers, sent together).
--- -> {next due or '', {fields...}, ...}: the next due time, when fewer jobs
---    than asked were claimed, then for each claimed job its fields as read
---    followed by what the claim changed: 'life' and its new value, and each
---    field it deleted with no value (false, a nil in the answer). One table
---    per job: Redis's conversion of each table costs more than its strings.
+-- claim: claims jobs for several workers at once, the claims that arrived
+-- together (lines.rs, claim_line), each the runnable job first by priority
+-- (with aging) then by age (Store::claim).
+--
+-- KEYS[1..8], ARGV[1..2]: what every function takes first (prelude.lua).
+-- ARGV[3]  the lease (ms)
+-- ARGV[4]  the priority aging period (ms; '' for none)
+-- ARGV[5]  how many due items to apply first, at most
+-- ARGV[6]  how many jobs to claim, at most
+--
+-- Returns {next due, job...}: the next due time (ms; '' when every claim
+-- got a job or nothing is due), then one list per claimed job: its fields
+-- as read, followed by what the claim changed ('life' and its new value,
+-- then each field it deleted with no value: false, a nil in the answer).
+-- One list per job, as Redis converts each table of an answer at a cost
+-- beyond its strings.
+--
+-- 1. Apply what came due (retries, deadlines), so it counts before choosing.
+-- 2. Page through the ready lists, picking the level whose head runs next.
+-- 3. Claim each head that is runnable (Job::claim); expire one past its
+--    queue deadline; drop a stale entry.
+-- 4. Write the bookkeeping gathered on the way, once (flush).
+-- 5. When a claim got no job, answer the next due time, so idle workers
+--    wake when a retry comes due.
+
 local lease_ms = tonumber(ARGV[3])
 local aging = tonumber(ARGV[4])
 local want = tonumber(ARGV[6])
--- Retries that came due (and deadlines that passed) count before choosing.
+-- 1. Retries that came due (and deadlines that passed) count before choosing.
 apply_due(tonumber(ARGV[5]))
 local out = {''}
 local claimed = 0
 
--- Each level is read a page at a time, from the head (its oldest job). What
+-- 2. Each level is read a page at a time, from the head (its oldest job). What
 -- this script takes out of the lists is only written at the end (flush), so
 -- until then a level's next jobs start at the offset of those it has passed.
 gather()
@@ -46,7 +63,7 @@ end
 local function ready_at(h)
   if h.at == nil then
     local j = load(job_key(h.id), h.id)
-    h.at = j and j.ready_at or 0
+    h.at = j and opt(j[I_READY_AT]) or 0
   end
   return h.at
 end
@@ -80,6 +97,8 @@ local function pick()
   return best
 end
 
+-- 3. Claim the heads in turn, until every claim has a job or the lists
+-- run out (bounded: a script blocks Redis while it runs).
 for _ = 1, 1000 + want do
   if claimed >= want then
     break
@@ -103,31 +122,30 @@ for _ = 1, 1000 + want do
     -- A stale entry (the job is gone) would be met again: drop it.
     set_ready(level + 1, id, false)
   else
-    local t = life_array(life)
-    if t[I_STATUS] == S_QUEUED and t[I_QUEUE_DEADLINE] <= NOW then
+    local j = life_of(key, id, life)
+    local b = snapshot(j)
+    if expire_if_due(j) then
       -- A job past its deadline is expired here, never run.
-      local j = unpack_life(key, id, life)
-      local b = snapshot(j)
-      expire_if_due(j)
       commit(j, b)
-    else
-      local new_life, deleted = claim_packed(key, id, t, lease_ms)
-      if new_life then
-        claimed = claimed + 1
-        flat[#flat + 1] = 'life'
-        flat[#flat + 1] = new_life
-        for i = 1, #deleted do
-          flat[#flat + 1] = deleted[i]
+    elseif claim_job(j, lease_ms) then
+      claimed = claimed + 1
+      flat[#flat + 1] = 'life'
+      flat[#flat + 1] = commit(j, b)
+      if j.del then
+        for f in pairs(j.del) do
+          flat[#flat + 1] = f
           flat[#flat + 1] = false
         end
-        out[#out + 1] = flat
-      else
-        set_ready(level + 1, id, false)
       end
+      out[#out + 1] = flat
+    else
+      set_ready(level + 1, id, false)
     end
   end
 end
+-- 4. The bookkeeping, once.
 flush()
+-- 5. Idle workers wake when the next retry comes due.
 if claimed < want then
   local due = first_due()
   if due then

@@ -1,7 +1,21 @@
--- claim_delivery: ARGV[3] lease (ms), ARGV[4] how many due items to apply first.
--- -> {'claimed', fields...} | {'none', next delivery time or ''}
+-- claim_delivery: hands a deliverer the webhook delivery that is due first
+-- (Job::claim_delivery), with a lease.
+--
+-- KEYS[1..8], ARGV[1..2]: what every function takes first (prelude.lua).
+-- ARGV[3]  the lease (ms)
+-- ARGV[4]  how many due items to apply first, at most
+--
+-- Returns {'claimed', field, value, ...} | {'none', next delivery time
+-- (ms) or ''}.
+--
+-- 1. Apply what came due (a lapsed delivery lease makes its delivery due).
+-- 2. Claim the first due delivery, dropping stale entries on the way.
+-- 3. With none due, answer when the next one is.
+
 local lease_ms = tonumber(ARGV[3])
+-- 1. What came due.
 apply_due(tonumber(ARGV[4]))
+-- 2. The first due delivery.
 for _ = 1, 1000 do
   local head = redis.call('ZRANGE', DELIVERIES, 0, 0, 'WITHSCORES')
   if not head[1] or tonumber(head[2]) > NOW then
@@ -20,6 +34,7 @@ for _ = 1, 1000 do
   -- Not claimable after all (a stale entry): drop it.
   redis.call('ZREM', DELIVERIES, id)
 end
+-- 3. None due: when the next one is.
 local head = redis.call('ZRANGE', DELIVERIES, 0, 0, 'WITHSCORES')
 if head[2] then
   return {'none', head[2]}

@@ -1,23 +1,44 @@
--- complete: KEYS[9..] the jobs (the results of several workers, sent
--- together); ARGV[3..] eleven arguments per job, in the same order: now (ms),
--- id, token, final status, send the job back ('1'/'0'), has response
--- ('1'/'0'), response status, headers, body, error code ('' for none), error
--- message.
--- -> per job, in order: {'ok', fields...} | 'ok' (not sent back) | 'stale'
+-- complete: records the results of several workers at once, the
+-- completions that arrived together (lines.rs, complete_line); each ends
+-- its job (Job::finish) if its lease still holds it.
+--
+-- KEYS[1..8], ARGV[1..2]: what every function takes first (prelude.lua).
+-- KEYS[9..]  the jobs, one key each
+-- ARGV[3..]  eleven per job, in the order of the keys:
+--   now (ms, when its worker recorded it), id, lease token, final status,
+--   send the job back ('1'/'0'), has a response ('1'/'0'), response
+--   status, headers and body, error code ('' for none), error message
+--
+-- Returns, per job in order: {'ok', field, value, ...} (sent back) | 'ok'
+-- (not sent back) | 'stale' (the lease no longer holds the job).
+--
+-- 1. For each job, at its own "now": check its lease, record the outcome
+--    and end it with the status it names.
+-- 2. Write the bookkeeping gathered on the way, once (flush).
+
 local out = {}
 gather()
+-- 1. Each job in turn.
 for i = 1, #KEYS - 8 do
   local key, a = KEYS[8 + i], 2 + (i - 1) * 11
   -- Each result at the time its worker recorded it.
   NOW = tonumber(ARGV[a + 1])
-  if not complete_packed(key, ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 6], ARGV[a + 7],
-      ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], ARGV[a + 11]) then
+  local j = load(key, ARGV[a + 2])
+  if not j or not holds_lease(j, ARGV[a + 3]) then
     out[i] = 'stale'
-  elseif ARGV[a + 5] == '1' then
-    out[i] = tagged('ok', key)
   else
-    out[i] = 'ok'
+    -- Job::finish: the outcome, then the end it names.
+    local b = snapshot(j)
+    put_outcome(j, ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], ARGV[a + 11])
+    end_job(j, STATUS_CODE[ARGV[a + 4]])
+    commit(j, b)
+    if ARGV[a + 5] == '1' then
+      out[i] = tagged('ok', key)
+    else
+      out[i] = 'ok'
+    end
   end
 end
+-- 2. The bookkeeping, once.
 flush()
 return out

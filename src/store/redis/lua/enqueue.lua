@@ -1,17 +1,31 @@
--- enqueue: the submissions of several callers, sent together. KEYS[9..]
--- each new job's key, followed by its idempotency slot's when it has one.
--- ARGV[3..] for each job in turn: max queued, id, priority, next due
--- (Job::next_due of the new job: the function need not read back what it
--- writes), '1' if it has a slot (else '0'), how many field, value pairs
--- follow, then those pairs as HSET takes them, passed on as they are:
--- 'request' and 'req_body' first (which an idempotent resubmission is
--- compared by), 'life' among the rest (its ready_at now, has_slot set
--- when it has a slot), and 'idempotency_slot' when it has one.
--- -> per job, in order: {'created'} | {'existing', fields...}
---    | {'conflict', id} | {'full'}
+-- enqueue: makes the submissions of several callers at once, those that
+-- arrived together (lines.rs, enqueue_line), in the order they arrived.
+--
+-- KEYS[1..8], ARGV[1..2]: what every function takes first (prelude.lua).
+-- KEYS[9..]  per job in turn: the new job's key, then its idempotency
+--            slot's key when it has one
+-- ARGV[3..]  per job in turn:
+--   max queued (the queue limit), id, priority (0..2), next due
+--   (Job::next_due of the new job: the function need not read back what
+--   it writes), '1' if it has a slot (else '0'), how many field, value
+--   pairs follow, then those pairs as HSET takes them, passed on as they
+--   are: 'request' and 'req_body' first (which an idempotent resubmission
+--   is compared by), 'life' among the rest (its ready_at now, has_slot set
+--   when it has a slot), and 'idempotency_slot' when it has one
+--
+-- Returns, per job in order: {'created'} | {'existing', field, value, ...}
+-- (the job already holding its idempotency key) | {'conflict', id} (that
+-- key holds a different request) | {'full'} (the queue is at its limit).
+--
+-- 1. For each job: if its idempotency slot holds a live job, answer that
+--    job (or a conflict).
+-- 2. Else, if the queue has room, write the job and take its slot.
+-- 3. Put the jobs made in the ready lists and the due index, and tell the
+--    work channel, once for all of them.
+--
 -- Jobs are taken in order, so a job whose key an earlier one of the same
--- call took is that job's resubmission. The ready lists, the due index
--- and the work channel are written once, after the last job.
+-- call took is that job's resubmission.
+
 local out = {}
 local queued = nil
 -- The jobs made: the first in locals, the rest side by side with it in
@@ -34,6 +48,7 @@ while a <= #ARGV do
   end
   local first, last = a + 6, a + 5 + 2 * fields
   a = last + 1
+  -- 1. An idempotent resubmission is answered with the job it repeats.
   local answer = nil
   if slot then
     local existing = redis.call('GET', slot)
@@ -50,6 +65,7 @@ while a <= #ARGV do
       end
     end
   end
+  -- 2. A new job, if the queue has room.
   if not answer then
     if not queued then
       queued = redis.call('ZCARD', READY[1]) + redis.call('ZCARD', READY[2])
@@ -77,6 +93,7 @@ while a <= #ARGV do
   end
   out[#out + 1] = answer
 end
+-- 3. The indexes and the work channel, once for the jobs made.
 if made == 1 then
   redis.call('ZADD', READY[level1], n2s(redis.call('INCR', SEQ)), id1)
   redis.call('ZADD', DUE, due1, id1)

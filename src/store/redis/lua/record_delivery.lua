@@ -1,21 +1,34 @@
--- record_delivery: KEYS[9] the job; ARGV[3] id, ARGV[4] token, ARGV[5] the
--- receiver's status code ('' if none), ARGV[6] has error ('1'/'0'), ARGV[7]
--- error, ARGV[8] delivered ('1'/'0'), ARGV[9] retry at (ms, '' for none).
--- (Job::record_delivery) -> {'ok', fields...} | {'stale'}
+-- record_delivery: records one delivery attempt's result
+-- (Job::record_delivery), if the deliverer's lease still holds it.
+--
+-- KEYS[1..8], ARGV[1..2]: what every function takes first (prelude.lua).
+-- KEYS[9]  the job
+-- ARGV[3]  its id
+-- ARGV[4]  the delivery's lease token
+-- ARGV[5]  the receiver's status code ('' if none)
+-- ARGV[6]  '1' if the attempt failed with an error (else '0')
+-- ARGV[7]  that error
+-- ARGV[8]  '1' if delivered (else '0')
+-- ARGV[9]  when to try again (ms; '' for never: the delivery failed)
+--
+-- Returns {'ok', field, value, ...} | {'stale'}.
+--
+-- 1. Check the lease.
+-- 2. Record the attempt; the delivery succeeded, waits for a retry, or
+--    failed.
+
+-- 1. The lease.
 local j = load(KEYS[9], ARGV[3])
-if not j or not delivering(j) or j.wh_lease_token == nil
-    or j.wh_lease_token ~= tonumber(ARGV[4]) then
+if not j or not delivering(j) or j[I_WH_LEASE_TOKEN] < 0
+    or j[I_WH_LEASE_TOKEN] ~= tonumber(ARGV[4]) then
   return {'stale'}
 end
+-- 2. The attempt.
 local b = snapshot(j)
-put(j, 'wh_attempts', (j.wh_attempts or 0) + 1)
-put(j, 'wh_lease_token', nil)
-put(j, 'wh_lease_until', nil)
-if ARGV[5] ~= '' then
-  put(j, 'wh_last_status_code', tonumber(ARGV[5]))
-else
-  put(j, 'wh_last_status_code', nil)
-end
+j[I_WH_ATTEMPTS] = math.max(j[I_WH_ATTEMPTS], 0) + 1
+j[I_WH_LEASE_TOKEN] = NONE
+j[I_WH_LEASE_UNTIL] = NONE
+j[I_WH_LAST_STATUS_CODE] = tonumber(ARGV[5]) or NONE
 if ARGV[6] == '1' then
   put(j, 'wh_last_error', ARGV[7])
 else
@@ -23,15 +36,15 @@ else
 end
 local retry_at = tonumber(ARGV[9])
 if ARGV[8] == '1' then
-  put(j, 'wh_status', 'succeeded')
-  put(j, 'wh_next_attempt_at', nil)
+  j[I_WH_STATUS] = D_SUCCEEDED
+  j[I_WH_NEXT_ATTEMPT_AT] = NONE
 elseif retry_at then
-  put(j, 'wh_status', 'pending')
-  put(j, 'wh_next_attempt_at', retry_at)
+  j[I_WH_STATUS] = D_PENDING
+  j[I_WH_NEXT_ATTEMPT_AT] = retry_at
 else
-  put(j, 'wh_status', 'failed')
-  put(j, 'wh_next_attempt_at', nil)
+  j[I_WH_STATUS] = D_FAILED
+  j[I_WH_NEXT_ATTEMPT_AT] = NONE
 end
-put(j, 'revision', j.revision + 1)
+j[I_REVISION] = j[I_REVISION] + 1
 commit(j, b)
 return tagged('ok', KEYS[9])

@@ -1,4 +1,10 @@
--- stats (read only): -> {queued0, queued1, queued2, retrying, in_progress, oldest created_at or ''}
+-- stats (read only): the queue's figures (Store::stats).
+--
+-- KEYS[1..8], ARGV[1..2]: what every function takes first (prelude.lua).
+--
+-- Returns {queued at level 0, at 1, at 2, retrying, in progress, oldest
+-- queued job's created_at (ms) or ''}, each a number as text.
+
 local out = {}
 local oldest = nil
 for level = 1, 3 do
@@ -6,7 +12,7 @@ for level = 1, 3 do
   local head = redis.call('ZRANGE', READY[level], 0, 0)
   if head[1] then
     local j = load(job_key(head[1]), head[1])
-    local at = j and j.created_at
+    local at = j and opt(j[I_CREATED_AT])
     if at and (oldest == nil or at < oldest) then
       oldest = at
     end
