@@ -104,7 +104,7 @@ async fn a_plain_service_fn_gets_the_envelope_as_a_request() {
                 seen.lock()
                     .unwrap()
                     .push((parts.method, path, parts.headers, body));
-                infallible(json_response(200, &json!({"ok": 1})))
+                infallible(json_response(200, json!({"ok": 1})))
             }
         })
     };

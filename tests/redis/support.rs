@@ -1,5 +1,5 @@
-//! Shared by the Redis tests: a private `redis-server` per test, and the
-//! layer called in process.
+//! Shared by the Redis tests: a private `redis-server` per test. The layer
+//! is called in process with the testkit's helpers.
 //!
 //! Each [`RedisServer`] runs on a free port of 127.0.0.1 in a temp dir of its
 //! own and is killed when dropped. Without a `redis-server` binary the tests
@@ -14,11 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
-use tower_defer::{Body, Defer, InnerService, RedisStore};
+use tower_defer::RedisStore;
 
 pub struct RedisServer {
     child: Option<Child>,
@@ -135,83 +131,4 @@ pub async fn store(server: &RedisServer, ns: &str) -> RedisStore {
         .connect()
         .await
         .expect("connects to the test's redis-server")
-}
-
-pub struct Answer {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Answer {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-pub async fn call<S: InnerService>(app: &Defer<S, RedisStore>, req: Request<Body>) -> Answer {
-    let response = app
-        .clone()
-        .oneshot(req)
-        .await
-        .map_err(Into::into)
-        .expect("the layer answered");
-    let (parts, body) = response.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(Into::into)
-        .expect("the body")
-        .to_bytes();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
-}
-
-pub fn submit_request(data: &serde_json::Value) -> Request<Body> {
-    Request::post("/async")
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::json!({ "data": data }).to_string()))
-        .unwrap()
-}
-
-pub fn get(path: &str) -> Request<Body> {
-    Request::get(path).body(Body::empty()).unwrap()
-}
-
-/// Submits and returns the id.
-pub async fn submit<S: InnerService>(
-    app: &Defer<S, RedisStore>,
-    data: &serde_json::Value,
-) -> String {
-    let a = call(app, submit_request(data)).await;
-    assert_eq!(a.status, 201, "{:?}", String::from_utf8_lossy(&a.body));
-    a.json()["id"].as_str().unwrap().to_owned()
-}
-
-/// Long-polls until the job ended; its status document.
-pub async fn finished<S: InnerService>(
-    app: &Defer<S, RedisStore>,
-    id: &str,
-    within: Duration,
-) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "job {id} did not finish within {within:?}"
-        );
-        let req = Request::get(format!("/async/{id}"))
-            .header("prefer", "wait=5")
-            .body(Body::empty())
-            .unwrap();
-        let a = call(app, req).await;
-        if a.status == 200 {
-            return a.json();
-        }
-        assert_eq!(a.status, 202, "{:?}", String::from_utf8_lossy(&a.body));
-    }
 }

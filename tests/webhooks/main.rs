@@ -70,10 +70,7 @@ async fn a_delivery_is_a_span_of_the_jobs_trace() {
     let mut receiver = Receiver::start(|_| ok()).await;
     let app = app(layer().webhooks(local()));
     let submitted = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let answer = submit(
-        &app,
-        json!({"data": {}, "webhook": receiver.url("/h"), "headers": {"traceparent": submitted}}),
-    )
+    let answer = call(&app, envelope(json!({"data": {}, "webhook": receiver.url("/h"), "headers": {"traceparent": submitted}})))
     .await;
     assert_eq!(answer.status, 201, "{}", answer.text());
     let id = answer.json()["id"].as_str().unwrap().to_owned();
@@ -178,7 +175,7 @@ async fn gives_up_at_the_end_of_the_schedule_and_the_output_stays() {
         .unwrap()
         .contains("503"));
     assert_eq!(receiver.count(), 3);
-    let result = get(&app, &format!("/async/{id}/result")).await;
+    let result = call(&app, get(&format!("/async/{id}/result"))).await;
     assert_eq!(result.status, 200);
     assert_eq!(result.json(), json!({"text": "Hello!"}));
 }
@@ -226,7 +223,7 @@ async fn a_receiver_that_never_answers_times_out_each_attempt() {
     let error = doc["webhook"]["last_error"].as_str().unwrap();
     assert!(error.contains("did not answer within 0.2 s"), "{error}");
     assert_eq!(receiver.count(), 2);
-    let result = get(&app, &format!("/async/{id}/result")).await;
+    let result = call(&app, get(&format!("/async/{id}/result"))).await;
     assert_eq!(result.status, 200);
     assert_eq!(result.json(), json!({"text": "Hello!"}));
 }
@@ -365,7 +362,9 @@ async fn a_baseten_submission_with_webhook_endpoint_gets_the_baseten_webhook() {
     assert_eq!(event["type"], "async_request_completed");
     // Baseten's status document reports the delivery.
     let doc = loop {
-        let doc = get(&app, &format!("/async_request/{id}")).await.json();
+        let doc = call(&app, get(&format!("/async_request/{id}")))
+            .await
+            .json();
         if doc["webhook_status"] != "PENDING" {
             break doc;
         }
@@ -397,9 +396,9 @@ async fn outputs_too_large_or_not_json_are_sent_as_result_urls() {
             .public_url("https://api.example.com/"),
     ));
     for path in ["/text", "/big"] {
-        let answer = submit(
+        let answer = call(
             &app,
-            json!({"data": {}, "path": path, "webhook": receiver.url("/")}),
+            envelope(json!({"data": {}, "path": path, "webhook": receiver.url("/")})),
         )
         .await;
         let id = answer.json()["id"].as_str().unwrap().to_owned();
@@ -432,7 +431,7 @@ async fn a_canceled_job_gets_its_event_too() {
         .webhooks(local())
         .layer(model(gate.clone()));
     // The one worker is busy with a blocked job, so the next one stays queued.
-    let blocker = submit(&app, json!({"data": {}, "path": "/block"}))
+    let blocker = call(&app, envelope(json!({"data": {}, "path": "/block"})))
         .await
         .json();
     let blocker = blocker["id"].as_str().unwrap().to_owned();
@@ -459,9 +458,9 @@ async fn a_canceled_job_gets_its_event_too() {
 async fn webhooks_are_refused_where_not_configured_or_not_allowed() {
     // No webhooks on this layer.
     let plain = app(layer());
-    let answer = submit(
+    let answer = call(
         &plain,
-        json!({"data": {}, "webhook": "https://hooks.example.com/x"}),
+        envelope(json!({"data": {}, "webhook": "https://hooks.example.com/x"})),
     )
     .await;
     assert_eq!(answer.status, 400);
@@ -498,7 +497,7 @@ async fn webhooks_are_refused_where_not_configured_or_not_allowed() {
         ("hooks.example.com", "must be an"),
         ("", "must be an"),
     ] {
-        let answer = submit(&strict, json!({"data": {}, "webhook": url})).await;
+        let answer = call(&strict, envelope(json!({"data": {}, "webhook": url}))).await;
         assert_eq!(answer.status, 400, "{url}");
         let (code, detail) = answer.problem();
         assert_eq!(code, "invalid_field");
@@ -507,7 +506,7 @@ async fn webhooks_are_refused_where_not_configured_or_not_allowed() {
             "{url}: {detail}"
         );
     }
-    let answer = submit(&strict, json!({"data": {}, "webhook": 42})).await;
+    let answer = call(&strict, envelope(json!({"data": {}, "webhook": 42}))).await;
     assert!(answer.problem().1.contains("`webhook` must be a string"));
     let req = Request::post("/predict")
         .header("prefer", "respond-async")
@@ -524,7 +523,11 @@ async fn webhooks_are_refused_where_not_configured_or_not_allowed() {
     // An allowlist admits its hosts only.
     let mut receiver = Receiver::start(|_| ok()).await;
     let listed = app(layer().webhooks(local().allow_hosts(["localhost"])));
-    let answer = submit(&listed, json!({"data": {}, "webhook": receiver.url("/")})).await;
+    let answer = call(
+        &listed,
+        envelope(json!({"data": {}, "webhook": receiver.url("/")})),
+    )
+    .await;
     assert_eq!(answer.status, 400);
     assert!(answer.problem().1.contains("not allowed: 127.0.0.1"));
     let port = receiver.addr.port();
@@ -595,16 +598,16 @@ async fn secrets_appear_in_no_response_no_debug_and_no_log() {
     let failing = submit_with(&app, &fails.url("/")).await;
     for id in [&id, &failing] {
         shown.push(delivered(&app, id).await.to_string());
-        shown.push(get(&app, &format!("/async/{id}/output")).await.text());
-        shown.push(get(&app, &format!("/async/{id}/result")).await.text());
+        shown.push(call(&app, get(&format!("/async/{id}/output"))).await.text());
+        shown.push(call(&app, get(&format!("/async/{id}/result"))).await.text());
     }
     shown.push(
-        submit(&app, json!({"data": {}, "webhook": "gopher://x"}))
+        call(&app, envelope(json!({"data": {}, "webhook": "gopher://x"})))
             .await
             .text(),
     );
-    shown.push(get(&app, "/async/recent").await.text());
-    shown.push(get(&app, "/async/openapi.json").await.text());
+    shown.push(call(&app, get("/async/recent")).await.text());
+    shown.push(call(&app, get("/async/openapi.json")).await.text());
     drop(_guard);
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(
@@ -719,7 +722,7 @@ async fn delivery_takes_no_worker_slot() {
     hanging.next().await; // its delivery is in flight, and hangs
 
     // The one worker still runs jobs, with or without webhooks of their own.
-    let second = submit(&app, json!({"data": {}})).await.json()["id"]
+    let second = call(&app, envelope(json!({"data": {}}))).await.json()["id"]
         .as_str()
         .unwrap()
         .to_owned();
