@@ -282,11 +282,6 @@ async fn run_jobs<St: Store + Clone>(
     total
 }
 
-#[cfg(feature = "redis")]
-#[allow(unused_imports)]
-#[path = "../tests/redis/support.rs"]
-mod redis_support;
-
 /// Clients submitting to the Redis store at once.
 #[cfg(feature = "redis")]
 const REDIS_SUBMITTERS: u64 = 32;
@@ -298,7 +293,7 @@ fn redis_complete(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     jobs: u64,
 ) {
-    let Some(server) = redis_support::RedisServer::start(false) else {
+    let Some(server) = tower_defer_testkit::redis::RedisServer::start(false) else {
         eprintln!("no redis-server: skipping the Redis group");
         return;
     };
@@ -315,7 +310,12 @@ fn redis_complete(
                             "bench{}",
                             namespace.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
                         );
-                        stores.push(redis_support::store(server, &ns).await);
+                        let store = tower_defer::RedisStore::builder(server.url())
+                            .namespace(ns)
+                            .connect()
+                            .await
+                            .expect("connects to the bench's redis-server");
+                        stores.push(store);
                     }
                     let stores = std::sync::Mutex::new(stores);
                     // A submission waits a round trip to Redis: one client

@@ -1,10 +1,8 @@
 //! RedisStore across processes and failures, on real time: each test starts
-//! its own `redis-server` (see `support.rs`).
+//! its own `redis-server` (the testkit's `RedisServer`).
 //!
 //! The store contract itself runs on Redis in `tests/store_model/` (the
 //! model test, on a paused clock).
-
-mod support;
 
 use std::collections::HashMap;
 use std::io;
@@ -15,13 +13,23 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response};
 use serde_json::json;
-use support::*;
 use tokio::sync::{mpsc, oneshot};
 use tower::Layer;
 use tower_defer::job::{JobOptions, NewJob, StoredRequest};
 use tower_defer::store::Store;
-use tower_defer::{Body, DeferLayer, JobId, JobStatus};
+use tower_defer::{Body, DeferLayer, JobId, JobStatus, RedisStore};
 use tower_defer_testkit::inproc::{call, envelope, finished_within, get, submit};
+use tower_defer_testkit::redis::RedisServer;
+use tower_defer_testkit::redis_or_skip;
+
+/// A store on `server` in namespace `ns`, on a running clock.
+async fn store(server: &RedisServer, ns: &str) -> RedisStore {
+    RedisStore::builder(server.url())
+        .namespace(ns)
+        .connect()
+        .await
+        .expect("connects to the test's redis-server")
+}
 
 /// Answers `{"echo": <body>}` at once and counts calls per body.
 #[derive(Clone, Default)]

@@ -1111,20 +1111,17 @@ fn a_lease_that_lapses_after_the_deadline_expires_the_job() {
     case(|| async { MemoryStore::new() }, &ops).unwrap();
 }
 
-/// The same model on RedisStore: one private redis-server, a fresh namespace
-/// per case (see `tests/redis/support.rs`).
-#[cfg(feature = "redis")]
-#[path = "../redis/support.rs"]
-mod redis_support;
-
+/// The same model on RedisStore: one private redis-server (the testkit's
+/// `RedisServer`), a fresh namespace per case.
 #[cfg(feature = "redis")]
 #[test]
 fn redis_store_agrees_with_the_model() {
     use proptest::test_runner::TestRunner;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tower_defer::RedisStore;
+    use tower_defer_testkit::redis::RedisServer;
 
-    let Some(server) = redis_support::RedisServer::start(false) else {
+    let Some(server) = RedisServer::start(false) else {
         return;
     };
     let url = server.url();
@@ -1160,7 +1157,8 @@ fn redis_store_agrees_with_the_model() {
 #[test]
 fn redis_store_expires_a_job_whose_lease_lapses_at_or_after_its_deadline() {
     use tower_defer::RedisStore;
-    let Some(server) = redis_support::RedisServer::start(false) else {
+    use tower_defer_testkit::redis::RedisServer;
+    let Some(server) = RedisServer::start(false) else {
         return;
     };
     for (i, (queue_ms, lease_ms)) in [(30_000, 30_000), (2_000, 5_000)].into_iter().enumerate() {
