@@ -19,13 +19,13 @@
 //!   reported as jobs per second, at concurrency 1, 16 and 256 on the memory
 //!   store and, with `--features redis` and a `redis-server` installed, 16 and
 //!   256 on a Redis of the bench's own. One client submits to the memory
-//!   store (a submission takes it microseconds); 32 submit to Redis at once,
+//!   store, where a submission waits on no network; 32 submit to Redis at once,
 //!   since each waits a network round trip, and one client would measure that
 //!   latency rather than the store's throughput. `inner_direct` calls the
 //!   inner service N times in a row: the baseline.
 //!
-//! Sample sizes and measurement times are kept small so the whole run takes
-//! a minute or two.
+//! Sample sizes and measurement times are kept small so that a whole run
+//! stays short enough to repeat.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -35,11 +35,7 @@ use http::Request;
 use tower::{Layer, Service, ServiceExt};
 use tower_defer::time::Timestamp;
 use tower_defer::{Body, DeferLayer, JobId, MemoryStore, Store};
-
-#[allow(dead_code)]
-#[path = "../examples/support/workload.rs"]
-mod workload;
-use workload::{envelope, instant, predict};
+use tower_defer_testkit::workload::{envelope, instant, predict};
 
 fn submit(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()

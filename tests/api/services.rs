@@ -275,7 +275,7 @@ mod upstream {
         /// An https server with a self-signed certificate for `localhost`
         /// that offers h2 and HTTP/1.1 by ALPN, and the certificate.
         async fn https_model() -> (Server, rcgen::CertifiedKey) {
-            let (cert, config) = crate::tls::self_signed_localhost();
+            let (cert, config) = tower_defer_testkit::tls::self_signed_localhost();
             (serve_tls(config, echo_model()).await, cert)
         }
 

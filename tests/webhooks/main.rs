@@ -6,9 +6,6 @@
 //! for what must happen with generous bounds and never assert how fast.
 
 mod support;
-#[cfg(feature = "tls")]
-#[path = "../common/tls.rs"]
-mod tls;
 
 use std::time::Duration;
 
@@ -745,7 +742,7 @@ async fn delivery_takes_no_worker_slot() {
 #[tokio::test]
 async fn delivers_to_an_https_receiver_with_a_trusted_self_signed_certificate() {
     // The receiver speaks HTTP/1.1 only, and the client offers no ALPN.
-    let (cert, config) = tls::self_signed_localhost();
+    let (cert, config) = tower_defer_testkit::tls::self_signed_localhost();
     let mut receiver = Receiver::start_tls(config, |_| ok()).await;
     let url = format!("https://localhost:{}/secure", receiver.addr.port());
 
