@@ -1,6 +1,6 @@
-//! The store conformance suite (`conformance.rs`) on every store: one
-//! `conformance_tests!` per store, each case a test on tokio's paused clock
-//! against a fresh store.
+//! The store conformance suite (`conformance/`, one file per area of the
+//! contract) on every store: one `conformance_tests!` per store, each case a
+//! test on tokio's paused clock against a fresh store.
 //!
 //! A store that must connect plugs in with an `async fn` giving a fresh store
 //! (or `None` when it cannot be had here, which skips the case).
