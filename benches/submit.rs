@@ -19,13 +19,13 @@
 //!   reported as jobs per second, at concurrency 1, 16 and 256 on the memory
 //!   store and, with `--features redis` and a `redis-server` installed, 16 and
 //!   256 on a Redis of the bench's own. One client submits to the memory
-//!   store (a submission takes it microseconds); 32 submit to Redis at once,
+//!   store, where a submission waits on no network; 32 submit to Redis at once,
 //!   since each waits a network round trip, and one client would measure that
 //!   latency rather than the store's throughput. `inner_direct` calls the
 //!   inner service N times in a row: the baseline.
 //!
-//! Sample sizes and measurement times are kept small so the whole run takes
-//! a minute or two.
+//! Sample sizes and measurement times are kept small so that a whole run
+//! stays short enough to repeat.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -35,11 +35,7 @@ use http::Request;
 use tower::{Layer, Service, ServiceExt};
 use tower_defer::time::Timestamp;
 use tower_defer::{Body, DeferLayer, JobId, MemoryStore, Store};
-
-#[allow(dead_code)]
-#[path = "../examples/support/workload.rs"]
-mod workload;
-use workload::{envelope, instant, predict};
+use tower_defer_testkit::workload::{envelope, instant, predict};
 
 fn submit(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -282,11 +278,6 @@ async fn run_jobs<St: Store + Clone>(
     total
 }
 
-#[cfg(feature = "redis")]
-#[allow(unused_imports)]
-#[path = "../tests/redis/support.rs"]
-mod redis_support;
-
 /// Clients submitting to the Redis store at once.
 #[cfg(feature = "redis")]
 const REDIS_SUBMITTERS: u64 = 32;
@@ -298,7 +289,7 @@ fn redis_complete(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     jobs: u64,
 ) {
-    let Some(server) = redis_support::RedisServer::start(false) else {
+    let Some(server) = tower_defer_testkit::redis::RedisServer::start(false) else {
         eprintln!("no redis-server: skipping the Redis group");
         return;
     };
@@ -315,7 +306,12 @@ fn redis_complete(
                             "bench{}",
                             namespace.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
                         );
-                        stores.push(redis_support::store(server, &ns).await);
+                        let store = tower_defer::RedisStore::builder(server.url())
+                            .namespace(ns)
+                            .connect()
+                            .await
+                            .expect("connects to the bench's redis-server");
+                        stores.push(store);
                     }
                     let stores = std::sync::Mutex::new(stores);
                     // A submission waits a round trip to Redis: one client

@@ -31,11 +31,7 @@ use http::Request;
 use tower::{Layer, Service, ServiceExt};
 use tower_defer::time::Timestamp;
 use tower_defer::{Body, DeferLayer, JobId, MemoryStore, Store};
-
-#[allow(dead_code)]
-#[path = "support/workload.rs"]
-mod workload;
-use workload::{envelope, instant, predict};
+use tower_defer_testkit::workload::{envelope, instant, predict};
 
 /// `predict()` with `Prefer: respond-async`.
 fn prefer() -> Request<Body> {

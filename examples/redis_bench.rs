@@ -29,10 +29,6 @@ use redis::aio::MultiplexedConnection;
 use tower::ServiceExt;
 use tower_defer::{Body, DeferLayer, MemoryStore, RedisStore, Store};
 
-#[allow(unused_imports)]
-#[path = "../tests/redis/support.rs"]
-mod support;
-
 const SUBMITTERS: usize = 32;
 
 async fn bench<St: Store + Clone>(
@@ -257,9 +253,9 @@ async fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(16)
         .clamp(1, 10_000);
-    // The tests' own server: a free port, a temp dir, stopped (and the dir
-    // removed) however the bench ends.
-    let Some(server) = support::RedisServer::start(true) else {
+    // The testkit's server, as the tests use: a free port, a temp dir,
+    // stopped (and the dir removed) however the bench ends.
+    let Some(server) = tower_defer_testkit::redis::RedisServer::start(true) else {
         return;
     };
     let url = server.url();

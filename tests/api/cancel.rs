@@ -45,7 +45,7 @@ async fn cancel_of_a_queued_and_of_a_running_job() {
                     started.notify_one();
                     std::future::pending::<()>().await;
                 }
-                infallible(json_response(200, &json!({})))
+                infallible(json_response(200, json!({})))
             }
         })
     };

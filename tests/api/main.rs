@@ -15,7 +15,4 @@ mod scoping;
 mod services;
 #[allow(dead_code)]
 mod support;
-#[cfg(all(feature = "proxy", feature = "tls"))]
-#[path = "../common/tls.rs"]
-mod tls;
 mod vessl;

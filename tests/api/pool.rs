@@ -27,7 +27,7 @@ fn gated(
         let gate = gate.clone();
         async move {
             let _call = gate.pass().await;
-            infallible(json_response(200, &json!({"done": true})))
+            infallible(json_response(200, json!({"done": true})))
         }
     })
 }

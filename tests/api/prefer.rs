@@ -35,7 +35,7 @@ async fn prefer_server(gate: Gate) -> (Server, Seen) {
                 if parts.uri.path() == "/slow" {
                     let _call = gate.pass().await;
                 }
-                let mut r = json_response(200, &json!({ "path": path }));
+                let mut r = json_response(200, json!({ "path": path }));
                 r.headers_mut().insert("x-inner", "1".parse().unwrap());
                 infallible(r)
             }

@@ -20,7 +20,7 @@ async fn another_owner_gets_404_on_every_route() {
             let gate = gate.clone();
             async move {
                 let _call = gate.pass().await;
-                infallible(json_response(200, &json!({"ok": true})))
+                infallible(json_response(200, json!({"ok": true})))
             }
         })
     };
@@ -110,7 +110,7 @@ async fn credentials_reach_the_inner_service_only_when_forwarded() {
         let seen = seen.clone();
         let inner = tower::service_fn(move |req: Request<Body>| {
             seen.lock().unwrap().push(req.headers().clone());
-            async { infallible(json_response(200, &json!({}))) }
+            async { infallible(json_response(200, json!({}))) }
         });
         DeferLayer::new(MemoryStore::new())
             .forward_credentials(forward)

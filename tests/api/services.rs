@@ -104,7 +104,7 @@ async fn a_plain_service_fn_gets_the_envelope_as_a_request() {
                 seen.lock()
                     .unwrap()
                     .push((parts.method, path, parts.headers, body));
-                infallible(json_response(200, &json!({"ok": 1})))
+                infallible(json_response(200, json!({"ok": 1})))
             }
         })
     };
@@ -275,7 +275,7 @@ mod upstream {
         /// An https server with a self-signed certificate for `localhost`
         /// that offers h2 and HTTP/1.1 by ALPN, and the certificate.
         async fn https_model() -> (Server, rcgen::CertifiedKey) {
-            let (cert, config) = crate::tls::self_signed_localhost();
+            let (cert, config) = tower_defer_testkit::tls::self_signed_localhost();
             (serve_tls(config, echo_model()).await, cert)
         }
 

@@ -1,4 +1,5 @@
-//! Real servers on 127.0.0.1:0 and a real client.
+//! Real servers on 127.0.0.1:0 and a real client; the answers they read,
+//! and the responses the inner services write, are the testkit's.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -6,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -17,6 +18,7 @@ use hyper_util::service::TowerToHyperService;
 use serde_json::Value;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
+pub use tower_defer_testkit::inproc::{assert_valid_id, json_response, Answer};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -160,87 +162,6 @@ where
     }
 }
 
-pub struct Answer {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl std::fmt::Debug for Answer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {:?} {:?}",
-            self.status,
-            self.headers,
-            String::from_utf8_lossy(&self.body)
-        )
-    }
-}
-
-impl Answer {
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-
-    pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .unwrap_or_else(|| panic!("no {name} header: {self:?}"))
-            .to_str()
-            .unwrap()
-    }
-
-    /// The `id` of a submission's answer, checked to be a VESSL-valid id.
-    pub fn id(&self) -> String {
-        let id = self.json()["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no id: {self:?}"))
-            .to_owned();
-        assert_valid_id(&id);
-        id
-    }
-
-    /// The problem document's `code` and `detail`, after checking it is one
-    /// whose `status` is the answer's.
-    pub fn problem(&self) -> (String, String) {
-        assert_eq!(
-            self.headers["content-type"], "application/problem+json",
-            "{self:?}"
-        );
-        let doc = self.json();
-        assert_eq!(doc["status"], self.status.as_u16(), "{self:?}");
-        assert!(doc["title"].is_string() && doc["type"].is_string(), "{doc}");
-        (
-            doc["code"].as_str().unwrap().to_owned(),
-            doc["detail"].as_str().unwrap().to_owned(),
-        )
-    }
-
-    /// Asserts a problem answer: exact status, exact code, and a detail that
-    /// names `names`.
-    pub fn assert_problem(&self, status: u16, code: &str, names: &str) {
-        assert_eq!(self.status, status, "{self:?}");
-        assert!(!self.status.is_server_error());
-        let (c, detail) = self.problem();
-        assert_eq!(c, code, "{self:?}");
-        assert!(
-            detail.contains(names),
-            "the detail {detail:?} does not name {names:?}"
-        );
-    }
-}
-
-/// VESSL's rule for ids: 1 to 16 lowercase alphanumerics.
-pub fn assert_valid_id(id: &str) {
-    assert!((1..=16).contains(&id.len()), "{id:?}");
-    assert!(
-        id.bytes()
-            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()),
-        "{id:?}"
-    );
-}
-
 #[derive(Clone)]
 pub struct HttpClient(Client<HttpConnector, Full<Bytes>>);
 
@@ -341,14 +262,6 @@ impl HttpClient {
             );
         }
     }
-}
-
-pub fn json_response(status: u16, body: &Value) -> Response<tower_defer::Body> {
-    let mut r = Response::new(tower_defer::Body::from(body.to_string()));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap();
-    r.headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
-    r
 }
 
 pub fn infallible<T>(t: T) -> Result<T, Infallible> {

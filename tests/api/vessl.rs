@@ -307,7 +307,7 @@ async fn two_hundred_concurrent_submissions_each_run_exactly_once() {
             async move {
                 let body = req.into_body().collect().await.unwrap().to_bytes();
                 *counts.lock().unwrap().entry(body).or_insert(0) += 1;
-                infallible(json_response(200, &json!({})))
+                infallible(json_response(200, json!({})))
             }
         })
     };

@@ -9,8 +9,7 @@ use http::Request;
 use serde_json::{json, Value};
 use tower::Layer;
 use tower_defer::{Baseten, Body, DeferLayer, MemoryStore};
-
-use crate::support::*;
+use tower_defer_testkit::inproc::*;
 
 fn model(calls: Calls, work: Duration) -> App<impl tower_defer::InnerService> {
     let inner = tower::service_fn(move |req: Request<Body>| {

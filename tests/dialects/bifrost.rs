@@ -9,8 +9,7 @@ use http::Request;
 use serde_json::{json, Value};
 use tower::Layer;
 use tower_defer::{Body, DeferLayer, MemoryStore};
-
-use crate::support::*;
+use tower_defer_testkit::inproc::*;
 
 /// A stand-in for an OpenAI-compatible server: `/v1/completions` answers after
 /// a second; a prompt of "bad" gets an OpenAI-style 400.

@@ -5,6 +5,3 @@ mod baseten;
 mod bifrost;
 mod native;
 mod openapi;
-#[allow(dead_code)]
-#[path = "../common/inproc.rs"]
-mod support;

@@ -6,8 +6,7 @@ use http::Request;
 use serde_json::json;
 use tower::Layer;
 use tower_defer::{Body, DeferLayer, MemoryStore};
-
-use crate::support::*;
+use tower_defer_testkit::inproc::*;
 
 #[tokio::test(start_paused = true)]
 async fn the_live_page_and_the_recent_jobs_it_lists_per_owner() {

@@ -6,8 +6,7 @@ use http::{Method, Request};
 use serde_json::{json, Value};
 use tower::Layer;
 use tower_defer::{Baseten, Body, DeferLayer, MemoryStore};
-
-use crate::support::*;
+use tower_defer_testkit::inproc::*;
 
 fn app() -> App<impl tower_defer::InnerService> {
     let inner = tower::service_fn(|_req: Request<Body>| async {

@@ -1,9 +1,6 @@
 //! The job lifecycle, rule by rule, on tokio's paused clock: priorities,
 //! deadlines, timeouts, retries, scale to zero, idempotency, TTLs, shutdown.
 
-#[path = "../common/inproc.rs"]
-mod support;
-
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,11 +9,11 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use serde_json::{json, Value};
-use support::*;
 use tokio::time::Instant;
 use tower::Layer;
 use tower_defer::store::Store;
 use tower_defer::{Body, DeferLayer, JobId, MemoryStore};
+use tower_defer_testkit::inproc::*;
 
 fn refused() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused")

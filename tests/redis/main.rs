@@ -1,10 +1,8 @@
 //! RedisStore across processes and failures, on real time: each test starts
-//! its own `redis-server` (see `support.rs`).
+//! its own `redis-server` (the testkit's `RedisServer`).
 //!
 //! The store contract itself runs on Redis in `tests/store_model/` (the
 //! model test, on a paused clock).
-
-mod support;
 
 use std::collections::HashMap;
 use std::io;
@@ -15,12 +13,23 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response};
 use serde_json::json;
-use support::*;
 use tokio::sync::{mpsc, oneshot};
 use tower::Layer;
 use tower_defer::job::{JobOptions, NewJob, StoredRequest};
 use tower_defer::store::Store;
-use tower_defer::{Body, DeferLayer, JobId, JobStatus};
+use tower_defer::{Body, DeferLayer, JobId, JobStatus, RedisStore};
+use tower_defer_testkit::inproc::{call, envelope, finished_within, get, submit};
+use tower_defer_testkit::redis::RedisServer;
+use tower_defer_testkit::redis_or_skip;
+
+/// A store on `server` in namespace `ns`, on a running clock.
+async fn store(server: &RedisServer, ns: &str) -> RedisStore {
+    RedisStore::builder(server.url())
+        .namespace(ns)
+        .connect()
+        .await
+        .expect("connects to the test's redis-server")
+}
 
 /// Answers `{"echo": <body>}` at once and counts calls per body.
 #[derive(Clone, Default)]
@@ -75,13 +84,13 @@ async fn submitted_on_one_replica_read_on_another() {
     // A has no worker at all; B runs every job.
     let (a, _a_worker) = DeferLayer::new(store(&server, "t").await).pair(counter.service("a"));
     let b = DeferLayer::new(store(&server, "t").await).layer(counter.service("b"));
-    let id = submit(&a, &json!({"n": 1})).await;
-    let done = finished(&b, &id, Duration::from_secs(10)).await;
+    let id = submit(&a, json!({"data": {"n": 1}})).await;
+    let done = finished_within(&b, &id, Duration::from_secs(10)).await;
     assert_eq!(done["status"], "succeeded");
     let output = call(&a, get(&format!("/async/{id}/output"))).await.json();
     assert_eq!(output["output"]["by"], "b");
     // A long-poll on A is woken by B's completion (pub/sub), not by its timeout.
-    let id = submit(&a, &json!({"n": 2})).await;
+    let id = submit(&a, json!({"data": {"n": 2}})).await;
     let started = Instant::now();
     let req = Request::get(format!("/async/{id}"))
         .header("prefer", "wait=20")
@@ -129,7 +138,7 @@ async fn a_cancel_on_one_replica_drops_the_call_running_on_another() {
     let counter = Counter::default();
     let (a, _a_worker) = DeferLayer::new(store(&server, "t").await).pair(counter.service("a"));
     let b = DeferLayer::new(store(&server, "t").await).layer(slow);
-    let id = submit(&a, &json!("slow")).await;
+    let id = submit(&a, json!({"data": "slow"})).await;
     tokio::time::timeout(Duration::from_secs(10), started_rx.recv())
         .await
         .expect("B starts the job");
@@ -195,7 +204,7 @@ async fn a_worker_killed_mid_job_loses_nothing() {
     let _ = std::fs::remove_file(&marker);
     let counter = Counter::default();
     let (a, _a_worker) = DeferLayer::new(store(&server, "t").await).pair(counter.service("a"));
-    let id = submit(&a, &json!("once")).await;
+    let id = submit(&a, json!({"data": "once"})).await;
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["child_worker", "--exact", "--nocapture", "--test-threads=1"])
         .env("TOWER_DEFER_TEST_CHILD_REDIS", server.url())
@@ -217,7 +226,7 @@ async fn a_worker_killed_mid_job_loses_nothing() {
     let _ = std::fs::remove_file(&marker);
     // Another process (here: this one) takes over once the 2 s lease lapses.
     let b = DeferLayer::new(store(&server, "t").await).layer(counter.service("b"));
-    let done = finished(&b, &id, Duration::from_secs(20)).await;
+    let done = finished_within(&b, &id, Duration::from_secs(20)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let output = call(&b, get(&format!("/async/{id}/output"))).await.json();
     assert_eq!(output["output"]["by"], "b");
@@ -236,12 +245,12 @@ async fn queued_jobs_survive_a_redis_restart_and_an_outage_answers_503() {
     let (a, _a_worker) = DeferLayer::new(store(&server, "t").await).pair(counter.service("a"));
     let mut ids = Vec::new();
     for n in 0..20 {
-        ids.push(submit(&a, &json!(n)).await);
+        ids.push(submit(&a, json!({"data": n})).await);
     }
     server.kill();
     // Down: answers come promptly, and say 503 with Retry-After.
     for req in [
-        submit_request(&json!("during")),
+        envelope(json!({"data": "during"})),
         get(&format!("/async/{}", ids[0])),
     ] {
         let t = Instant::now();
@@ -259,7 +268,7 @@ async fn queued_jobs_survive_a_redis_restart_and_an_outage_answers_503() {
     // Back: the same store reconnects by itself.
     let deadline = Instant::now() + Duration::from_secs(15);
     let late = loop {
-        let answer = call(&a, submit_request(&json!("after"))).await;
+        let answer = call(&a, envelope(json!({"data": "after"}))).await;
         if answer.status == 201 {
             break answer.json()["id"].as_str().unwrap().to_owned();
         }
@@ -270,7 +279,7 @@ async fn queued_jobs_survive_a_redis_restart_and_an_outage_answers_503() {
     let b = DeferLayer::new(store(&server, "t").await).layer(counter.service("b"));
     for id in &ids {
         assert_eq!(
-            finished(&b, id, Duration::from_secs(20)).await["status"],
+            finished_within(&b, id, Duration::from_secs(20)).await["status"],
             "succeeded"
         );
     }
@@ -498,7 +507,7 @@ async fn a_redis_that_lost_the_functions_is_given_them_again() {
     let server = redis_or_skip!(false);
     let counter = Counter::default();
     let a = DeferLayer::new(store(&server, "t").await).layer(counter.service("a"));
-    let first = submit(&a, &json!("before")).await;
+    let first = submit(&a, json!({"data": "before"})).await;
     // What a restart without persistence, or an operator, does.
     let client = redis::Client::open(server.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -508,10 +517,10 @@ async fn a_redis_that_lost_the_functions_is_given_them_again() {
         .await
         .unwrap();
     assert_eq!(flushed, "OK");
-    let second = submit(&a, &json!("after")).await;
+    let second = submit(&a, json!({"data": "after"})).await;
     for id in [&first, &second] {
         assert_eq!(
-            finished(&a, id, Duration::from_secs(20)).await["status"],
+            finished_within(&a, id, Duration::from_secs(20)).await["status"],
             "succeeded"
         );
     }

@@ -1,6 +1,6 @@
-//! The store conformance suite (`conformance.rs`) on every store: one
-//! `conformance_tests!` per store, each case a test on tokio's paused clock
-//! against a fresh store.
+//! The store conformance suite (`conformance/`, one file per area of the
+//! contract) on every store: one `conformance_tests!` per store, each case a
+//! test on tokio's paused clock against a fresh store.
 //!
 //! A store that must connect plugs in with an `async fn` giving a fresh store
 //! (or `None` when it cannot be had here, which skips the case).
@@ -15,22 +15,18 @@ conformance_tests!(memory, async { Some(MemoryStore::new()) });
 /// The same suite on RedisStore: each test thread starts its own
 /// redis-server (killed when the thread ends) and takes a fresh namespace.
 #[cfg(feature = "redis")]
-#[allow(unused_imports)]
-#[path = "../redis/support.rs"]
-mod redis_support;
-
-#[cfg(feature = "redis")]
 async fn redis_store() -> Option<tower_defer::RedisStore> {
     use std::cell::RefCell;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower_defer_testkit::redis::RedisServer;
     thread_local! {
-        static SERVER: RefCell<Option<redis_support::RedisServer>> = const { RefCell::new(None) };
+        static SERVER: RefCell<Option<RedisServer>> = const { RefCell::new(None) };
     }
     static NAMESPACE: AtomicUsize = AtomicUsize::new(0);
     let url = SERVER.with(|s| {
         let mut s = s.borrow_mut();
         if s.is_none() {
-            *s = redis_support::RedisServer::start(false);
+            *s = RedisServer::start(false);
         }
         s.as_ref().map(|s| s.url())
     })?;

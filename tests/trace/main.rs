@@ -2,19 +2,15 @@
 //! `traceparent` on each attempt, and the `submit` and `job` spans the layer
 //! opens, captured by a subscriber layer of the test's own.
 
-#[path = "../common/inproc.rs"]
-#[allow(dead_code)]
-mod support;
-
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
 use http::{Request, Response};
 use serde_json::json;
-use support::*;
 use tower::Layer;
 use tower_defer::{Body, DeferLayer, MemoryStore};
+use tower_defer_testkit::inproc::*;
 use tracing::span;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 

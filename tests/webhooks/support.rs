@@ -1,6 +1,6 @@
 //! Receivers on 127.0.0.1:0 that record every request byte for byte, the
-//! layer called in process, and a verification of signatures written here,
-//! independently of the crate's own.
+//! layer called in process (through the testkit's helpers), and a
+//! verification of signatures written here, independently of the crate's own.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -18,8 +18,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tower::{Layer, ServiceExt};
+use tower::Layer;
 use tower_defer::{Body, Defer, DeferLayer, MemoryStore, Webhooks};
+pub use tower_defer_testkit::inproc::{call, envelope, get, status};
 
 // ---------------------------------------------------------------- receivers
 
@@ -252,66 +253,15 @@ pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-pub struct Answer {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Answer {
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// The problem document's `code` and `detail`.
-    pub fn problem(&self) -> (String, String) {
-        assert_eq!(self.headers["content-type"], "application/problem+json");
-        let doc = self.json();
-        (
-            doc["code"].as_str().unwrap().to_owned(),
-            doc["detail"].as_str().unwrap().to_owned(),
-        )
-    }
-}
-
-pub async fn call(app: &App, req: Request<Body>) -> Answer {
-    let response = app.clone().oneshot(req).await.unwrap();
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
-}
-
-/// `POST /async` with this envelope.
-pub async fn submit(app: &App, envelope: Value) -> Answer {
-    let req = Request::post("/async")
-        .header("content-type", "application/json")
-        .body(Body::from(envelope.to_string()))
-        .unwrap();
-    call(app, req).await
-}
-
 /// Submits `{"data": {}, "webhook": url}` and returns the job id.
 pub async fn submit_with(app: &App, url: &str) -> String {
-    let answer = submit(app, serde_json::json!({"data": {}, "webhook": url})).await;
+    let answer = call(
+        app,
+        envelope(serde_json::json!({"data": {}, "webhook": url})),
+    )
+    .await;
     assert_eq!(answer.status, 201, "{}", answer.text());
     answer.json()["id"].as_str().unwrap().to_owned()
-}
-
-pub async fn get(app: &App, path: &str) -> Answer {
-    call(app, Request::get(path).body(Body::empty()).unwrap()).await
-}
-
-pub async fn status(app: &App, id: &str) -> Value {
-    get(app, &format!("/async/{id}")).await.json()
 }
 
 /// Polls the status document until `done` holds (up to 20 s, a bound

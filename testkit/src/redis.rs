@@ -1,11 +1,10 @@
-//! Shared by the Redis tests: a private `redis-server` per test, and the
-//! layer called in process.
+//! A private `redis-server` per test or benchmark.
 //!
 //! Each [`RedisServer`] runs on a free port of 127.0.0.1 in a temp dir of its
-//! own and is killed when dropped. Without a `redis-server` binary the tests
-//! are skipped with a message, unless `CI` is set, where that is a failure.
-
-#![allow(dead_code)]
+//! own and is killed when dropped, so tests never share a server's data or
+//! touch one the machine runs. Without a `redis-server` binary the caller is
+//! told to skip, unless `CI` is set, where that is a failure: CI must run the
+//! Redis tests, not pass by skipping them.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -13,12 +12,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
-use tower_defer::{Body, Defer, InnerService, RedisStore};
 
 pub struct RedisServer {
     child: Option<Child>,
@@ -32,7 +25,7 @@ pub struct RedisServer {
 #[macro_export]
 macro_rules! redis_or_skip {
     ($appendonly:expr) => {
-        match $crate::support::RedisServer::start($appendonly) {
+        match $crate::redis::RedisServer::start($appendonly) {
             Some(server) => server,
             None => return,
         }
@@ -40,6 +33,9 @@ macro_rules! redis_or_skip {
 }
 
 impl RedisServer {
+    /// A fresh server, with an append-only file if `appendonly` (so that a
+    /// [`restart`](Self::restart) finds what was written); `None` when there
+    /// is no `redis-server` and `CI` is unset.
     pub fn start(appendonly: bool) -> Option<Self> {
         let found = Command::new("redis-server")
             .arg("--version")
@@ -125,93 +121,5 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A store on `server` in namespace `ns`, on a running clock.
-pub async fn store(server: &RedisServer, ns: &str) -> RedisStore {
-    RedisStore::builder(server.url())
-        .namespace(ns)
-        .connect()
-        .await
-        .expect("connects to the test's redis-server")
-}
-
-pub struct Answer {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Answer {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-pub async fn call<S: InnerService>(app: &Defer<S, RedisStore>, req: Request<Body>) -> Answer {
-    let response = app
-        .clone()
-        .oneshot(req)
-        .await
-        .map_err(Into::into)
-        .expect("the layer answered");
-    let (parts, body) = response.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(Into::into)
-        .expect("the body")
-        .to_bytes();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
-}
-
-pub fn submit_request(data: &serde_json::Value) -> Request<Body> {
-    Request::post("/async")
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::json!({ "data": data }).to_string()))
-        .unwrap()
-}
-
-pub fn get(path: &str) -> Request<Body> {
-    Request::get(path).body(Body::empty()).unwrap()
-}
-
-/// Submits and returns the id.
-pub async fn submit<S: InnerService>(
-    app: &Defer<S, RedisStore>,
-    data: &serde_json::Value,
-) -> String {
-    let a = call(app, submit_request(data)).await;
-    assert_eq!(a.status, 201, "{:?}", String::from_utf8_lossy(&a.body));
-    a.json()["id"].as_str().unwrap().to_owned()
-}
-
-/// Long-polls until the job ended; its status document.
-pub async fn finished<S: InnerService>(
-    app: &Defer<S, RedisStore>,
-    id: &str,
-    within: Duration,
-) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "job {id} did not finish within {within:?}"
-        );
-        let req = Request::get(format!("/async/{id}"))
-            .header("prefer", "wait=5")
-            .body(Body::empty())
-            .unwrap();
-        let a = call(app, req).await;
-        if a.status == 200 {
-            return a.json();
-        }
-        assert_eq!(a.status, 202, "{:?}", String::from_utf8_lossy(&a.body));
     }
 }

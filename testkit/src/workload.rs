@@ -1,6 +1,5 @@
 //! The workload the benchmarks and `examples/profile.rs` share: an inner
 //! service that answers at once, and the requests they send it.
-//! (Included with `#[path]`; not an example of its own.)
 
 use std::convert::Infallible;
 
