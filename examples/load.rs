@@ -40,7 +40,7 @@
 // proxy runs. On glibc malloc the submit run, whose jobs pile up, spends
 // much of its time growing the allocator's arenas (an mprotect every few
 // jobs) and waking threads that met on its locks.
-#[path = "proxy/alloc.rs"]
+#[path = "../src/bin/tower-defer/alloc.rs"]
 mod alloc;
 
 use std::convert::Infallible;

@@ -1,9 +1,8 @@
-//! Shared by the proxy tests: the built example run as a process, a small
-//! blocking HTTP/1.1 client, a private `redis-server`, and tool checks.
+//! Shared by the proxy tests: the `tower-defer` program run as a process, a
+//! small blocking HTTP/1.1 client, a private `redis-server`, and tool checks.
 //!
-//! [`Proxy::start`] builds `examples/proxy` once per test binary (with the
-//! features this test was built with; a no-op under `cargo test
-//! --all-features`, which has built it already), runs it on
+//! [`Proxy::start`] runs the binary cargo built for this test (the test
+//! requires feature `cli`, so cargo builds `tower-defer` first) on
 //! `--listen 127.0.0.1:0` and reads the bound address from its stdout.
 
 #![allow(dead_code)]
@@ -14,52 +13,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The proxy example's binary, built on first use.
+/// The `tower-defer` binary, as cargo built it for this test.
 pub fn proxy_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test binary's path");
-        // target/<profile>/deps/proxy-<hash> -> target/<profile>/examples/proxy
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>");
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo
-            .args(["build", "--quiet", "--example", "proxy"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cargo.arg("--release");
-        }
-        let known = [
-            ("proxy", cfg!(feature = "proxy")),
-            ("metrics", cfg!(feature = "metrics")),
-            ("redis", cfg!(feature = "redis")),
-            ("webhooks", cfg!(feature = "webhooks")),
-            ("tls", cfg!(feature = "tls")),
-            ("fuzzing", cfg!(feature = "fuzzing")),
-        ];
-        if known.iter().all(|(_, on)| *on) {
-            cargo.arg("--all-features");
-        } else {
-            let on: Vec<&str> = known
-                .iter()
-                .filter(|(_, on)| *on)
-                .map(|(f, _)| *f)
-                .collect();
-            cargo.args(["--features", &on.join(",")]);
-        }
-        let status = cargo.status().expect("run cargo");
-        assert!(status.success(), "cargo build --example proxy failed");
-        let bin = profile_dir.join("examples").join("proxy");
-        assert!(bin.exists(), "no proxy binary at {}", bin.display());
-        bin
-    })
+    Path::new(env!("CARGO_BIN_EXE_tower-defer"))
 }
 
 /// A running proxy, killed when dropped.

@@ -18,13 +18,13 @@ use crate::auth::Tokens;
 /// `500ms`, `30s`, `10m`, `1h`, `7d` (a bare number is seconds); sizes are
 /// `512KiB`, `10MiB`, `1GiB` (a bare number is bytes).
 #[derive(Parser, Debug)]
-#[command(name = "proxy", version, max_term_width = 100)]
+#[command(name = "tower-defer", version, max_term_width = 100)]
 pub(crate) struct Args {
     /// The address to serve on; port 0 picks a free one (the bound address is printed).
     #[arg(long, env = "TOWER_DEFER_LISTEN", default_value = "127.0.0.1:8080")]
     pub(crate) listen: SocketAddr,
 
-    /// The server to forward to (http://host:port[/base], or https:// in a build with feature tls); none serves a built-in demo model.
+    /// The server to forward to (http://host:port[/base], or https://); none serves a built-in demo model.
     #[arg(long, env = "TOWER_DEFER_UPSTREAM", value_parser = upstream_url)]
     pub(crate) upstream: Option<Uri>,
 
@@ -52,7 +52,7 @@ pub(crate) struct Args {
     #[arg(long, env = "TOWER_DEFER_CONCURRENCY", default_value = "16", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) concurrency: u32,
 
-    /// `memory`, or `redis://[user:password@]host:port/db` to share one queue between proxies (feature `redis`).
+    /// `memory`, or `redis://[user:password@]host:port/db` (`rediss://` for TLS) to share one queue between proxies.
     #[arg(long, env = "TOWER_DEFER_STORE", default_value = "memory", value_parser = store)]
     pub(crate) store: StoreUrl,
 
@@ -216,12 +216,7 @@ fn upstream_url(s: &str) -> Result<Uri, String> {
     let uri: Uri = s.parse().map_err(|e| format!("{e}"))?;
     match uri.scheme_str() {
         Some("http") if uri.authority().is_some() => Ok(uri),
-        Some("https") if uri.authority().is_some() && cfg!(feature = "tls") => Ok(uri),
-        Some("https") => Err(
-            "https upstreams need a build with TLS support (--features tls), \
-             or a TLS-terminating sidecar in front and http:// here"
-                .into(),
-        ),
+        Some("https") if uri.authority().is_some() => Ok(uri),
         _ => Err("write http://host:port, optionally with a base path".into()),
     }
 }
