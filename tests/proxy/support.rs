@@ -492,3 +492,83 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// An HTTP/1.1 upstream on 127.0.0.1 that answers its n-th request with the
+/// n-th scripted `(status, headers)` and an empty JSON object, and `200 {}`
+/// once the script has run out; it records when each request came. One
+/// thread, one request a connection, until the test ends.
+pub struct ScriptedUpstream {
+    pub port: u16,
+    times: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl ScriptedUpstream {
+    pub fn start(script: Vec<(u16, Vec<(String, String)>)>) -> ScriptedUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let seen = times.clone();
+        std::thread::spawn(move || {
+            let mut script = script.into_iter();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                if read_request(&mut stream).is_none() {
+                    continue;
+                }
+                seen.lock().unwrap().push(Instant::now());
+                let (status, headers) = script.next().unwrap_or((200, Vec::new()));
+                let mut head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n"
+                );
+                for (name, value) in headers {
+                    head.push_str(&format!("{name}: {value}\r\n"));
+                }
+                head.push_str("\r\n{}");
+                let _ = stream.write_all(head.as_bytes());
+            }
+        });
+        ScriptedUpstream { port, times }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// When each request came, in order.
+    pub fn times(&self) -> Vec<Instant> {
+        self.times.lock().unwrap().clone()
+    }
+}
+
+/// Reads one request's head and its `content-length` body; `None` when the
+/// peer closed first.
+fn read_request(stream: &mut TcpStream) -> Option<()> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap_or(0));
+    while raw.len() < head_end + length {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    Some(())
+}

@@ -146,8 +146,26 @@ fn webhooks(args: &Args) -> Result<Webhooks, Fail> {
     if let Some(url) = &args.public_url {
         webhooks = webhooks.public_url(url.clone());
     }
+    let baseten = args.dialects.contains(&Dialect::Baseten);
+    if baseten && !args.webhook_secrets.is_empty() && args.baseten_webhook_secret.is_none() {
+        // Signed means signed: whoever set a secret expects every delivery
+        // to carry a signature, and a Baseten receiver checks
+        // X-BASETEN-SIGNATURE, which only the Baseten secret makes.
+        return Err(Fail(
+            2,
+            "--dialect baseten with --webhook-secret: Baseten-format webhooks would be sent \
+             unsigned; give --baseten-webhook-secret (the secret your receivers verify \
+             X-BASETEN-SIGNATURE with)"
+                .into(),
+        ));
+    }
     if args.webhook_secrets.is_empty() {
         tracing::warn!("no --webhook-secret: webhooks are delivered unsigned");
+    }
+    if baseten && args.baseten_webhook_secret.is_none() {
+        tracing::warn!(
+            "no --baseten-webhook-secret: Baseten-format webhooks are delivered unsigned"
+        );
     }
     Ok(webhooks)
 }
