@@ -40,8 +40,9 @@
 // proxy runs. On glibc malloc the submit run, whose jobs pile up, spends
 // much of its time growing the allocator's arenas (an mprotect every few
 // jobs) and waking threads that met on its locks.
-#[path = "proxy/alloc.rs"]
-mod alloc;
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

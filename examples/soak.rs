@@ -6,7 +6,7 @@
 //! cargo run --release --example soak -- --minutes 10
 //! ```
 //!
-//! It runs on the proxy's allocator (jemalloc, `examples/proxy/alloc.rs`),
+//! It runs on the program's allocator (jemalloc, as `src/bin/tower-defer/alloc.rs` sets it),
 //! and prints two figures per sample: `rss`, what the process holds from the
 //! OS, and `heap`, what is allocated and not yet freed (jemalloc's
 //! `stats.allocated`). `heap` back at its baseline says the store let go of
@@ -14,8 +14,9 @@
 //!
 //! Linux only (reads `/proc/self/statm`). Everything stays on 127.0.0.1.
 
-#[path = "proxy/alloc.rs"]
-mod alloc;
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};

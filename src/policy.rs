@@ -8,6 +8,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 
 use crate::job::RetryPolicy;
+use crate::time::Timestamp;
 
 /// What a worker does with an inner call's result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,15 +30,17 @@ pub(crate) const UNAVAILABLE_CAP: Duration = Duration::from_secs(10);
 
 /// Classifies an inner response.
 ///
-/// `attempts` is the number of attempts spent, this one included.
+/// `attempts` is the number of attempts spent, this one included; `now`
+/// is when the answer came, which a `Retry-After` date is counted from.
 pub(crate) fn classify_response(
     status: StatusCode,
     headers: &HeaderMap,
     retry: &RetryPolicy,
     attempts: u32,
+    now: Timestamp,
 ) -> Verdict {
     if matches!(status.as_u16(), 429 | 503) {
-        if let Some(delay) = retry_after(headers) {
+        if let Some(delay) = retry_after(headers, now) {
             return Verdict::Unavailable {
                 delay: delay.min(MAX_RETRY_AFTER),
             };
@@ -98,10 +101,21 @@ pub(crate) fn unavailable_backoff(previous: u32, jitter: f64) -> Duration {
     ceiling.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
-/// `Retry-After` as delta-seconds (the form upstreams send for 429 and 503).
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+/// `Retry-After` in either of its forms (RFC 9110, 10.2.3): delta-seconds
+/// (`120`) or an HTTP-date (`Wed, 21 Oct 2026 07:28:00 GMT`), which is read
+/// as the time from `now` until then (zero once it has passed). `now` comes
+/// from [`Timestamp::now`], so a paused test clock governs both forms alike.
+pub(crate) fn retry_after(headers: &HeaderMap, now: Timestamp) -> Option<Duration> {
     let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
-    value.parse::<u64>().ok().map(Duration::from_secs)
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    let millis = date.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
+    let millis = u64::try_from(millis).unwrap_or(u64::MAX);
+    Some(Duration::from_millis(
+        millis.saturating_sub(now.as_millis()),
+    ))
 }
 
 /// Whether an error means "nobody answered": refused, reset, aborted, or the
@@ -286,12 +300,46 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_is_read_as_seconds_or_as_an_http_date_from_now() {
+        // Wed, 21 Oct 2026 07:28:00 GMT
+        let now = Timestamp::from_millis(1_792_567_680_000);
+        let at = |v: &'static str| retry_after(&headers(&[("retry-after", v)]), now);
+        assert_eq!(at("120"), Some(Duration::from_secs(120)));
+        assert_eq!(at(" 0 "), Some(Duration::ZERO));
+        // IMF-fixdate, and the two obsolete forms RFC 9110 says to accept.
+        assert_eq!(
+            at("Wed, 21 Oct 2026 07:30:30 GMT"),
+            Some(Duration::from_secs(150))
+        );
+        assert_eq!(
+            at("Wednesday, 21-Oct-26 07:29:00 GMT"),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(at("Wed Oct 21 07:28:09 2026"), Some(Duration::from_secs(9)));
+        // A date already passed: retry now.
+        assert_eq!(at("Wed, 21 Oct 2026 07:00:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(at("soon"), None);
+        assert_eq!(at("-5"), None);
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
+
+        // And the classification honours the date form.
+        let p = RetryPolicy::default();
+        let dated = headers(&[("retry-after", "Wed, 21 Oct 2026 07:28:45 GMT")]);
+        assert_eq!(
+            classify_response(StatusCode::SERVICE_UNAVAILABLE, &dated, &p, 1, now),
+            Verdict::Unavailable {
+                delay: Duration::from_secs(45)
+            }
+        );
+    }
+
+    #[test]
     fn classifies_answers_per_the_worker_rules() {
         let p = RetryPolicy::default();
         let none = HeaderMap::new();
         let after = headers(&[("retry-after", "7")]);
         let c = |s: u16, h: &HeaderMap, a| {
-            classify_response(StatusCode::from_u16(s).unwrap(), h, &p, a)
+            classify_response(StatusCode::from_u16(s).unwrap(), h, &p, a, Timestamp::now())
         };
         assert_eq!(c(200, &none, 1), Verdict::Final);
         assert_eq!(c(400, &none, 1), Verdict::Final);

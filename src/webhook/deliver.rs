@@ -284,7 +284,7 @@ async fn send(client: &Client, url: &str, event: event::Event, timeout: Duration
     let _ = tokio::time::timeout_at(deadline, Limited::new(body, MAX_ANSWER).collect()).await;
     Sent::Answered {
         status: parts.status,
-        retry_after: policy::retry_after(&parts.headers),
+        retry_after: policy::retry_after(&parts.headers, Timestamp::now()),
     }
 }
 

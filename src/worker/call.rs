@@ -86,8 +86,13 @@ async fn record<St: Store>(pool: &Pool<St>, claim: &Claim, end: CallEnd) {
         }
         CallEnd::Answered(response) => {
             crate::metrics::inner_response(response.status);
-            match policy::classify_response(response.status, &response.headers, retry, job.attempts)
-            {
+            match policy::classify_response(
+                response.status,
+                &response.headers,
+                retry,
+                job.attempts,
+                now,
+            ) {
                 Verdict::Final => Write::Complete(Outcome::response(response)),
                 Verdict::Unavailable { delay } => {
                     let msg = format!(

@@ -1,12 +1,11 @@
-//! The proxy example as an SRE meets it: the built binary run as a process,
+//! The `tower-defer` program as an SRE meets it: the binary run as a process,
 //! spoken to over TCP. Auth and owners, health and metrics, SIGTERM, h2c to
 //! the upstream, the vendors' Python client snippets, and the live page in
 //! headless Chromium.
 
 mod support;
 #[cfg(feature = "tls")]
-#[path = "../common/tls.rs"]
-mod tls;
+use tower_defer_testkit::tls;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -405,6 +404,59 @@ fn the_proxys_token_stops_at_the_proxy_unless_forwarded() {
 }
 
 #[test]
+fn an_upstreams_retry_after_date_is_waited_out_without_spending_an_attempt() {
+    // A 503 asking to come back at a date 2 s ahead (HTTP-dates count whole
+    // seconds: the wait is between 1 and 2 s). With one attempt allowed, a
+    // 503 whose Retry-After went unread would end the job failed.
+    let at = std::time::SystemTime::now() + Duration::from_secs(2);
+    let upstream = support::ScriptedUpstream::start(vec![(
+        503,
+        vec![("retry-after".into(), httpdate::fmt_http_date(at))],
+    )]);
+    let proxy = Proxy::start(&["--upstream", &upstream.url(), "--retry-attempts", "1"]);
+    let id = proxy.submit(None, json!({"q": 1}));
+    let doc = proxy.wait_done(None, &id);
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    assert_eq!(doc["attempts"], 1, "{doc}");
+    let times = upstream.times();
+    assert_eq!(times.len(), 2);
+    let gap = times[1] - times[0];
+    assert!(gap >= Duration::from_millis(900), "{gap:?}");
+}
+
+#[test]
+fn version_and_help_name_the_program_and_every_flag() {
+    let version = Command::new(support::proxy_binary())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(version.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("tower-defer {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    let help = Command::new(support::proxy_binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("Usage: tower-defer [OPTIONS]"), "{help}");
+    for flag in [
+        "--listen",
+        "--upstream",
+        "--store",
+        "--token",
+        "--webhook-secret",
+        "--dialect",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
+    }
+    assert!(help.contains("[env: TOWER_DEFER_LISTEN="), "{help}");
+}
+
+#[test]
 fn flags_come_from_the_environment_and_bad_ones_exit_2() {
     let proxy = Proxy::start_with_env(
         &[],
@@ -448,24 +500,16 @@ fn flags_come_from_the_environment_and_bad_ones_exit_2() {
             "--upstream-ca /nonexistent/ca.pem: the upstream http://127.0.0.1:9/ is not https",
         ),
     ];
-    if cfg!(feature = "tls") {
-        bad.extend([
-            (
-                &["--upstream", "https://localhost:9", "--upstream-ca", "/nonexistent/ca.pem"][..],
-                "--upstream-ca /nonexistent/ca.pem: No such file or directory",
-            ),
-            (
-                &["--upstream", "https://localhost:9", "--upstream-ca", "/dev/null"][..],
-                "--upstream https://localhost:9/: a root certificate for the upstream holds no PEM certificate",
-            ),
-        ]);
-    } else {
-        bad.push((
-            &["--upstream", "https://example.com"][..],
-            "https upstreams need a build with TLS support (--features tls), \
-             or a TLS-terminating sidecar in front and http:// here",
-        ));
-    }
+    bad.extend([
+        (
+            &["--upstream", "https://localhost:9", "--upstream-ca", "/nonexistent/ca.pem"][..],
+            "--upstream-ca /nonexistent/ca.pem: No such file or directory",
+        ),
+        (
+            &["--upstream", "https://localhost:9", "--upstream-ca", "/dev/null"][..],
+            "--upstream https://localhost:9/: a root certificate for the upstream holds no PEM certificate",
+        ),
+    ]);
     for (args, says) in bad {
         let out = Command::new(support::proxy_binary())
             .args(["--listen", "127.0.0.1:0"])
@@ -582,8 +626,9 @@ fn the_live_page_shows_what_the_api_says() {
 }
 
 #[cfg(feature = "webhooks")]
-#[test]
-fn webhooks_are_delivered_signed() {
+/// A webhook receiver for one delivery: its URL, and the delivery's head
+/// (lowercased) and body once it came. It answers 204.
+fn receive_one() -> (String, std::thread::JoinHandle<(String, Vec<u8>)>) {
     use std::io::{Read, Write};
 
     let receiver = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -612,10 +657,24 @@ fn webhooks_are_delivered_signed() {
         }
         conn.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
             .unwrap();
-        let body: Value = serde_json::from_slice(&raw[body_start..body_start + length]).unwrap();
-        (head, body)
+        (head, raw[body_start..body_start + length].to_vec())
     });
+    (hook, received)
+}
 
+/// The value of the start summary's line `name`.
+fn summary_line(stdout: &str, name: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name:?} line in:\n{stdout}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn webhooks_are_delivered_signed() {
+    let (hook, received) = receive_one();
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let proxy = Proxy::start(&[
         "--token",
@@ -635,8 +694,84 @@ fn webhooks_are_delivered_signed() {
     assert!(head.starts_with("post /hook "), "{head}");
     assert!(head.contains("\r\nwebhook-id:"), "{head}");
     assert!(head.contains("\r\nwebhook-signature: v1,"), "{head}");
-    assert!(body.to_string().contains(&id), "{body}");
+    assert!(String::from_utf8_lossy(&body).contains(&id));
     let report = proxy.stdout();
-    assert!(report.contains("signed with 1 secret(s)"), "{report}");
+    assert_eq!(
+        summary_line(&report, "webhooks standard"),
+        "signed, webhook-signature with 1 secret(s) whsec_****"
+    );
+    assert_eq!(
+        summary_line(&report, "webhooks baseten"),
+        "not used (no --dialect baseten)"
+    );
     assert!(!report.contains("MfKQ9r8"), "{report}");
+}
+
+#[test]
+fn baseten_webhooks_are_never_sent_unsigned_once_a_secret_is_set() {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    // A webhook secret, the Baseten dialect, and no Baseten secret: Baseten
+    // deliveries could not be signed, so the program does not start.
+    let out = Command::new(support::proxy_binary())
+        .args(["--listen", "127.0.0.1:0", "--dialect", "baseten"])
+        .args(["--webhook-secret", secret])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "tower-defer: --dialect baseten with --webhook-secret: Baseten-format webhooks \
+             would be sent unsigned; give --baseten-webhook-secret"
+        ),
+        "{stderr}"
+    );
+
+    // With it, a Baseten delivery carries X-BASETEN-SIGNATURE over its body.
+    let (hook, received) = receive_one();
+    let baseten_secret = "baseten-receiver-secret";
+    let proxy = Proxy::start(&[
+        "--dialect",
+        "baseten",
+        "--webhook-secret",
+        secret,
+        "--baseten-webhook-secret",
+        baseten_secret,
+        "--webhook-allow-private",
+    ]);
+    let reply = proxy.post(
+        "/async_predict",
+        None,
+        &json!({"model_input": {"q": 1}, "webhook_endpoint": hook}),
+    );
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let id = reply.json()["request_id"].as_str().unwrap().to_owned();
+    let (head, body) = received.join().unwrap();
+    let signature = tower_defer::webhook::baseten_signature(baseten_secret, &body);
+    assert!(
+        head.contains(&format!("\r\nx-baseten-signature: {signature}")),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("\r\nx-baseten-request-id: {id}")),
+        "{head}"
+    );
+    let report = proxy.stdout();
+    assert_eq!(
+        summary_line(&report, "webhooks baseten"),
+        "signed, X-BASETEN-SIGNATURE with **** (--baseten-webhook-secret)"
+    );
+    assert!(!report.contains(baseten_secret), "{report}");
+
+    // No secret at all: the summary says each format goes unsigned.
+    let open = Proxy::start(&["--dialect", "baseten"]);
+    let report = open.stdout();
+    assert_eq!(
+        summary_line(&report, "webhooks standard"),
+        "UNSIGNED (no --webhook-secret)"
+    );
+    assert_eq!(
+        summary_line(&report, "webhooks baseten"),
+        "UNSIGNED (no --baseten-webhook-secret)"
+    );
 }

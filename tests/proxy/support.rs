@@ -1,9 +1,8 @@
-//! Shared by the proxy tests: the built example run as a process, a small
-//! blocking HTTP/1.1 client, a private `redis-server`, and tool checks.
+//! Shared by the proxy tests: the `tower-defer` program run as a process, a
+//! small blocking HTTP/1.1 client, a private `redis-server`, and tool checks.
 //!
-//! [`Proxy::start`] builds `examples/proxy` once per test binary (with the
-//! features this test was built with; a no-op under `cargo test
-//! --all-features`, which has built it already), runs it on
+//! [`Proxy::start`] runs the binary cargo built for this test (the test
+//! requires feature `cli`, so cargo builds `tower-defer` first) on
 //! `--listen 127.0.0.1:0` and reads the bound address from its stdout.
 
 #![allow(dead_code)]
@@ -14,52 +13,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The proxy example's binary, built on first use.
+/// The `tower-defer` binary, as cargo built it for this test.
 pub fn proxy_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test binary's path");
-        // target/<profile>/deps/proxy-<hash> -> target/<profile>/examples/proxy
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>");
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo
-            .args(["build", "--quiet", "--example", "proxy"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cargo.arg("--release");
-        }
-        let known = [
-            ("proxy", cfg!(feature = "proxy")),
-            ("metrics", cfg!(feature = "metrics")),
-            ("redis", cfg!(feature = "redis")),
-            ("webhooks", cfg!(feature = "webhooks")),
-            ("tls", cfg!(feature = "tls")),
-            ("fuzzing", cfg!(feature = "fuzzing")),
-        ];
-        if known.iter().all(|(_, on)| *on) {
-            cargo.arg("--all-features");
-        } else {
-            let on: Vec<&str> = known
-                .iter()
-                .filter(|(_, on)| *on)
-                .map(|(f, _)| *f)
-                .collect();
-            cargo.args(["--features", &on.join(",")]);
-        }
-        let status = cargo.status().expect("run cargo");
-        assert!(status.success(), "cargo build --example proxy failed");
-        let bin = profile_dir.join("examples").join("proxy");
-        assert!(bin.exists(), "no proxy binary at {}", bin.display());
-        bin
-    })
+    Path::new(env!("CARGO_BIN_EXE_tower-defer"))
 }
 
 /// A running proxy, killed when dropped.
@@ -530,4 +491,84 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// An HTTP/1.1 upstream on 127.0.0.1 that answers its n-th request with the
+/// n-th scripted `(status, headers)` and an empty JSON object, and `200 {}`
+/// once the script has run out; it records when each request came. One
+/// thread, one request a connection, until the test ends.
+pub struct ScriptedUpstream {
+    pub port: u16,
+    times: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl ScriptedUpstream {
+    pub fn start(script: Vec<(u16, Vec<(String, String)>)>) -> ScriptedUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let seen = times.clone();
+        std::thread::spawn(move || {
+            let mut script = script.into_iter();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                if read_request(&mut stream).is_none() {
+                    continue;
+                }
+                seen.lock().unwrap().push(Instant::now());
+                let (status, headers) = script.next().unwrap_or((200, Vec::new()));
+                let mut head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n"
+                );
+                for (name, value) in headers {
+                    head.push_str(&format!("{name}: {value}\r\n"));
+                }
+                head.push_str("\r\n{}");
+                let _ = stream.write_all(head.as_bytes());
+            }
+        });
+        ScriptedUpstream { port, times }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// When each request came, in order.
+    pub fn times(&self) -> Vec<Instant> {
+        self.times.lock().unwrap().clone()
+    }
+}
+
+/// Reads one request's head and its `content-length` body; `None` when the
+/// peer closed first.
+fn read_request(stream: &mut TcpStream) -> Option<()> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap_or(0));
+    while raw.len() < head_end + length {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    Some(())
 }

@@ -25,6 +25,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 use tower_defer::BoxError;
 
@@ -93,18 +94,13 @@ impl Tokens {
     }
 
     /// The identity of `presented`, compared in constant time: every token's
-    /// digest is compared in full, whichever matches.
+    /// digest is compared in full with `subtle`, whichever matches, so the
+    /// time taken says neither which token nor how much of one matched.
     fn identify(&self, presented: &[u8]) -> Option<Arc<str>> {
         let digest: [u8; 32] = Sha256::digest(presented).into();
         let mut found = None;
         for token in &self.0 {
-            let diff = token
-                .digest
-                .iter()
-                .zip(&digest)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            // black_box: keep the compiler from turning the fold into an early exit.
-            if std::hint::black_box(diff) == 0 {
+            if bool::from(token.digest.ct_eq(&digest)) {
                 found = Some(token.identity.clone());
             }
         }
@@ -261,4 +257,31 @@ fn unauthorized(missing: bool) -> Response<ProxyBody> {
         HeaderValue::from_static("Bearer realm=\"tower-defer\""),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_known_only_byte_for_byte() {
+        let tokens = Tokens::load(&["alpha-token".into(), "beta-token".into()], None).unwrap();
+        let alpha = tokens.identify(b"alpha-token").unwrap();
+        let beta = tokens.identify(b"beta-token").unwrap();
+        assert!(
+            alpha.starts_with("token-") && alpha.len() == 6 + 16,
+            "{alpha}"
+        );
+        assert_ne!(alpha, beta);
+        for wrong in [
+            &b"alpha-tokem"[..],
+            b"alpha-token ",
+            b"alpha",
+            b"",
+            b"ALPHA-TOKEN",
+        ] {
+            assert!(tokens.identify(wrong).is_none(), "{wrong:?}");
+        }
+        assert!(Tokens::default().identify(b"alpha-token").is_none());
+    }
 }

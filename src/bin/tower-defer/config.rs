@@ -18,13 +18,13 @@ use crate::auth::Tokens;
 /// `500ms`, `30s`, `10m`, `1h`, `7d` (a bare number is seconds); sizes are
 /// `512KiB`, `10MiB`, `1GiB` (a bare number is bytes).
 #[derive(Parser, Debug)]
-#[command(name = "proxy", version, max_term_width = 100)]
+#[command(name = "tower-defer", version, max_term_width = 100)]
 pub(crate) struct Args {
     /// The address to serve on; port 0 picks a free one (the bound address is printed).
     #[arg(long, env = "TOWER_DEFER_LISTEN", default_value = "127.0.0.1:8080")]
     pub(crate) listen: SocketAddr,
 
-    /// The server to forward to (http://host:port[/base], or https:// in a build with feature tls); none serves a built-in demo model.
+    /// The server to forward to (http://host:port[/base], or https://); none serves a built-in demo model.
     #[arg(long, env = "TOWER_DEFER_UPSTREAM", value_parser = upstream_url)]
     pub(crate) upstream: Option<Uri>,
 
@@ -52,7 +52,7 @@ pub(crate) struct Args {
     #[arg(long, env = "TOWER_DEFER_CONCURRENCY", default_value = "16", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) concurrency: u32,
 
-    /// `memory`, or `redis://[user:password@]host:port/db` to share one queue between proxies (feature `redis`).
+    /// `memory`, or `redis://[user:password@]host:port/db` (`rediss://` for TLS) to share one queue between proxies.
     #[arg(long, env = "TOWER_DEFER_STORE", default_value = "memory", value_parser = store)]
     pub(crate) store: StoreUrl,
 
@@ -141,7 +141,7 @@ pub(crate) struct Args {
     #[arg(long = "webhook-secret", env = "TOWER_DEFER_WEBHOOK_SECRET", value_delimiter = ',', hide_env_values = true, value_parser = webhook_secret)]
     pub(crate) webhook_secrets: Vec<String>,
 
-    /// Baseten dialect: the secret its webhooks are signed with (X-BASETEN-SIGNATURE).
+    /// Baseten dialect: the secret its webhooks are signed with (X-BASETEN-SIGNATURE); required with --dialect baseten once any --webhook-secret is set.
     #[arg(
         long,
         env = "TOWER_DEFER_BASETEN_WEBHOOK_SECRET",
@@ -216,12 +216,7 @@ fn upstream_url(s: &str) -> Result<Uri, String> {
     let uri: Uri = s.parse().map_err(|e| format!("{e}"))?;
     match uri.scheme_str() {
         Some("http") if uri.authority().is_some() => Ok(uri),
-        Some("https") if uri.authority().is_some() && cfg!(feature = "tls") => Ok(uri),
-        Some("https") => Err(
-            "https upstreams need a build with TLS support (--features tls), \
-             or a TLS-terminating sidecar in front and http:// here"
-                .into(),
-        ),
+        Some("https") if uri.authority().is_some() => Ok(uri),
         _ => Err("write http://host:port, optionally with a base path".into()),
     }
 }
@@ -309,17 +304,20 @@ pub(crate) fn size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// A URL with its password, if any, replaced by `****`.
+/// A URL with its password, if any, replaced by `****`; the user name
+/// stays. Parsed as a URL, so a password holding `@`, `:` or `/` (written
+/// percent-encoded, as a URL must) is masked whole. Text that is not a URL
+/// is masked entirely: it may be a password with a typo around it.
 pub(crate) fn mask_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:****@{host}")
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                // Cannot fail: a URL with a password has a host.
+                let _ = parsed.set_password(Some("****"));
+            }
+            parsed.to_string()
         }
-        None => url.to_owned(),
+        Err(_) => "**** (not a valid URL)".to_owned(),
     }
 }
 
@@ -387,27 +385,28 @@ impl Args {
             names.dedup();
             names.join(", ")
         };
-        let webhooks = if !cfg!(feature = "webhooks") {
-            "off: this build has no webhook support".to_owned()
+        let hosts = match self.webhook_allow_hosts.len() {
+            0 => "any host".to_owned(),
+            _ => format!("hosts {}", self.webhook_allow_hosts.join(", ")),
+        };
+        let private = if self.webhook_allow_private {
+            "private addresses allowed"
         } else {
-            let signed = match self.webhook_secrets.len() {
-                0 => "UNSIGNED (no --webhook-secret)".to_owned(),
-                n => format!("signed with {n} secret(s) whsec_****"),
-            };
-            let baseten = match &self.baseten_webhook_secret {
-                Some(_) => ", Baseten's signed (****)",
-                None => "",
-            };
-            let hosts = match self.webhook_allow_hosts.len() {
-                0 => "any host".to_owned(),
-                _ => format!("hosts {}", self.webhook_allow_hosts.join(", ")),
-            };
-            let private = if self.webhook_allow_private {
-                "private addresses allowed"
-            } else {
-                "private addresses refused"
-            };
-            format!("on: {signed}{baseten}; {hosts}; {private}")
+            "private addresses refused"
+        };
+        let webhooks = format!("on: {hosts}; {private}");
+        // Per format: whether its deliveries carry a signature.
+        let standard = match self.webhook_secrets.len() {
+            0 => "UNSIGNED (no --webhook-secret)".to_owned(),
+            n => format!("signed, webhook-signature with {n} secret(s) whsec_****"),
+        };
+        let baseten = match (
+            self.dialects.contains(&Dialect::Baseten),
+            &self.baseten_webhook_secret,
+        ) {
+            (false, _) => "not used (no --dialect baseten)",
+            (true, Some(_)) => "signed, X-BASETEN-SIGNATURE with **** (--baseten-webhook-secret)",
+            (true, None) => "UNSIGNED (no --baseten-webhook-secret)",
         };
         vec![
             ("listen", self.listen.to_string()),
@@ -444,6 +443,8 @@ impl Args {
             ("model-id", self.model_id.clone()),
             ("deployment-id", self.deployment_id.clone()),
             ("webhooks", webhooks),
+            ("webhooks standard", standard),
+            ("webhooks baseten", baseten.to_owned()),
             (
                 "public-url",
                 self.public_url.clone().unwrap_or_else(|| "none".into()),
@@ -454,5 +455,78 @@ impl Args {
                 format!("{:?}", self.log_format).to_lowercase(),
             ),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_urls_password_is_masked_whole_whatever_it_holds() {
+        let cases = [
+            ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+            ("redis://:s3cret@redis:6379/0", "redis://:****@redis:6379/0"),
+            (
+                "rediss://app:s3cret@redis.example.com:6380/2",
+                "rediss://app:****@redis.example.com:6380/2",
+            ),
+            // A password holding '@' and ':' (and '/'), percent-encoded.
+            (
+                "redis://app:p%40ss%3Aw%2Frd@redis:6379/0",
+                "redis://app:****@redis:6379/0",
+            ),
+            // Written raw, the last '@' ends the userinfo: still masked whole.
+            (
+                "redis://app:p@ss:word@redis:6379/0",
+                "redis://app:****@redis:6379/0",
+            ),
+            ("redis://app@redis:6379/0", "redis://app@redis:6379/0"),
+        ];
+        for (url, masked) in cases {
+            assert_eq!(mask_url(url), masked, "{url}");
+        }
+        assert_eq!(mask_url("redis://a:b@[::1"), "**** (not a valid URL)");
+    }
+
+    /// Each form the README and `--help` show.
+    #[test]
+    fn durations_and_sizes_parse_in_every_documented_form() {
+        let durations = [
+            ("500ms", Duration::from_millis(500)),
+            ("30s", Duration::from_secs(30)),
+            ("10m", Duration::from_secs(600)),
+            ("1h", Duration::from_secs(3600)),
+            ("7d", Duration::from_secs(7 * 86_400)),
+            ("45", Duration::from_secs(45)),
+        ];
+        for (text, expected) in durations {
+            assert_eq!(duration(text), Ok(expected), "{text}");
+            assert_eq!(
+                duration(&human(expected)),
+                Ok(expected),
+                "{text} round trip"
+            );
+        }
+        for bad in ["", "1w", "ms", "-1s", "1.5s", "99999999999999999999d"] {
+            assert!(duration(bad).is_err(), "{bad:?}");
+        }
+
+        let sizes = [
+            ("512KiB", 512 << 10),
+            ("10MiB", 10 << 20),
+            ("1GiB", 1 << 30),
+            ("4k", 4 << 10),
+            ("2M", 2 << 20),
+            ("1G", 1 << 30),
+            ("2048", 2048),
+        ];
+        for (text, expected) in sizes {
+            assert_eq!(size(text), Ok(expected), "{text}");
+            assert_eq!(size(&bytes(expected)), Ok(expected), "{text} round trip");
+        }
+        for bad in ["", "1TiB", "KiB", "-1"] {
+            assert!(size(bad).is_err(), "{bad:?}");
+        }
     }
 }
