@@ -5,6 +5,7 @@
 //! cargo run --release --all-features --example path
 //! cargo run --release --all-features --example path -- --connections 64 --duration 10
 //! cargo run --release --all-features --example path -- --only floor,job --duration 30
+//! cargo run --release --all-features --example path -- --callgrind --only floor,lookup --connections 8 --duration 10
 //! ```
 //!
 //! Every server under test is a process of its own, on `127.0.0.1:0`, and
@@ -45,12 +46,27 @@
 //!    then it waits for the backlog to drain and prints the end-to-end rate;
 //!
 //! and 4 to 6 again on Redis (`redis-job`, `redis-lookup`, `redis-submit`).
-//! It prints each one's rate, p50 and p99, then the ratios: pass-through /
-//! floor, whole jobs / floor, Redis whole jobs / memory whole jobs. `--only`
-//! runs the scenarios named (comma-separated) and prints each server's pid
-//! on stderr, for a profiler to attach to. The load average is printed at
-//! the start and the end: on a shared machine, figures taken under load do
-//! not compare with figures taken idle.
+//! It prints each one's rate, p50 and p99, and the CPU time a round took in
+//! each process (this one, the upstream, the server under test, Redis),
+//! read from `/proc/PID/stat` before and after the run, and how much the
+//! server's resident memory grew a round (the proxy keeps each finished
+//! job's result for `--result-ttl 60s`). Then the ratios
+//! (pass-through / floor, whole jobs / floor, Redis whole jobs / memory whole
+//! jobs) twice: as measured, and "CPU-bound", the inverse ratio of the CPU
+//! time a round took in all those processes together, which is what the
+//! rates would show on a machine that ran nothing else; on a shared machine
+//! it holds where the rates swing.
+//!
+//! `--only` runs the scenarios named (comma-separated) and prints each
+//! server's pid on stderr, for a profiler to attach to. `--callgrind` runs
+//! the forwarder and the proxy under `valgrind --tool=callgrind`, zeroes its
+//! counters after the warm-up and dumps them after the run (the dump's path
+//! is printed on stderr, for `callgrind_annotate`), and prints the server's
+//! instructions a round: user space only, but the same from one run to the
+//! next, where times are not (use few `--connections`: the server runs
+//! some fifty times slower). The load average is printed at the start and
+//! the end: on a shared machine, figures taken under load do not compare
+//! with figures taken idle.
 //!
 //! The load generator shares the machine's cores with the servers, so the
 //! absolute figures are lower than a dedicated client's; the ratios, each
@@ -58,7 +74,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -193,6 +209,7 @@ struct Options {
     proxy_bin: Option<PathBuf>,
     redis: bool,
     only: Option<Vec<String>>,
+    callgrind: bool,
 }
 
 const SCENARIOS: &[&str] = &[
@@ -208,7 +225,7 @@ const SCENARIOS: &[&str] = &[
 ];
 
 const USAGE: &str = "usage: path [--connections N] [--duration SECS] [--concurrency N] \
-     [--proxy-bin PATH] [--no-redis] [--only SCENARIO,...]";
+     [--proxy-bin PATH] [--no-redis] [--only SCENARIO,...] [--callgrind]";
 
 impl Options {
     fn parse(args: &[String]) -> Result<Options, String> {
@@ -219,6 +236,7 @@ impl Options {
             proxy_bin: None,
             redis: true,
             only: None,
+            callgrind: false,
         };
         let mut args = args.iter();
         while let Some(flag) = args.next() {
@@ -238,6 +256,7 @@ impl Options {
                 "--concurrency" => options.concurrency = number(value()?)? as u32,
                 "--proxy-bin" => options.proxy_bin = Some(value()?.into()),
                 "--no-redis" => options.redis = false,
+                "--callgrind" => options.callgrind = true,
                 "--only" => {
                     let names: Vec<String> = value()?.split(',').map(str::to_owned).collect();
                     if let Some(bad) = names.iter().find(|n| !SCENARIOS.contains(&n.as_str())) {
@@ -269,12 +288,44 @@ struct Server {
     name: &'static str,
     child: Child,
     addr: SocketAddr,
+    /// Where callgrind writes its dumps, when the server runs under it (they
+    /// are left there, for `callgrind_annotate`).
+    callgrind: Option<PathBuf>,
 }
 
 impl Server {
     /// Runs `command` and reads the address from its `listening on
     /// http://ADDR` line; the rest of its stdout is drained and dropped.
     fn start(name: &'static str, mut command: Command) -> Server {
+        Server::start_under(name, &mut command, None)
+    }
+
+    /// Runs `program` with `args`, under callgrind if `callgrind` (its dumps
+    /// then go to a file of the server's name in the temp dir).
+    fn start_program(name: &'static str, program: &Path, args: &[&str], callgrind: bool) -> Server {
+        // The proxy logs each job at info; a log line a job is not what is measured.
+        if !callgrind {
+            let mut command = Command::new(program);
+            command.args(args).env("RUST_LOG", "error");
+            return Server::start_under(name, &mut command, None);
+        }
+        let out =
+            std::env::temp_dir().join(format!("tower-defer-path-{name}-{}.cg", std::process::id()));
+        let mut command = Command::new("valgrind");
+        command
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out.display()))
+            .arg(program)
+            .args(args)
+            .env("RUST_LOG", "error");
+        Server::start_under(name, &mut command, Some(out))
+    }
+
+    fn start_under(
+        name: &'static str,
+        command: &mut Command,
+        callgrind: Option<PathBuf>,
+    ) -> Server {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -295,7 +346,42 @@ impl Server {
             }
         };
         std::thread::spawn(move || lines.for_each(drop));
-        Server { name, child, addr }
+        Server {
+            name,
+            child,
+            addr,
+            callgrind,
+        }
+    }
+
+    /// Under callgrind: zeroes its counters.
+    fn callgrind_zero(&self) {
+        if self.callgrind.is_some() {
+            callgrind_control("-z", self.child.id());
+        }
+    }
+
+    /// Under callgrind: dumps its counters; the instructions counted since
+    /// they were last zeroed.
+    fn callgrind_dump(&self) -> Option<u64> {
+        let base = self.callgrind.as_ref()?;
+        callgrind_control("-d", self.child.id());
+        // Each dump is a file of its own: the base name plus a number.
+        let dir = base.parent()?;
+        let stem = base.file_name()?.to_str()?;
+        let newest = std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(stem)))
+            .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())?;
+        eprintln!("callgrind: {}", newest.path().display());
+        let text = std::fs::read_to_string(newest.path()).ok()?;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("summary:")
+                    .or_else(|| l.strip_prefix("totals:"))
+            })
+            .and_then(|n| n.trim().parse().ok())
     }
 
     fn url(&self) -> String {
@@ -308,6 +394,16 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `callgrind_control FLAG PID`, waiting for it: callgrind acts on it when
+/// the process next runs.
+fn callgrind_control(flag: &str, pid: u32) {
+    let _ = Command::new("callgrind_control")
+        .args([flag, &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// A `redis-server` of our own on a free port and a temp dir, killed and
@@ -402,21 +498,24 @@ fn proxy_binary(options: &Options) -> PathBuf {
     exe.with_file_name("proxy")
 }
 
-fn proxy(bin: &PathBuf, upstream: &Server, options: &Options, store: &str) -> Server {
-    let mut command = Command::new(bin);
-    command
-        .args(["--listen", "127.0.0.1:0", "--upstream", &upstream.url()])
-        .args([
-            "--store",
-            store,
-            "--max-queue",
-            "100000000",
-            "--result-ttl",
-            "60s",
-        ])
-        .args(["--concurrency", &options.concurrency.to_string()])
-        .env("RUST_LOG", "error");
-    Server::start("proxy", command)
+fn proxy(bin: &Path, upstream: &Server, options: &Options, store: &str) -> Server {
+    let concurrency = options.concurrency.to_string();
+    let url = upstream.url();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &url,
+        "--store",
+        store,
+        "--max-queue",
+        "100000000",
+        "--result-ttl",
+        "60s",
+        "--concurrency",
+        &concurrency,
+    ];
+    Server::start_program("proxy", bin, &args, options.callgrind)
 }
 
 fn this_program(mode: &[&str]) -> Command {
@@ -450,6 +549,14 @@ struct Run {
     errors: usize,
     elapsed: Duration,
     latencies_us: Vec<u32>,
+    /// After a submit run: how long the workers then took to finish the backlog.
+    drain: Option<Duration>,
+    /// The CPU time each process spent in the run (and the drain), by name.
+    cpu: Vec<(&'static str, Duration)>,
+    /// Under `--callgrind`: the server's instructions in the run (and the drain).
+    instructions: Option<u64>,
+    /// How much the server's resident memory grew in the run, in KiB.
+    rss_growth_kib: i64,
 }
 
 impl Run {
@@ -462,9 +569,15 @@ impl Run {
         f64::from(self.latencies_us.get(i).copied().unwrap_or(0)) / 1000.0
     }
 
+    /// CPU microseconds per round, over every process watched.
+    fn cpu_per_round(&self) -> f64 {
+        let total: Duration = self.cpu.iter().map(|c| c.1).sum();
+        total.as_secs_f64() * 1e6 / self.rounds.max(1) as f64
+    }
+
     fn print(&self, name: &str, unit: &str) {
         println!(
-            "{name:<44} {:>8.0} {unit:<6} p50 {:>6.3} ms  p99 {:>6.3} ms  ({} in {:.1} s, {} errors)",
+            "{name:<44} {:>8.0} {unit:<6} p50 {:>6.3} ms  p99 {:>7.3} ms  ({} in {:.1} s, {} errors)",
             self.per_second(),
             self.percentile(0.50),
             self.percentile(0.99),
@@ -472,7 +585,71 @@ impl Run {
             self.elapsed.as_secs_f64(),
             self.errors,
         );
+        let per_round = |cpu: Duration| cpu.as_secs_f64() * 1e6 / self.rounds.max(1) as f64;
+        let each: Vec<String> = self
+            .cpu
+            .iter()
+            .map(|(name, cpu)| format!("{name} {:.0}", per_round(*cpu)))
+            .collect();
+        println!(
+            "{:<44} {:>8.0} us CPU a round: {}",
+            "",
+            self.cpu_per_round(),
+            each.join(", ")
+        );
+        println!(
+            "{:<44} {:>8.1} KiB a round more resident memory in the server",
+            "",
+            self.rss_growth_kib as f64 / self.rounds.max(1) as f64
+        );
+        if let Some(n) = self.instructions {
+            println!(
+                "{:<44} {:>8.0} instructions a round in the server (callgrind)",
+                "",
+                n as f64 / self.rounds.max(1) as f64
+            );
+        }
+        if let Some(drain) = self.drain {
+            let whole = self.elapsed + drain;
+            println!(
+                "{:<44} {:>8.0} jobs/s end to end ({} jobs submitted and run in {:.1} s; the backlog took {:.1} s)",
+                "",
+                self.rounds as f64 / whole.as_secs_f64(),
+                self.rounds,
+                whole.as_secs_f64(),
+                drain.as_secs_f64(),
+            );
+        }
     }
+}
+
+/// A process's resident memory (`VmRSS`), in KiB; zero where there is no `/proc`.
+fn rss_kib(pid: u32) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// A process's CPU time so far, user and system, all its threads (from
+/// `/proc/PID/stat`, in clock ticks of 10 ms); zero where there is no `/proc`.
+fn cpu_time(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // The fields after the command's closing parenthesis, from the third on:
+    // utime and stime are the 14th and 15th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -591,6 +768,10 @@ async fn drive(
         errors: 0,
         elapsed: Duration::ZERO,
         latencies_us: Vec::new(),
+        drain: None,
+        cpu: Vec::new(),
+        instructions: None,
+        rss_growth_kib: 0,
     };
     while let Some(done) = tasks.join_next().await {
         let (latencies, errors) = done.expect("a connection's task");
@@ -603,14 +784,36 @@ async fn drive(
     run
 }
 
-/// Half a second of warm-up (connections, allocators, caches), then the run.
-async fn measure(addr: SocketAddr, options: &Options, scenario: Scenario) -> Run {
+/// The processes whose CPU time is counted: this one (the load generator)
+/// and the servers of the scenario, by name and pid.
+type Watched = [(&'static str, u32)];
+
+/// Half a second of warm-up (connections, allocators, caches), then the run
+/// (and, after a submit run, the drain of its backlog) against `server`,
+/// counting the CPU time of the `watched` processes, and the server's
+/// instructions if it runs under callgrind.
+async fn measure(server: &Server, options: &Options, scenario: Scenario, watched: &Watched) -> Run {
+    let addr = server.addr;
     let warm = Duration::from_millis(500);
     drive(addr, options.connections, warm, scenario).await;
     if scenario == Scenario::Submit {
         drained(addr).await;
     }
-    drive(addr, options.connections, options.duration, scenario).await
+    server.callgrind_zero();
+    let rss_before = rss_kib(server.child.id());
+    let before: Vec<Duration> = watched.iter().map(|w| cpu_time(w.1)).collect();
+    let mut run = drive(addr, options.connections, options.duration, scenario).await;
+    if scenario == Scenario::Submit {
+        run.drain = Some(drained(addr).await);
+    }
+    run.cpu = watched
+        .iter()
+        .zip(before)
+        .map(|(w, before)| (w.0, cpu_time(w.1).saturating_sub(before)))
+        .collect();
+    run.rss_growth_kib = rss_kib(server.child.id()) - rss_before;
+    run.instructions = server.callgrind_dump();
+    run
 }
 
 /// Waits until the proxy has no job queued or running; how long that took.
@@ -633,47 +836,51 @@ async fn drained(addr: SocketAddr) -> Duration {
     }
 }
 
-/// The rates of one store's job scenarios, for the ratios.
+/// One store's job scenarios, for the ratios.
 #[derive(Default)]
 struct Jobs {
-    job: Option<f64>,
-    lookup: Option<f64>,
+    job: Option<Run>,
+    lookup: Option<Run>,
 }
 
 /// Runs the job scenarios named `{prefix}job` and so on against `proxy`.
-async fn job_scenarios(proxy: &Server, options: &Options, store: &str, prefix: &str) -> Jobs {
+async fn job_scenarios(
+    proxy: &Server,
+    options: &Options,
+    watched: &Watched,
+    store: &str,
+    prefix: &str,
+) -> Jobs {
     let mut jobs = Jobs::default();
     let label = |what: &str| format!("{store}: {what}");
     if options.runs(&format!("{prefix}job")) {
-        let run = measure(proxy.addr, options, Scenario::Job).await;
+        let run = measure(proxy, options, Scenario::Job, watched).await;
         run.print(&label("job (submit, long-poll, result)"), "jobs/s");
-        jobs.job = Some(run.per_second());
+        jobs.job = Some(run);
     }
     if options.runs(&format!("{prefix}lookup")) {
-        let run = measure(proxy.addr, options, Scenario::Lookup).await;
+        let run = measure(proxy, options, Scenario::Lookup, watched).await;
         run.print(&label("job (submit, one long-poll lookup)"), "jobs/s");
-        jobs.lookup = Some(run.per_second());
+        jobs.lookup = Some(run);
     }
     if options.runs(&format!("{prefix}submit")) {
-        let run = measure(proxy.addr, options, Scenario::Submit).await;
+        let run = measure(proxy, options, Scenario::Submit, watched).await;
         run.print(&label("submissions while the workers run"), "sub/s");
-        let drain = drained(proxy.addr).await;
-        let whole = run.elapsed + drain;
-        println!(
-            "{:<44} {:>8.0} jobs/s ({} jobs submitted and run in {:.1} s; the backlog took {:.1} s)",
-            label("  the same, end to end"),
-            run.rounds as f64 / whole.as_secs_f64(),
-            run.rounds,
-            whole.as_secs_f64(),
-            drain.as_secs_f64(),
-        );
     }
     jobs
 }
 
-fn ratio(name: &str, over: Option<f64>, under: Option<f64>, target: &str) {
+/// Prints `over / under` twice: as measured (rates), and as it would be on
+/// a machine with nothing else to run, where every process's CPU is the
+/// limit (the inverse ratio of the CPU time a round takes in all the
+/// processes watched). On a shared machine the second holds better.
+fn ratio(name: &str, over: Option<&Run>, under: Option<&Run>, target: &str) {
     if let (Some(a), Some(b)) = (over, under) {
-        println!("  {name:<40} {:>5.2}   (target {target})", a / b);
+        println!(
+            "  {name:<40} {:>5.2}  CPU-bound {:>5.2}   (target {target})",
+            a.per_second() / b.per_second(),
+            b.cpu_per_round() / a.cpu_per_round(),
+        );
     }
 }
 
@@ -681,7 +888,9 @@ async fn harness(options: Options) {
     let load_before = load_average();
     let bin = proxy_binary(&options);
     let upstream = Server::start("upstream", this_program(&["upstream"]));
-    let forwarder = Server::start("forwarder", this_program(&["forward", &upstream.url()]));
+    let this = std::env::current_exe().expect("this program's path");
+    let forward = ["forward", &upstream.url()];
+    let forwarder = Server::start_program("forwarder", &this, &forward, options.callgrind);
     let memory = proxy(&bin, &upstream, &options, "memory");
     let profiling = options.only.is_some();
     if profiling {
@@ -698,23 +907,27 @@ async fn harness(options: Options) {
         std::thread::available_parallelism().map_or(1, |n| n.get()),
     );
 
-    let (mut upstream_rate, mut floor, mut pass) = (None, None, None);
+    let me = ("harness", std::process::id());
+    let up = ("upstream", upstream.child.id());
+    let (mut upstream_alone, mut floor, mut pass) = (None, None, None);
     if options.runs("upstream") {
-        let run = measure(upstream.addr, &options, Scenario::Predict).await;
+        let run = measure(&upstream, &options, Scenario::Predict, &[me, up]).await;
         run.print("upstream alone (POST /predict)", "req/s");
-        upstream_rate = Some(run.per_second());
+        upstream_alone = Some(run);
     }
     if options.runs("floor") {
-        let run = measure(forwarder.addr, &options, Scenario::Predict).await;
+        let watched = [me, up, ("forwarder", forwarder.child.id())];
+        let run = measure(&forwarder, &options, Scenario::Predict, &watched).await;
         run.print("floor: minimal hyper forwarder", "req/s");
-        floor = Some(run.per_second());
+        floor = Some(run);
     }
+    let watched = [me, up, ("proxy", memory.child.id())];
     if options.runs("pass") {
-        let run = measure(memory.addr, &options, Scenario::Predict).await;
+        let run = measure(&memory, &options, Scenario::Predict, &watched).await;
         run.print("proxy pass-through", "req/s");
-        pass = Some(run.per_second());
+        pass = Some(run);
     }
-    let mem = job_scenarios(&memory, &options, "memory", "").await;
+    let mem = job_scenarios(&memory, &options, &watched, "memory", "").await;
     drop(memory);
 
     let mut red = Jobs::default();
@@ -726,32 +939,44 @@ async fn harness(options: Options) {
                     eprintln!("redis proxy pid {}", proxy.child.id());
                     eprintln!("redis-server pid {}", redis.child.id());
                 }
-                red = job_scenarios(&proxy, &options, "redis", "redis-").await;
+                let watched = [
+                    me,
+                    up,
+                    ("proxy", proxy.child.id()),
+                    ("redis", redis.child.id()),
+                ];
+                red = job_scenarios(&proxy, &options, &watched, "redis", "redis-").await;
             }
             None => println!("redis: skipped (no redis-server could be started)"),
         }
     }
 
-    println!("ratios");
-    ratio("floor / upstream alone", floor, upstream_rate, "none");
+    println!("ratios                                      measured");
+    let (floor, upstream_alone, pass) = (floor.as_ref(), upstream_alone.as_ref(), pass.as_ref());
+    ratio("floor / upstream alone", floor, upstream_alone, "none");
     ratio("pass-through / floor", pass, floor, ">= 0.95");
     ratio(
         "memory job (long-poll, result) / floor",
-        mem.job,
+        mem.job.as_ref(),
         floor,
         ">= 0.55",
     );
     ratio(
         "memory job (one lookup) / floor",
-        mem.lookup,
+        mem.lookup.as_ref(),
         floor,
         ">= 0.55",
     );
-    ratio("redis job / memory job", red.job, mem.job, ">= 0.5");
+    ratio(
+        "redis job / memory job",
+        red.job.as_ref(),
+        mem.job.as_ref(),
+        ">= 0.5",
+    );
     ratio(
         "redis job (one lookup) / memory",
-        red.lookup,
-        mem.lookup,
+        red.lookup.as_ref(),
+        mem.lookup.as_ref(),
         ">= 0.5",
     );
     println!(
