@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
@@ -265,24 +265,66 @@ fn to_request(stored: &StoredRequest, trace: &TraceContext) -> Request<Body> {
 }
 
 /// Reads an inner response, up to `max_output` bytes of body.
+///
+/// The body and the kept header values are copied into one buffer of their
+/// own: as received they are slices of the connection's read buffer (a
+/// client's is 8 KiB and more), which the stored result would otherwise
+/// keep alive for as long as the job is kept, and which the connection
+/// must then allocate anew for its next response.
 async fn collect<B>(response: Response<B>, max_output: usize) -> CallEnd
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     let (parts, body) = response.into_parts();
-    if http_body::Body::size_hint(&body).lower() > max_output as u64 {
+    let declared = http_body::Body::size_hint(&body).lower();
+    if declared > max_output as u64 {
         return CallEnd::TooLarge;
     }
-    match Limited::new(body, max_output).collect().await {
-        Ok(collected) => CallEnd::Answered(StoredResponse {
-            status: parts.status,
-            headers: policy::response_headers_to_store(&parts.headers),
-            body: collected.to_bytes(),
-        }),
-        Err(e) if e.is::<LengthLimitError>() => CallEnd::TooLarge,
-        Err(e) => CallEnd::BodyFailed(e),
+    let headers = policy::response_headers_to_store(&parts.headers);
+    let values: usize = headers.values().map(|v| v.len()).sum();
+    let mut buf = BytesMut::with_capacity(declared as usize + values);
+    let mut body = std::pin::pin!(Limited::new(body, max_output));
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Err(e) if e.is::<LengthLimitError>() => return CallEnd::TooLarge,
+            Err(e) => return CallEnd::BodyFailed(e),
+        }
     }
+    let (headers, body) = own(headers, buf);
+    CallEnd::Answered(StoredResponse {
+        status: parts.status,
+        headers,
+        body,
+    })
+}
+
+/// The body in `buf`, and `headers` with their values moved beside it into
+/// the same allocation.
+fn own(headers: HeaderMap, mut buf: BytesMut) -> (HeaderMap, Bytes) {
+    let body_len = buf.len();
+    for value in headers.values() {
+        buf.extend_from_slice(value.as_bytes());
+    }
+    let all = buf.freeze();
+    let mut owned = HeaderMap::with_capacity(headers.len());
+    let mut at = body_len;
+    for (name, value) in &headers {
+        let end = at + value.len();
+        // The bytes were a valid value a moment ago, so this never fails;
+        // should it, the received value is kept as it was.
+        let mut copy =
+            HeaderValue::from_maybe_shared(all.slice(at..end)).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        owned.append(name.clone(), copy);
+        at = end;
+    }
+    (owned, all.slice(..body_len))
 }
 
 /// A number in `[0, 1)` for backoff jitter.
