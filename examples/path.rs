@@ -17,16 +17,15 @@
 //!   whose every request is forwarded to the upstream by a pooled hyper-util
 //!   client, the least a reverse proxy can do;
 //! - the proxy: `--proxy-bin PATH` (any program with the proxy's flags that
-//!   prints `listening on http://ADDR`), by default the proxy example,
-//!   `target/release/examples/proxy`, which this program first builds with
-//!   its own features (`cargo build --release --example proxy`, a no-op when
+//!   prints `listening on http://ADDR`), by default the `tower-defer`
+//!   program, `target/release/tower-defer`, which this program first builds
+//!   (`cargo build --release --features cli --bin tower-defer`, a no-op when
 //!   it is fresh, so an edit to the library is never measured stale). It runs
 //!   with `--upstream` set, `--max-queue` raised so that submissions are
 //!   measured as accepted work rather than refused with 429, and
 //!   `--concurrency` as given (default 16, the proxy's own);
-//! - Redis: a `redis-server` of this program's own on a free port, in a temp
-//!   dir, with neither snapshots nor an append-only file (as the Redis tests
-//!   run it), unless `--no-redis` or there is no `redis-server`.
+//! - Redis: the tests' `RedisServer` (from the testkit): a `redis-server` of
+//!   this program's own on a free port, in a temp dir, unless `--no-redis` or there is no `redis-server`.
 //!
 //! This process is the load generator: `--connections` keep-alive HTTP/1.1
 //! connections (hyper's client), each sending its next request as soon as
@@ -72,8 +71,8 @@
 //! absolute figures are lower than a dedicated client's; the ratios, each
 //! against a floor measured in the same run, are the figures of merit.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,6 +86,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tower_defer_testkit::redis::RedisServer;
 
 // The proxy's allocator (jemalloc), so that the floor and the upstream run on
 // the same allocator as the proxy they are read against.
@@ -406,96 +406,34 @@ fn callgrind_control(flag: &str, pid: u32) {
         .status();
 }
 
-/// A `redis-server` of our own on a free port and a temp dir, killed and
-/// removed when dropped. (The Redis tests have one like it in
-/// tests/redis/support.rs, which an example cannot share yet.)
-struct Redis {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        let dir = std::env::temp_dir().join(format!("tower-defer-path-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).ok()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .ok()?
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(&dir)
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .args(["--loglevel", "warning"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let redis = Redis { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !redis.answers_ping() {
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(redis)
-    }
-
-    fn answers_ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The proxy binary: the one given, or the proxy example built now with this
-/// program's features.
+/// The proxy binary: the one given, or the `tower-defer` program built now
+/// (feature `cli`), so that an edited library is never measured stale.
 fn proxy_binary(options: &Options) -> PathBuf {
     if let Some(bin) = &options.proxy_bin {
         return bin.clone();
     }
-    let features = [
-        ("proxy", cfg!(feature = "proxy")),
-        ("metrics", cfg!(feature = "metrics")),
-        ("redis", cfg!(feature = "redis")),
-        ("webhooks", cfg!(feature = "webhooks")),
-        ("tls", cfg!(feature = "tls")),
-        ("fuzzing", cfg!(feature = "fuzzing")),
-    ];
-    let on: Vec<&str> = features.iter().filter(|f| f.1).map(|f| f.0).collect();
-    if !on.contains(&"proxy") || !on.contains(&"metrics") {
-        fail("the proxy example needs the features proxy and metrics: run with --all-features, or give --proxy-bin");
-    }
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--release", "--example", "proxy"])
-        .args(["--features", &on.join(",")])
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--features",
+            "cli",
+            "--bin",
+            "tower-defer",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .unwrap_or_else(|e| fail(&format!("cannot run cargo: {e}")));
     if !status.success() {
-        fail("cargo build --release --example proxy failed");
+        fail("cargo build --release --features cli --bin tower-defer failed");
     }
     let exe = std::env::current_exe().expect("this program's path");
-    // target/release/examples/path -> target/release/examples/proxy
-    exe.with_file_name("proxy")
+    // target/release/examples/path -> target/release/tower-defer
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("the examples directory's parent")
+        .join("tower-defer")
 }
 
 fn proxy(bin: &Path, upstream: &Server, options: &Options, store: &str) -> Server {
@@ -932,18 +870,21 @@ async fn harness(options: Options) {
 
     let mut red = Jobs::default();
     if SCENARIOS[6..].iter().any(|s| options.runs(s)) {
-        match Redis::start() {
+        match RedisServer::start(false) {
             Some(redis) => {
                 let proxy = proxy(&bin, &upstream, &options, &redis.url());
                 if profiling {
                     eprintln!("redis proxy pid {}", proxy.child.id());
-                    eprintln!("redis-server pid {}", redis.child.id());
+                    eprintln!(
+                        "redis-server pid {}",
+                        redis.pid().expect("the redis-server runs")
+                    );
                 }
                 let watched = [
                     me,
                     up,
                     ("proxy", proxy.child.id()),
-                    ("redis", redis.child.id()),
+                    ("redis", redis.pid().expect("the redis-server runs")),
                 ];
                 red = job_scenarios(&proxy, &options, &watched, "redis", "redis-").await;
             }
