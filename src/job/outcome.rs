@@ -23,8 +23,12 @@ pub enum ErrorCode {
     UpstreamError,
     /// The inner response body failed while it was read.
     ResponseBodyError,
-    /// The worker running it stopped renewing its lease too often (it died or hung).
+    /// The worker running it stopped renewing its lease (it died or hung); the
+    /// job runs again, without spending an attempt (shown while it waits).
     LeaseExpired,
+    /// Its workers' leases lapsed [`MAX_LAPSES`](super::MAX_LAPSES) times: it
+    /// was abandoned, and may be crashing them.
+    Abandoned,
     /// Canceled by its client.
     Canceled,
     /// The worker shut down mid-call and handed the job back (it runs again).
@@ -43,13 +47,14 @@ impl ErrorCode {
             ErrorCode::UpstreamError => "upstream_error",
             ErrorCode::ResponseBodyError => "response_body_error",
             ErrorCode::LeaseExpired => "lease_expired",
+            ErrorCode::Abandoned => "abandoned",
             ErrorCode::Canceled => "canceled",
             ErrorCode::WorkerShutdown => "worker_shutdown",
         }
     }
 
     /// All codes, for stores that persist them as text.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::QueueTimeout,
         ErrorCode::ExecutionTimeout,
         ErrorCode::ResponseTooLarge,
@@ -58,6 +63,7 @@ impl ErrorCode {
         ErrorCode::UpstreamError,
         ErrorCode::ResponseBodyError,
         ErrorCode::LeaseExpired,
+        ErrorCode::Abandoned,
         ErrorCode::Canceled,
         ErrorCode::WorkerShutdown,
     ];

@@ -2,7 +2,8 @@
 //!
 //! proptest draws random sequences of operations — enqueue, claim (with and
 //! without priority aging), extend, complete, retry later, cancel, time
-//! advancing on tokio's paused clock, sweeps and lapsing leases — and runs each
+//! advancing on tokio's paused clock, sweeps, lapsing leases (counted apart
+//! from attempts) and waking the jobs that wait for the upstream — and runs each
 //! against a real store and against [`Model`], a small reference written from
 //! the rules of `src/job.rs` and the ordering rules of `Store::claim`. After
 //! every step every job the store was ever given is read back (`get`) and
@@ -43,7 +44,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{FileFailurePersistence, TestCaseError};
 use tower_defer::job::{
     CancelOutcome, ErrorCode, JobError, JobOptions, LeaseToken, NewJob, Outcome, Priority, Retry,
-    RetryPolicy, StoredRequest, StoredResponse,
+    RetryPolicy, StoredRequest, StoredResponse, MAX_LAPSES,
 };
 use tower_defer::store::{EnqueueError, QueueStats};
 use tower_defer::time::Timestamp;
@@ -67,6 +68,7 @@ enum Op {
         owner: Option<u8>,
         /// The request body: two enqueues with one key and different bodies conflict.
         body: u8,
+        /// The store must not fail a job for it (only the worker reads it).
         max_attempts: u32,
         ttl_ms: u64,
         max_queued: usize,
@@ -99,6 +101,8 @@ enum Op {
     /// Advances just past the latest lease of a running job.
     LapseLeases,
     Sweep,
+    /// `wake_unavailable`: the jobs waiting for the upstream run now.
+    WakeUnavailable,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -167,6 +171,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|ms| Op::Advance { ms }),
         1 => Just(Op::LapseLeases),
         1 => Just(Op::Sweep),
+        1 => Just(Op::WakeUnavailable),
     ]
 }
 
@@ -189,9 +194,10 @@ struct MJob {
     created_at: Timestamp,
     deadline: Timestamp,
     ttl: Duration,
-    max_attempts: u32,
     status: JobStatus,
     attempts: u32,
+    /// Leases that lapsed (counted apart from attempts).
+    lapses: u32,
     /// Tokens handed out so far (the next token is `claims + 1`).
     claims: u64,
     /// The current lease: token and when it lapses.
@@ -306,8 +312,11 @@ impl Model {
                 } else if j.status == JobStatus::InProgress
                     && j.lease.is_some_and(|(_, until)| until <= now)
                 {
-                    if j.attempts >= j.max_attempts {
-                        j.end(JobStatus::Failed, Some(ErrorCode::LeaseExpired), now);
+                    // A lapse gives the attempt back; the last one abandons the job.
+                    j.attempts = j.attempts.saturating_sub(1);
+                    j.lapses += 1;
+                    if j.lapses >= MAX_LAPSES {
+                        j.end(JobStatus::Failed, Some(ErrorCode::Abandoned), now);
                     } else {
                         j.status = JobStatus::Queued;
                         j.error = Some(ErrorCode::LeaseExpired);
@@ -588,10 +597,17 @@ impl<S: Store> Harness<S> {
                 };
                 let now = self.model.now;
                 let at = now.after(ms(delay_ms));
+                // As the worker does: a retry that spends nothing is one for
+                // an unavailable upstream, which `wake_unavailable` may end.
+                let (code, answer) = if spend {
+                    (ErrorCode::UpstreamStatus, Some(response(503)))
+                } else {
+                    (ErrorCode::UpstreamUnavailable, None)
+                };
                 let retry = Retry {
                     at,
-                    error: JobError::new(ErrorCode::UpstreamStatus, "503"),
-                    response: Some(response(503)),
+                    error: JobError::new(code, "503"),
+                    response: answer,
                     spend_attempt: spend,
                 };
                 let got = self.store.retry_later(id, token, retry).await;
@@ -608,7 +624,7 @@ impl<S: Store> Harness<S> {
                         j.attempts = j.attempts.saturating_sub(1);
                     }
                     j.status = JobStatus::Queued;
-                    j.error = Some(ErrorCode::UpstreamStatus);
+                    j.error = Some(code);
                     j.lease = None;
                     j.retry_at = (at > now).then_some(at);
                     j.ready = j.retry_at.is_none().then_some((now, seq));
@@ -630,6 +646,31 @@ impl<S: Store> Harness<S> {
                 self.advance(d).await?;
             }
             Op::Sweep => self.sweep().await?,
+            Op::WakeUnavailable => {
+                let woken = self
+                    .store
+                    .wake_unavailable()
+                    .await
+                    .map_err(|e| format!("wake_unavailable failed: {e}"))?;
+                let (now, group) = (self.model.now, self.model.seq());
+                let mut expected = 0;
+                for j in &mut self.model.jobs {
+                    if j.status == JobStatus::Queued
+                        && j.retry_at.is_some()
+                        && j.error == Some(ErrorCode::UpstreamUnavailable)
+                    {
+                        // Woken together: the contract leaves their order
+                        // among themselves to the store.
+                        j.retry_at = None;
+                        j.ready = Some((now, group));
+                        expected += 1;
+                    }
+                }
+                ensure!(
+                    woken == expected,
+                    "wake_unavailable woke {woken} jobs, the model {expected}"
+                );
+            }
         }
         Ok(())
     }
@@ -687,9 +728,9 @@ impl<S: Store> Harness<S> {
                     created_at: now,
                     deadline: now.after(ms(queue_ms)),
                     ttl: ms(ttl_ms),
-                    max_attempts,
                     status: JobStatus::Queued,
                     attempts: 0,
+                    lapses: 0,
                     claims: 0,
                     lease: None,
                     retry_at: None,
@@ -873,6 +914,7 @@ impl<S: Store> Harness<S> {
             let seen = (
                 got.status,
                 got.attempts,
+                got.lapses,
                 got.lease.map(|l| (l.token, l.until)),
                 got.retry_at,
                 got.error.as_ref().map(|e| e.code),
@@ -883,6 +925,7 @@ impl<S: Store> Harness<S> {
             let expected = (
                 j.status,
                 j.attempts,
+                j.lapses,
                 j.lease,
                 j.retry_at,
                 j.error,
@@ -892,7 +935,7 @@ impl<S: Store> Harness<S> {
             );
             ensure!(
                 seen == expected,
-                "{}: store has (status, attempts, lease, retry_at, error, created, deadline, \
+                "{}: store has (status, attempts, lapses, lease, retry_at, error, created, deadline, \
                  expires) = {seen:?}, model {expected:?}",
                 j.id
             );
