@@ -15,11 +15,15 @@ pub enum ErrorCode {
     ExecutionTimeout,
     /// The inner response was larger than the stored-output limit.
     ResponseTooLarge,
-    /// The inner service could not be reached (refused, reset, 429/503 with `Retry-After`).
+    /// The inner service could not be reached (no connection could be made:
+    /// refused, a connect timeout, a name that did not resolve), or asked to
+    /// wait (429/503 with `Retry-After`). No attempt is spent.
     UpstreamUnavailable,
     /// The inner service answered with a status code that is retried (5xx).
     UpstreamStatus,
-    /// The inner service returned an error instead of a response.
+    /// The inner service returned an error instead of a response (for an
+    /// upstream: the connection was reset or closed after the request went
+    /// out). An attempt is spent.
     UpstreamError,
     /// The inner response body failed while it was read.
     ResponseBodyError,

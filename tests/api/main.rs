@@ -18,4 +18,6 @@ mod support;
 #[cfg(all(feature = "proxy", feature = "tls"))]
 #[path = "../common/tls.rs"]
 mod tls;
+#[cfg(feature = "proxy")]
+mod upstream_failures;
 mod vessl;

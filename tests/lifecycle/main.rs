@@ -4,6 +4,8 @@
 #[path = "../common/inproc.rs"]
 mod support;
 
+mod failures;
+
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
