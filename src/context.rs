@@ -7,12 +7,14 @@
 //! ([`Pool`]). The two share only the store and the few settings both read,
 //! which are copied into each.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
 
 use crate::job::JobOptions;
+use crate::store::Store;
 
 /// Extracts a job's owner from the submitting request's head.
 pub(crate) type OwnerFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
@@ -106,4 +108,42 @@ const DEFAULT_CONCURRENCY: usize = 16;
 pub(crate) struct Pool<St> {
     pub(crate) store: Arc<St>,
     pub(crate) config: PoolConfig,
+    /// Set when a call found the upstream unavailable (nobody could be
+    /// reached); the next call answered clears it and wakes the jobs that
+    /// wait for the upstream.
+    pub(crate) upstream_down: AtomicBool,
+}
+
+impl<St: Store> Pool<St> {
+    pub(crate) fn new(store: Arc<St>, config: PoolConfig) -> Self {
+        Pool {
+            store,
+            config,
+            upstream_down: AtomicBool::new(false),
+        }
+    }
+
+    /// A call found nobody to answer.
+    pub(crate) fn saw_unavailable(&self) {
+        self.upstream_down.store(true, Ordering::Relaxed);
+    }
+
+    /// A call was answered: after a run of refusals, the upstream is back,
+    /// so the jobs waiting out a backoff for it run now rather than each at
+    /// the end of its own. One caller wakes them (the swap), and a call
+    /// answered while nothing was down costs one load.
+    pub(crate) async fn answered(&self) {
+        if !self.upstream_down.load(Ordering::Relaxed)
+            || !self.upstream_down.swap(false, Ordering::Relaxed)
+        {
+            return;
+        }
+        match self.store.wake_unavailable().await {
+            Ok(0) => {}
+            Ok(woken) => tracing::info!(woken, "the upstream answered again: waiting jobs run now"),
+            Err(e) => {
+                tracing::warn!(error = %e, "waking the jobs that wait for the upstream failed")
+            }
+        }
+    }
 }

@@ -15,8 +15,9 @@ use crate::time::Timestamp;
 pub(crate) enum Verdict {
     /// Record it: the job ends.
     Final,
-    /// The upstream is unavailable (scaled to zero, restarting): back to the
-    /// queue, no attempt spent, after `delay`.
+    /// The upstream is unavailable (scaled to zero, restarting: no connection
+    /// could be made, or it asked to wait): back to the queue, no attempt
+    /// spent, after `delay`.
     Unavailable { delay: Duration },
     /// A retryable failure: spend an attempt and retry after `delay`.
     RetryAttempt { delay: Duration },
@@ -118,23 +119,59 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: Timestamp) -> Option<Duratio
     ))
 }
 
-/// Whether an error means "nobody answered": refused, reset, aborted, or the
-/// connection could not be made. Walks the source chain, so it sees the
-/// `io::Error` under a hyper or hyper-util client error.
+/// Whether an error means the connection was never made: refused, or, for
+/// [`Upstream`](crate::upstream::Upstream), any error hyper-util's client
+/// calls a connect error (refused, a connect timeout, a name that did not
+/// resolve) except a TLS handshake the upstream failed. The request was
+/// never sent, so the model cannot have run it and no attempt is spent.
+///
+/// Anything after the connection was made is not this: a connection reset,
+/// aborted or closed after the request went out (the model may have run
+/// it), or a certificate the client does not trust (a setting to fix, not a
+/// wait). Walks the source chain, so it sees the `io::Error` under a hyper
+/// or hyper-util client error.
 pub(crate) fn is_unavailable(error: &(dyn StdError + 'static)) -> bool {
-    use std::io::ErrorKind::*;
     let mut next = Some(error);
     while let Some(e) = next {
+        #[cfg(any(feature = "proxy", feature = "webhooks"))]
+        if let Some(client) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+            // The client knows whether it got as far as sending: trust it
+            // over whatever io error lies below.
+            return client.is_connect() && !is_tls_failure(client);
+        }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected | BrokenPipe
-            ) {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
                 return true;
             }
         }
         next = e.source();
     }
+    false
+}
+
+/// Whether a TLS handshake failed somewhere in `error`'s chain. rustls
+/// reports one as an `io::Error` holding a `rustls::Error`, which
+/// hyper-rustls wraps in another `io::Error`; an `io::Error`'s `source`
+/// skips what it holds, so this looks inside each one.
+#[cfg(any(feature = "proxy", feature = "webhooks"))]
+fn is_tls_failure(error: &(dyn StdError + 'static)) -> bool {
+    #[cfg(feature = "tls")]
+    {
+        let mut next = Some(error);
+        while let Some(e) = next {
+            if e.is::<rustls::Error>() {
+                return true;
+            }
+            next = match e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+            {
+                Some(inner) => Some(inner as &(dyn StdError + 'static)),
+                None => e.source(),
+            };
+        }
+    }
+    let _ = error;
     false
 }
 
@@ -395,8 +432,26 @@ mod tests {
         }
         let refused = Wrapper(std::io::ErrorKind::ConnectionRefused.into());
         assert!(is_unavailable(&refused));
-        let other = Wrapper(std::io::ErrorKind::InvalidData.into());
-        assert!(!is_unavailable(&other));
+        // Cut after the request went out: the model may have run it.
+        for kind in [
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::ConnectionAborted,
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::NotConnected,
+            std::io::ErrorKind::UnexpectedEof,
+            std::io::ErrorKind::InvalidData,
+        ] {
+            assert!(!is_unavailable(&Wrapper(kind.into())), "{kind:?}");
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn a_tls_failure_is_found_inside_the_io_errors_that_wrap_it() {
+        use std::io::{Error, ErrorKind};
+        let handshake = Error::new(ErrorKind::InvalidData, rustls::Error::General("bad".into()));
+        assert!(is_tls_failure(&Error::other(handshake)));
+        assert!(!is_tls_failure(&Error::from(ErrorKind::ConnectionRefused)));
     }
 
     #[test]

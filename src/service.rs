@@ -64,10 +64,7 @@ where
         pool: PoolConfig,
         baseten: Option<crate::Baseten>,
     ) -> (Self, Worker) {
-        let pool = Arc::new(Pool {
-            store: store.clone(),
-            config: pool,
-        });
+        let pool = Arc::new(Pool::new(store.clone(), pool));
         let doors = Arc::new(Doors::new(store, doors, baseten));
         let (worker, handle, control) = worker::build(inner.clone(), pool);
         let service = Defer {

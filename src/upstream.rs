@@ -26,9 +26,21 @@
 //! self-signed model server. HTTP/2 and HTTP/1.1 are both offered by ALPN and
 //! the server picks. A certificate the client does not trust fails the
 //! attempt with an error that says so (code `upstream_error` on the job),
-//! like any other error that is not a refused connection: the job is tried
-//! again per its retry policy, then fails. Without the feature, an `https`
-//! upstream is refused by [`UpstreamBuilder::build`].
+//! like any other error once connected: the job is tried again per its
+//! retry policy, then fails. Without the feature, an `https` upstream is
+//! refused by [`UpstreamBuilder::build`].
+//!
+//! # Which failures spend an attempt
+//!
+//! A connection never made (refused, the connect timeout, a name that does
+//! not resolve: hyper-util's connect errors, less a TLS handshake the
+//! upstream failed) spends none: the request was never sent. A connection
+//! reset or closed after the request went out, or mid-body, spends one, as
+//! the model may have run it. A pooled connection the upstream closed while
+//! idle spends none: idle connections are let go before common servers'
+//! keep-alive ends, and hyper-util's client sends a request again on a new
+//! connection when a pooled one turns out closed before the request was
+//! written.
 
 use std::fmt;
 use std::task::{Context, Poll};

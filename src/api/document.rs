@@ -14,6 +14,10 @@ pub(crate) struct StatusDocument<'a> {
     status_at: Timestamp,
     priority: u8,
     attempts: u32,
+    /// Shown once a lease lapsed: lapses spend no attempt, so this says why
+    /// a job ran more often than its attempts.
+    #[serde(skip_serializing_if = "is_zero")]
+    lapses: u32,
     queue_deadline: Timestamp,
     #[serde(skip_serializing_if = "Option::is_none")]
     started_at: Option<Timestamp>,
@@ -76,6 +80,7 @@ impl<'a> StatusDocument<'a> {
             status_at: job.status_at,
             priority: job.options.priority.level(),
             attempts: job.attempts,
+            lapses: job.lapses,
             queue_deadline: job.queue_deadline,
             started_at: job.started_at,
             completed_at: job.completed_at,
@@ -89,4 +94,8 @@ impl<'a> StatusDocument<'a> {
             webhook: WebhookDocument::new(job),
         }
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

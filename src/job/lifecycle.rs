@@ -13,6 +13,13 @@ use super::{
 };
 use crate::time::Timestamp;
 
+/// How many times a job's lease may lapse (the worker running it died or
+/// hung) before the job fails with [`ErrorCode::Abandoned`]. A lapse spends
+/// no attempt: workers crashing for reasons of their own (a replica killed
+/// in a deploy) must not fail the jobs they held, while a job that crashes
+/// every worker that runs it (a poison pill) must stop somewhere.
+pub const MAX_LAPSES: u32 = 5;
+
 /// Where a job is in its life, with the native names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum JobStatus {
@@ -72,8 +79,12 @@ pub struct Job {
     pub options: JobOptions,
     /// Where it is.
     pub status: JobStatus,
-    /// Attempts spent (a retry for unavailability spends none).
+    /// Attempts spent (a retry for unavailability, a worker's shutdown or a
+    /// lapsed lease spends none).
     pub attempts: u32,
+    /// How often its lease lapsed (the worker running it died or hung); at
+    /// [`MAX_LAPSES`] it fails, `abandoned`.
+    pub lapses: u32,
     /// Grows by one on every change: waiters compare it.
     pub revision: u64,
     /// When it was submitted.
@@ -120,6 +131,7 @@ impl Job {
             options: new.options,
             status: JobStatus::Queued,
             attempts: 0,
+            lapses: 0,
             revision: 1,
             created_at: now,
             status_at: now,
@@ -286,21 +298,31 @@ impl Job {
     }
 
     /// A lease that lapsed (its worker died or hung) hands the job back to the
-    /// queue, or fails it once its attempts are spent: a job that kills its
-    /// worker every time must not kill workers forever. Returns whether it changed.
+    /// queue without spending the attempt: a replica that crashes is not the
+    /// job's fault. At its [`MAX_LAPSES`]th lapse the job fails, `abandoned`:
+    /// a job that kills every worker that runs it must not kill workers
+    /// forever. Returns whether it changed.
     pub fn lapse_if_due(&mut self, now: Timestamp) -> bool {
         match self.lease {
             Some(l) if self.status == JobStatus::InProgress && l.until <= now => {}
             _ => return false,
         }
-        let error = JobError::new(
-            ErrorCode::LeaseExpired,
-            "the worker running it stopped renewing its lease",
-        );
-        self.error = Some(error);
-        if self.attempts >= self.options.retry.max_attempts {
+        self.attempts = self.attempts.saturating_sub(1);
+        self.lapses = self.lapses.saturating_add(1);
+        if self.lapses >= MAX_LAPSES {
+            self.error = Some(JobError::new(
+                ErrorCode::Abandoned,
+                format!(
+                    "abandoned by its workers: their leases lapsed {MAX_LAPSES} times \
+                     (it may be crashing them)"
+                ),
+            ));
             self.end(JobStatus::Failed, now);
         } else {
+            self.error = Some(JobError::new(
+                ErrorCode::LeaseExpired,
+                "the worker running it stopped renewing its lease",
+            ));
             self.lease = None;
             self.touch(JobStatus::Queued, now);
         }
@@ -412,20 +434,53 @@ mod tests {
         );
         j.finish(second.token, later, Outcome::response(response(200)))
             .unwrap();
-        assert_eq!(j.attempts, 2);
+        assert_eq!((j.attempts, j.lapses), (1, 1));
     }
 
     #[test]
-    fn a_job_that_lapses_every_attempt_fails() {
+    fn a_lapse_spends_no_attempt_and_the_fifth_abandons_the_job() {
         let mut now = Timestamp::from_millis(0);
         let mut j = job(now);
-        for _ in 0..3 {
+        for lapse in 1..MAX_LAPSES {
             j.claim(now, LEASE).unwrap();
             now = now.after(LEASE);
             assert!(j.lapse_if_due(now));
+            assert_eq!(j.status, JobStatus::Queued);
+            assert_eq!((j.attempts, j.lapses), (0, lapse));
+            assert_eq!(j.error.as_ref().unwrap().code, ErrorCode::LeaseExpired);
         }
+        j.claim(now, LEASE).unwrap();
+        now = now.after(LEASE);
+        assert!(j.lapse_if_due(now));
         assert_eq!(j.status, JobStatus::Failed);
-        assert_eq!(j.error.unwrap().code, ErrorCode::LeaseExpired);
+        assert_eq!((j.attempts, j.lapses), (0, MAX_LAPSES));
+        let error = j.error.unwrap();
+        assert_eq!(error.code, ErrorCode::Abandoned);
+        assert_eq!(
+            error.message,
+            "abandoned by its workers: their leases lapsed 5 times (it may be crashing them)"
+        );
+        assert_eq!(j.completed_at, Some(now));
+    }
+
+    #[test]
+    fn lapses_and_attempts_are_counted_apart() {
+        let t0 = Timestamp::from_millis(0);
+        let mut j = job(t0);
+        j.options.retry.max_attempts = 1;
+        j.claim(t0, LEASE).unwrap();
+        let later = t0.after(LEASE);
+        assert!(j.lapse_if_due(later));
+        assert_eq!(
+            j.status,
+            JobStatus::Queued,
+            "one attempt allowed, none spent"
+        );
+        let lease = j.claim(later, LEASE).unwrap();
+        assert_eq!((j.attempts, j.lapses), (1, 1));
+        j.finish(lease.token, later, Outcome::response(response(200)))
+            .unwrap();
+        assert_eq!(j.status, JobStatus::Succeeded);
     }
 
     #[test]

@@ -14,6 +14,13 @@
 //! ```
 //!
 //! Terminal states never change again.
+//!
+//! Attempts and lapses are counted apart. An attempt is spent by a call the
+//! inner service may have run (an answer, an error once connected, a
+//! timeout); a retry because nobody could be reached, a worker's shutdown,
+//! or a lapsed lease (the worker died or hung) spends none. A job whose
+//! lease lapses [`MAX_LAPSES`] times fails with
+//! [`ErrorCode::Abandoned`]: it may be what kills its workers.
 
 // One concept per file; everything is re-exported here, so a job type's path
 // is `crate::job::X` whichever file defines it.
@@ -28,7 +35,7 @@ mod request;
 pub use delivery::{DeliveryAttempt, DeliveryStatus, WebhookDelivery};
 pub use id::{InvalidJobId, JobId, JOB_ID_LEN};
 pub use lease::{Lease, LeaseToken, StaleLease};
-pub use lifecycle::{Job, JobStatus};
+pub use lifecycle::{Job, JobStatus, MAX_LAPSES};
 pub use options::{JobOptions, Priority, RetryPolicy, WebhookFormat, WebhookTarget};
 pub use outcome::{CancelOutcome, ErrorCode, JobError, Outcome, Retry};
 pub use request::{NewJob, StoredRequest, StoredResponse};

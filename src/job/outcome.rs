@@ -15,16 +15,24 @@ pub enum ErrorCode {
     ExecutionTimeout,
     /// The inner response was larger than the stored-output limit.
     ResponseTooLarge,
-    /// The inner service could not be reached (refused, reset, 429/503 with `Retry-After`).
+    /// The inner service could not be reached (no connection could be made:
+    /// refused, a connect timeout, a name that did not resolve), or asked to
+    /// wait (429/503 with `Retry-After`). No attempt is spent.
     UpstreamUnavailable,
     /// The inner service answered with a status code that is retried (5xx).
     UpstreamStatus,
-    /// The inner service returned an error instead of a response.
+    /// The inner service returned an error instead of a response (for an
+    /// upstream: the connection was reset or closed after the request went
+    /// out). An attempt is spent.
     UpstreamError,
     /// The inner response body failed while it was read.
     ResponseBodyError,
-    /// The worker running it stopped renewing its lease too often (it died or hung).
+    /// The worker running it stopped renewing its lease (it died or hung); the
+    /// job runs again, without spending an attempt (shown while it waits).
     LeaseExpired,
+    /// Its workers' leases lapsed [`MAX_LAPSES`](super::MAX_LAPSES) times: it
+    /// was abandoned, and may be crashing them.
+    Abandoned,
     /// Canceled by its client.
     Canceled,
     /// The worker shut down mid-call and handed the job back (it runs again).
@@ -43,13 +51,14 @@ impl ErrorCode {
             ErrorCode::UpstreamError => "upstream_error",
             ErrorCode::ResponseBodyError => "response_body_error",
             ErrorCode::LeaseExpired => "lease_expired",
+            ErrorCode::Abandoned => "abandoned",
             ErrorCode::Canceled => "canceled",
             ErrorCode::WorkerShutdown => "worker_shutdown",
         }
     }
 
     /// All codes, for stores that persist them as text.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::QueueTimeout,
         ErrorCode::ExecutionTimeout,
         ErrorCode::ResponseTooLarge,
@@ -58,6 +67,7 @@ impl ErrorCode {
         ErrorCode::UpstreamError,
         ErrorCode::ResponseBodyError,
         ErrorCode::LeaseExpired,
+        ErrorCode::Abandoned,
         ErrorCode::Canceled,
         ErrorCode::WorkerShutdown,
     ];

@@ -27,7 +27,7 @@ mod id_hash;
 mod schedule;
 mod stored;
 use id_hash::IdHash;
-use schedule::{account, is_ready, Schedule};
+use schedule::{account, is_ready, waits_for_upstream, Schedule};
 use stored::Stored;
 
 /// The in-memory store, on [`DashMap`]. Cheap to clone: clones share the jobs.
@@ -116,6 +116,7 @@ impl MemoryStore {
         // A fresh job becomes the `Job` it stands for on its first change.
         let job = slot.job.full(id);
         let before = (is_ready(job), job.status, job.retry_at.is_some());
+        let waited = waits_for_upstream(job);
         let (due, revision) = (job.next_due(), job.revision);
         let delivery = job.delivery_ready_at();
         let out = f(job)?;
@@ -123,6 +124,15 @@ impl MemoryStore {
         account(sched, before.1, before.2, -1);
         account(sched, job.status, job.retry_at.is_some(), 1);
         sched.set_due(id, due, job.next_due());
+        match (waited, waits_for_upstream(job)) {
+            (false, true) => {
+                sched.unavailable.insert((job.created_at, id));
+            }
+            (true, false) => {
+                sched.unavailable.remove(&(job.created_at, id));
+            }
+            _ => {}
+        }
         let delivery_now = job.delivery_ready_at();
         if delivery != delivery_now {
             if let Some(t) = delivery {
@@ -420,6 +430,28 @@ impl Store for MemoryStore {
         self.transition(&mut sched, id, |job| job.requeue(token, now, retry).ok())
             .map(|((), job)| job)
             .ok_or_else(stale)
+    }
+
+    async fn wake_unavailable(&self) -> Result<u64, StoreError> {
+        let mut sched = self.schedule();
+        let mut woken = 0;
+        // Each wake takes the job out of the index (see `transition`).
+        while let Some(&(_, id)) = sched.unavailable.first() {
+            let changed = self.transition(&mut sched, id, |job| {
+                // Runnable now; like a backoff ending, not a change a client
+                // waits for, so the revision stays.
+                job.retry_at = None;
+                Some(())
+            });
+            match changed {
+                Some(_) => woken += 1,
+                // Gone meanwhile: nothing to wake, and nothing to meet again.
+                None => {
+                    sched.unavailable.pop_first();
+                }
+            }
+        }
+        Ok(woken)
     }
 
     async fn cancel(&self, id: JobId, owner: Option<&str>) -> Result<CancelOutcome, StoreError> {

@@ -11,6 +11,7 @@
 //! | [`extend`](Store::extend) | renews the lease (fenced) |
 //! | [`complete`](Store::complete), [`complete_status`](Store::complete_status) | `in_progress` -> `succeeded` \| `failed` (fenced) |
 //! | [`retry_later`](Store::retry_later) | `in_progress` -> `queued`, runnable later (fenced) |
+//! | [`wake_unavailable`](Store::wake_unavailable) | `queued` waiting out a backoff for an unavailable upstream -> runnable now |
 //! | [`cancel`](Store::cancel) | `queued` \| `in_progress` -> `canceled` |
 //! | [`cancel_queued`](Store::cancel_queued) | `queued` -> `canceled` only |
 //! | [`claim_delivery`](Store::claim_delivery) | a due webhook delivery, with a lease |
@@ -318,6 +319,21 @@ pub trait Store: Send + Sync + 'static {
         token: LeaseToken,
         retry: Retry,
     ) -> impl Future<Output = Result<Job, StoreError>> + Send;
+
+    /// Makes runnable now every queued job that waits out a backoff because
+    /// the upstream was unavailable (its retry's error is
+    /// [`UpstreamUnavailable`](crate::job::ErrorCode::UpstreamUnavailable)),
+    /// oldest first behind the work already ready; returns how many. The
+    /// worker calls it when a call is answered after the upstream was seen
+    /// unavailable, so that a backlog starts as soon as the upstream is back
+    /// instead of each job sleeping out its backoff. A store keeps an index
+    /// of such jobs: this costs the jobs it wakes, not a scan of all.
+    ///
+    /// The default wakes none (the jobs sleep out their backoffs, which is
+    /// still correct); both stores of this crate implement it.
+    fn wake_unavailable(&self) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        async { Ok(0) }
+    }
 
     /// Cancels a queued or running job of `owner` (a running job's worker sees
     /// its lease go and drops the inner call).

@@ -46,10 +46,11 @@
 //! | `{ns}:idem:-:<key>`, `{ns}:idem:<len>:<owner>:<key>` | string | the job holding an idempotency key (owner length-prefixed, so owners and keys may hold `:`) |
 //! | channel `{ns}:changed` | pub/sub | job ids (separated by spaces), on every change of those jobs |
 //! | `{ns}:deliveries` | sorted set | webhook deliveries nobody holds, by [`Job::delivery_ready_at`](crate::Job::delivery_ready_at) |
+//! | `{ns}:unavailable` | sorted set | queued jobs waiting out a backoff because the upstream was unavailable (score = `created_at`), which [`wake_unavailable`](crate::Store::wake_unavailable) makes runnable |
 //! | channel `{ns}:work` | pub/sub | job ids, when work becomes ready (or a retry is scheduled) |
 //! | channel `{ns}:deliver` | pub/sub | job ids, when webhook deliveries become claimable |
 //!
-//! A job hash keeps its lifecycle scalars (status, attempts, revision,
+//! A job hash keeps its lifecycle scalars (status, attempts, lapses, revision,
 //! lease, deadlines and times, the webhook delivery's state, the options'
 //! durations) packed in one field, `life`: a little-endian `f64` per
 //! scalar, `-1` for none, which a script reads with one `struct.unpack`.
@@ -90,6 +91,7 @@
 //! | [`claim`](crate::Store::claim) | at most 1 (`FCALL`; also applies what came due) |
 //! | [`complete`](crate::Store::complete), [`complete_status`](crate::Store::complete_status) | at most 1 (`FCALL`; the worker's `complete_status` gets no job back) |
 //! | one lookup ([`get`](crate::Store::get)) | 1 (`HGETALL`) |
+//! | [`wake_unavailable`](crate::Store::wake_unavailable) | 1 (`FCALL`; the work of one transition per job woken) |
 //! | a long-poll ([`wait`](crate::Store::wait)) | 1 per change seen, plus 1 at its deadline |
 //!
 //! Submissions, claims, and completions that arrive while one of their kind

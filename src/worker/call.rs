@@ -71,7 +71,11 @@ pub(super) async fn run_job<S, St>(
 async fn record<St: Store>(pool: &Pool<St>, claim: &Claim, end: CallEnd) {
     let job = &claim.job;
     let retry = &job.options.retry;
-    let unavailable = job.claims.saturating_sub(u64::from(job.attempts)) as u32;
+    // Claims that spent no attempt and were no lapse: the upstream's refusals
+    // (and shutdowns), which set how long it backs off.
+    let unavailable =
+        job.claims
+            .saturating_sub(u64::from(job.attempts) + u64::from(job.lapses)) as u32;
     let now = Timestamp::now();
     let requeue = |delay: Duration, error: JobError, response, spend_attempt| Retry {
         at: now.after(delay),
@@ -86,6 +90,9 @@ async fn record<St: Store>(pool: &Pool<St>, claim: &Claim, end: CallEnd) {
         }
         CallEnd::Answered(response) => {
             crate::metrics::inner_response(response.status);
+            // It answered: if it was seen unavailable, the backlog need not
+            // sleep out its backoffs.
+            pool.answered().await;
             match policy::classify_response(
                 response.status,
                 &response.headers,
@@ -117,7 +124,8 @@ async fn record<St: Store>(pool: &Pool<St>, claim: &Claim, end: CallEnd) {
                 }
             }
         }
-        CallEnd::Failed(e) | CallEnd::BodyFailed(e) if policy::is_unavailable(&*e) => {
+        CallEnd::Failed(e) if policy::is_unavailable(&*e) => {
+            pool.saw_unavailable();
             let delay = policy::unavailable_backoff(unavailable, jitter());
             let msg = format!("the upstream is unavailable: {}", error_chain(&*e));
             Write::Retry(requeue(
@@ -127,6 +135,8 @@ async fn record<St: Store>(pool: &Pool<St>, claim: &Claim, end: CallEnd) {
                 false,
             ))
         }
+        // Connected, then cut (reset, closed) before an answer: the model may
+        // have run it, so an attempt is spent.
         CallEnd::Failed(e) => {
             let error = JobError::new(ErrorCode::UpstreamError, error_chain(&*e));
             match policy::classify_error(&*e, retry, job.attempts, unavailable, jitter()) {
@@ -134,12 +144,15 @@ async fn record<St: Store>(pool: &Pool<St>, claim: &Claim, end: CallEnd) {
                 _ => Write::Complete(Outcome::error(error)),
             }
         }
+        // Cut mid-body: it answered, so the model ran; the attempt is spent
+        // and retried like any call cut after it was sent.
         CallEnd::BodyFailed(e) => {
             let msg = format!("reading the response body failed: {}", error_chain(&*e));
-            Write::Complete(Outcome::error(JobError::new(
-                ErrorCode::ResponseBodyError,
-                msg,
-            )))
+            let error = JobError::new(ErrorCode::ResponseBodyError, msg);
+            match policy::classify_error(&*e, retry, job.attempts, unavailable, jitter()) {
+                Verdict::RetryAttempt { delay } => Write::Retry(requeue(delay, error, None, true)),
+                _ => Write::Complete(Outcome::error(error)),
+            }
         }
         CallEnd::TooLarge => {
             let msg = format!(

@@ -9,6 +9,11 @@
 //! With webhooks configured, a third loop delivers them, with permits of its
 //! own (see `webhook`).
 //!
+//! A call that finds nobody to answer (no connection could be made) marks
+//! the upstream down; the next call answered wakes, through
+//! [`Store::wake_unavailable`], every job waiting out a backoff for it, so a
+//! backlog starts as soon as the upstream is back.
+//!
 //! While a call runs, its task renews the lease and watches the job: when the
 //! job is canceled (or another worker took it over) the call's future is
 //! dropped, which is how a running inner call is aborted.

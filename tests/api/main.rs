@@ -15,4 +15,6 @@ mod scoping;
 mod services;
 #[allow(dead_code)]
 mod support;
+#[cfg(feature = "proxy")]
+mod upstream_failures;
 mod vessl;

@@ -1,6 +1,8 @@
 //! The job lifecycle, rule by rule, on tokio's paused clock: priorities,
 //! deadlines, timeouts, retries, scale to zero, idempotency, TTLs, shutdown.
 
+mod failures;
+
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

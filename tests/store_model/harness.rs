@@ -195,10 +195,17 @@ impl<S: Store> Harness<S> {
                 };
                 let now = self.model.now;
                 let at = now.after(ms(delay_ms));
+                // As the worker does: a retry that spends nothing is one for
+                // an unavailable upstream, which `wake_unavailable` may end.
+                let (code, answer) = if spend {
+                    (ErrorCode::UpstreamStatus, Some(response(503)))
+                } else {
+                    (ErrorCode::UpstreamUnavailable, None)
+                };
                 let retry = Retry {
                     at,
-                    error: JobError::new(ErrorCode::UpstreamStatus, "503"),
-                    response: Some(response(503)),
+                    error: JobError::new(code, "503"),
+                    response: answer,
                     spend_attempt: spend,
                 };
                 let got = self.store.retry_later(id, token, retry).await;
@@ -215,7 +222,7 @@ impl<S: Store> Harness<S> {
                         j.attempts = j.attempts.saturating_sub(1);
                     }
                     j.status = JobStatus::Queued;
-                    j.error = Some(ErrorCode::UpstreamStatus);
+                    j.error = Some(code);
                     j.lease = None;
                     j.retry_at = (at > now).then_some(at);
                     j.ready = j.retry_at.is_none().then_some((now, seq));
@@ -237,6 +244,31 @@ impl<S: Store> Harness<S> {
                 self.advance(d).await?;
             }
             Op::Sweep => self.sweep().await?,
+            Op::WakeUnavailable => {
+                let woken = self
+                    .store
+                    .wake_unavailable()
+                    .await
+                    .map_err(|e| format!("wake_unavailable failed: {e}"))?;
+                let (now, group) = (self.model.now, self.model.seq());
+                let mut expected = 0;
+                for j in &mut self.model.jobs {
+                    if j.status == JobStatus::Queued
+                        && j.retry_at.is_some()
+                        && j.error == Some(ErrorCode::UpstreamUnavailable)
+                    {
+                        // Woken together: the contract leaves their order
+                        // among themselves to the store.
+                        j.retry_at = None;
+                        j.ready = Some((now, group));
+                        expected += 1;
+                    }
+                }
+                ensure!(
+                    woken == expected,
+                    "wake_unavailable woke {woken} jobs, the model {expected}"
+                );
+            }
         }
         Ok(())
     }
@@ -294,9 +326,9 @@ impl<S: Store> Harness<S> {
                     created_at: now,
                     deadline: now.after(ms(queue_ms)),
                     ttl: ms(ttl_ms),
-                    max_attempts,
                     status: JobStatus::Queued,
                     attempts: 0,
+                    lapses: 0,
                     claims: 0,
                     lease: None,
                     retry_at: None,
@@ -480,6 +512,7 @@ impl<S: Store> Harness<S> {
             let seen = (
                 got.status,
                 got.attempts,
+                got.lapses,
                 got.lease.map(|l| (l.token, l.until)),
                 got.retry_at,
                 got.error.as_ref().map(|e| e.code),
@@ -490,6 +523,7 @@ impl<S: Store> Harness<S> {
             let expected = (
                 j.status,
                 j.attempts,
+                j.lapses,
                 j.lease,
                 j.retry_at,
                 j.error,
@@ -499,7 +533,7 @@ impl<S: Store> Harness<S> {
             );
             ensure!(
                 seen == expected,
-                "{}: store has (status, attempts, lease, retry_at, error, created, deadline, \
+                "{}: store has (status, attempts, lapses, lease, retry_at, error, created, deadline, \
                  expires) = {seen:?}, model {expected:?}",
                 j.id
             );

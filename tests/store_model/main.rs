@@ -2,7 +2,8 @@
 //!
 //! proptest draws random sequences of operations — enqueue, claim (with and
 //! without priority aging), extend, complete, retry later, cancel, time
-//! advancing on tokio's paused clock, sweeps and lapsing leases — and runs each
+//! advancing on tokio's paused clock, sweeps, lapsing leases (counted apart
+//! from attempts) and waking the jobs that wait for the upstream — and runs each
 //! against a real store and against [`Model`](model::Model), a small
 //! reference written from the rules of `src/job.rs` and the ordering rules of
 //! `Store::claim`. After every step every job the store was ever given is

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tower_defer::job::{ErrorCode, LeaseToken, Priority};
+use tower_defer::job::{ErrorCode, LeaseToken, Priority, MAX_LAPSES};
 use tower_defer::store::QueueStats;
 use tower_defer::time::Timestamp;
 use tower_defer::{JobId, JobStatus};
@@ -18,9 +18,10 @@ pub struct MJob {
     pub created_at: Timestamp,
     pub deadline: Timestamp,
     pub ttl: Duration,
-    pub max_attempts: u32,
     pub status: JobStatus,
     pub attempts: u32,
+    /// Leases that lapsed (counted apart from attempts).
+    pub lapses: u32,
     /// Tokens handed out so far (the next token is `claims + 1`).
     pub claims: u64,
     /// The current lease: token and when it lapses.
@@ -135,8 +136,11 @@ impl Model {
                 } else if j.status == JobStatus::InProgress
                     && j.lease.is_some_and(|(_, until)| until <= now)
                 {
-                    if j.attempts >= j.max_attempts {
-                        j.end(JobStatus::Failed, Some(ErrorCode::LeaseExpired), now);
+                    // A lapse gives the attempt back; the last one abandons the job.
+                    j.attempts = j.attempts.saturating_sub(1);
+                    j.lapses += 1;
+                    if j.lapses >= MAX_LAPSES {
+                        j.end(JobStatus::Failed, Some(ErrorCode::Abandoned), now);
                     } else {
                         j.status = JobStatus::Queued;
                         j.error = Some(ErrorCode::LeaseExpired);

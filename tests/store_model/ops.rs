@@ -17,6 +17,7 @@ pub enum Op {
         owner: Option<u8>,
         /// The request body: two enqueues with one key and different bodies conflict.
         body: u8,
+        /// The store must not fail a job for it (only the worker reads it).
         max_attempts: u32,
         ttl_ms: u64,
         max_queued: usize,
@@ -49,6 +50,8 @@ pub enum Op {
     /// Advances just past the latest lease of a running job.
     LapseLeases,
     Sweep,
+    /// `wake_unavailable`: the jobs waiting for the upstream run now.
+    WakeUnavailable,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -117,6 +120,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|ms| Op::Advance { ms }),
         1 => Just(Op::LapseLeases),
         1 => Just(Op::Sweep),
+        1 => Just(Op::WakeUnavailable),
     ]
 }
 

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::job::{Job, JobId, JobStatus, Priority};
+use crate::job::{ErrorCode, Job, JobId, JobStatus, Priority};
 use crate::time::Timestamp;
 
 /// Owner and key of an idempotent submission.
@@ -24,6 +24,10 @@ pub(super) struct Schedule {
     /// Webhook deliveries nobody holds, by when they are due
     /// ([`Job::delivery_ready_at`]).
     pub(super) deliveries: BTreeSet<(Timestamp, JobId)>,
+    /// Queued jobs waiting out a backoff because the upstream was
+    /// unavailable ([`waits_for_upstream`]), oldest first: what
+    /// `wake_unavailable` makes due, without a scan of every job.
+    pub(super) unavailable: BTreeSet<(Timestamp, JobId)>,
     /// Queued jobs waiting out a backoff.
     pub(super) retrying: usize,
     /// Jobs a worker holds.
@@ -61,6 +65,18 @@ impl Schedule {
 /// backoff.
 pub(super) fn is_ready(job: &Job) -> bool {
     job.status == JobStatus::Queued && job.retry_at.is_none()
+}
+
+/// Whether a job waits out a backoff because the upstream was unavailable
+/// (refused, or asked to wait with `Retry-After`), so that an upstream seen
+/// answering again may end the wait early.
+pub(super) fn waits_for_upstream(job: &Job) -> bool {
+    job.status == JobStatus::Queued
+        && job.retry_at.is_some()
+        && job
+            .error
+            .as_ref()
+            .is_some_and(|e| e.code == ErrorCode::UpstreamUnavailable)
 }
 
 /// Moves a job's contribution to the counters in or out.

@@ -369,6 +369,9 @@ pub(super) fn decode_job(id: JobId, mut f: Fields) -> Result<Job, CodecError> {
         options,
         status,
         attempts: u32::try_from(life.required(S::Attempts)?).unwrap_or(u32::MAX),
+        lapses: life
+            .get(S::Lapses)
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
         revision: life.required(S::Revision)?,
         created_at,
         status_at: life.time(S::StatusAt).unwrap_or(created_at),
@@ -620,6 +623,7 @@ pub(super) mod tests {
         for code in [
             ErrorCode::QueueTimeout,
             ErrorCode::LeaseExpired,
+            ErrorCode::Abandoned,
             ErrorCode::Canceled,
         ] {
             assert!(lua.contains(&format!("'{}'", code.as_str())), "{code}");

@@ -50,6 +50,7 @@ functions! {
     RecordDelivery = "record_delivery",
     Peek = "peek",
     Stats = "stats",
+    WakeUnavailable = "wake_unavailable",
 }
 
 /// The code every function shares, in the order the library holds it.

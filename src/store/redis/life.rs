@@ -6,7 +6,8 @@
 //! order of [`LIFE`], `-1` for none. The functions read and write them all
 //! with one `struct.unpack` and one `struct.pack`, and work on the array
 //! that gives, by the places and codes this module writes from the same
-//! list (`Life::lua`, checked in as `lua/life.lua`), because a field of its
+//! list (`Life::lua`, checked in as `lua/life.lua`, with the job's constants
+//! the scripts need, such as `MAX_LAPSES`), because a field of its
 //! own per scalar costs Redis a string and a conversion each.
 //!
 //! Adding a scalar the functions need: add it to the `life!` list, then
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use super::codec::{bad, CodecError};
 use super::wire::millis;
-use crate::job::{DeliveryStatus, Job, JobStatus};
+use crate::job::{DeliveryStatus, ErrorCode, Job, JobStatus};
 use crate::time::Timestamp;
 
 /// Declares the packed scalars once: [`LIFE`] (their names, in order) and
@@ -43,6 +44,8 @@ life! {
     Attempts = "attempts",
     Revision = "revision",
     Claims = "claims",
+    // Lapsed leases, counted apart from attempts (Job::lapse_if_due).
+    Lapses = "lapses",
     LeaseToken = "lease_token",
     LeaseUntil = "lease_until",
     RetryAt = "retry_at",
@@ -63,6 +66,9 @@ life! {
     HasWebhook = "has_webhook",
     // 1 when the field `idempotency_slot` is there.
     HasSlot = "has_slot",
+    // 1 when its last retry was for an unavailable upstream: while it waits
+    // out that backoff it is in the index `{ns}:unavailable`.
+    RetryUnavailable = "retry_unavailable",
     WhStatus = "wh_status",
     WhAttempts = "wh_attempts",
     WhClaims = "wh_claims",
@@ -132,6 +138,7 @@ impl Life {
         life.set(Attempts, Some(u64::from(job.attempts)));
         life.set(Revision, Some(job.revision));
         life.set(Claims, Some(job.claims));
+        life.set(Lapses, Some(u64::from(job.lapses)));
         life.set(LeaseToken, job.lease.map(|l| l.token.0));
         life.set(LeaseUntil, job.lease.map(|l| l.until.as_millis()));
         life.set(RetryAt, time(job.retry_at));
@@ -148,6 +155,12 @@ impl Life {
         life.set(HasError, flag(job.error.is_some()));
         life.set(HasWebhook, flag(o.webhook.is_some()));
         life.set(HasSlot, flag(o.idempotency_key.is_some()));
+        let unavailable =
+            job.error.as_ref().map(|e| e.code) == Some(ErrorCode::UpstreamUnavailable);
+        life.set(
+            RetryUnavailable,
+            flag(unavailable && job.retry_at.is_some()),
+        );
         if let Some(w) = &job.webhook {
             let status = DELIVERY_STATUSES.iter().position(|s| *s == w.status);
             life.set(WhStatus, index(status));
@@ -232,9 +245,13 @@ impl Life {
              {deliveries}\
              \n\
              -- The job statuses' codes by name, for a status a caller names.\n\
-             local STATUS_CODE = {{{by_name}}}\n",
+             local STATUS_CODE = {{{by_name}}}\n\
+             \n\
+             -- A job whose lease lapses this many times fails, abandoned (MAX_LAPSES).\n\
+             local MAX_LAPSES = {max_lapses}\n",
             format = "d".repeat(LIFE.len()),
             n = LIFE.len(),
+            max_lapses = crate::job::MAX_LAPSES,
         )
     }
 

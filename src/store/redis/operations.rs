@@ -333,6 +333,18 @@ impl Store for RedisStore {
         decode("retry_later", id, rest)
     }
 
+    async fn wake_unavailable(&self) -> Result<u64, StoreError> {
+        let inv = self.invocation(Function::WakeUnavailable, Timestamp::now());
+        let (tag, _) = self.run("wake_unavailable", inv).await?;
+        let woken = parse_u64("wake_unavailable", tag.as_bytes())?.unwrap_or(0);
+        if woken > 0 {
+            // This replica's idle workers, at once (others hear the
+            // function's message on the work channel).
+            self.inner.hub.work.notify_waiters();
+        }
+        Ok(woken)
+    }
+
     async fn cancel(&self, id: JobId, owner: Option<&str>) -> Result<CancelOutcome, StoreError> {
         let (tag, job) = self.run_cancel(id, owner, false).await?;
         Ok(match (tag.as_str(), job) {

@@ -131,7 +131,7 @@ pub async fn a_stale_token_is_refused_after_a_lapse_and_a_new_claim<St: Store>(s
         second.token() > first.token(),
         "tokens of one job only grow"
     );
-    assert_eq!(second.job.attempts, 2);
+    assert_eq!((second.job.attempts, second.job.lapses), (1, 1));
     assert_fenced(&store, &first).await;
     // The current holder is unaffected.
     store.extend(j.id, second.token(), LEASE).await.unwrap();
@@ -156,48 +156,20 @@ pub async fn a_lapsed_lease_requeues_the_job<St: Store>(store: St) {
     assert!(got.lease.is_none());
     assert_eq!(error_code(&got), Some(ErrorCode::LeaseExpired));
     assert!(got.revision > c.job.revision);
-    assert_eq!(got.attempts, 1);
+    assert_eq!(
+        (got.attempts, got.lapses),
+        (0, 1),
+        "a lapse spends no attempt"
+    );
     let s = stats(&store).await;
     assert_eq!((s.queued, s.in_progress), (1, 0));
 
     assert_fenced(&store, &c).await;
     let again = claim(&store).await.expect("claimable again");
     assert_eq!(again.id(), j.id);
-    assert_eq!(again.job.attempts, 2);
+    assert_eq!(again.job.attempts, 1);
     assert_fenced(&store, &c).await;
     complete(&store, &again, 200).await;
-}
-
-pub async fn a_job_that_lapses_max_attempts_times_fails<St: Store>(store: St) {
-    let j = enqueue(&store, job("a")).await;
-    assert_eq!(j.options.retry.max_attempts, 3);
-    let mut claims = Vec::new();
-    for attempt in 1..=3 {
-        let c = claim_with(&store, secs(5)).await;
-        assert_eq!(c.id(), j.id);
-        assert_eq!(c.job.attempts, attempt);
-        advance(secs(6)).await;
-        store.sweep().await.unwrap();
-        claims.push(c);
-    }
-    let got = get(&store, j.id).await;
-    assert_eq!(got.status, JobStatus::Failed);
-    assert_eq!(error_code(&got), Some(ErrorCode::LeaseExpired));
-    assert_eq!(got.attempts, 3);
-    assert!(got.completed_at.is_some());
-    assert!(claim(&store).await.is_none());
-    for c in &claims {
-        assert_fenced(&store, c).await;
-    }
-    let s = stats(&store).await;
-    assert_eq!((s.queued, s.in_progress), (0, 0));
-
-    // With one attempt allowed, the first lapse fails it.
-    let one = enqueue(&store, job_with("b", |o| o.retry.max_attempts = 1)).await;
-    claim_with(&store, secs(5)).await;
-    advance(secs(5)).await;
-    store.sweep().await.unwrap();
-    assert_eq!(get(&store, one.id).await.status, JobStatus::Failed);
 }
 
 pub async fn concurrent_claims_hand_out_every_job_once<St: Store>(store: St) {

@@ -46,6 +46,7 @@ pub(crate) mod complete;
 pub(crate) mod enqueue;
 pub(crate) mod expiry;
 pub(crate) mod idempotency;
+pub(crate) mod lapses;
 pub(crate) mod retry;
 pub(crate) mod stats;
 pub(crate) mod wait;
@@ -77,7 +78,6 @@ macro_rules! conformance_tests {
                     extend_renews_the_lease,
                     a_stale_token_is_refused_after_a_lapse_and_a_new_claim,
                     a_lapsed_lease_requeues_the_job,
-                    a_job_that_lapses_max_attempts_times_fails,
                     concurrent_claims_hand_out_every_job_once,
                 ],
                 complete: [
@@ -110,6 +110,12 @@ macro_rules! conformance_tests {
                     cancel_of_a_running_job_fences_its_worker,
                     cancel_is_scoped_to_the_owner,
                     cancel_queued_cancels_only_queued_jobs,
+                ],
+                lapses: [
+                    a_lapse_spends_no_attempt_and_the_fifth_abandons_the_job,
+                    lapses_and_spent_attempts_are_counted_apart,
+                    wake_unavailable_makes_the_jobs_waiting_for_the_upstream_runnable,
+                    wake_unavailable_leaves_every_other_job_alone,
                 ],
                 stats: [
                     stats_track_every_transition,

@@ -166,6 +166,18 @@ local function commit(j, b)
       count(N_IN_PROGRESS, 1)
     end
   end
+  -- The flag describes a backoff: with none, there is nothing to wake.
+  if not retrying then
+    j[I_RETRY_UNAVAILABLE] = 0
+  end
+  local waits = waits_for_upstream(j)
+  if waits ~= b.waits then
+    if waits then
+      redis.call('ZADD', UNAVAILABLE, n2s(j[I_CREATED_AT]), id)
+    else
+      redis.call('ZREM', UNAVAILABLE, id)
+    end
+  end
   local due, ready, delivery, kept = placement(j)
   if due ~= b.due then
     index(DUE, id, due or false)

@@ -22,6 +22,12 @@ local function is_runnable(j)
   return j[I_STATUS] == S_QUEUED and j[I_QUEUE_DEADLINE] > NOW and j[I_RETRY_AT] <= NOW
 end
 
+-- Whether a job waits out a backoff because the upstream was unavailable
+-- (schedule.rs, waits_for_upstream): what the index {ns}:unavailable holds.
+local function waits_for_upstream(j)
+  return j[I_STATUS] == S_QUEUED and j[I_RETRY_AT] >= 0 and j[I_RETRY_UNAVAILABLE] == 1
+end
+
 -- Job::is_forgotten: a job whose webhook is still being delivered is kept.
 local function is_forgotten(j)
   local expires_at = j[I_EXPIRES_AT]
@@ -76,6 +82,7 @@ local SNAPSHOT = {}
 local function snapshot(j)
   local b = SNAPSHOT
   b.status, b.retrying, b.revision = j[I_STATUS], j[I_RETRY_AT] >= 0, j[I_REVISION]
+  b.waits = waits_for_upstream(j)
   b.due, b.ready, b.delivery, b.kept = placement(j)
   return b
 end
@@ -167,15 +174,20 @@ local function expire_if_due(j)
   return true
 end
 
--- Job::lapse_if_due
+-- Job::lapse_if_due: back to the queue without spending the attempt, or,
+-- at the MAX_LAPSES-th lapse, failed as abandoned.
 local function lapse_if_due(j)
   if not (j[I_LEASE_TOKEN] >= 0 and j[I_STATUS] == S_IN_PROGRESS and j[I_LEASE_UNTIL] <= NOW) then
     return false
   end
-  set_error(j, 'lease_expired', 'the worker running it stopped renewing its lease')
-  if j[I_ATTEMPTS] >= j[I_MAX_ATTEMPTS] then
+  j[I_ATTEMPTS] = math.max(j[I_ATTEMPTS] - 1, 0)
+  j[I_LAPSES] = j[I_LAPSES] + 1
+  if j[I_LAPSES] >= MAX_LAPSES then
+    set_error(j, 'abandoned', 'abandoned by its workers: their leases lapsed '
+      .. n2s(MAX_LAPSES) .. ' times (it may be crashing them)')
     end_job(j, S_FAILED)
   else
+    set_error(j, 'lease_expired', 'the worker running it stopped renewing its lease')
     j[I_LEASE_TOKEN] = NONE
     j[I_LEASE_UNTIL] = NONE
     touch(j, S_QUEUED)

@@ -10,41 +10,43 @@
 
 -- A job's scalars as struct.unpack reads them from its 'life' field:
 -- one little-endian double each, in this order, -1 for none.
-local LIFE_FORMAT = '<ddddddddddddddddddddddddddddddd'
-local N_LIFE = 31
+local LIFE_FORMAT = '<ddddddddddddddddddddddddddddddddd'
+local N_LIFE = 33
 
 -- Each scalar's place in the array struct.unpack gives.
 local I_STATUS = 1
 local I_ATTEMPTS = 2
 local I_REVISION = 3
 local I_CLAIMS = 4
-local I_LEASE_TOKEN = 5
-local I_LEASE_UNTIL = 6
-local I_RETRY_AT = 7
-local I_QUEUE_DEADLINE = 8
-local I_CREATED_AT = 9
-local I_STATUS_AT = 10
-local I_STARTED_AT = 11
-local I_COMPLETED_AT = 12
-local I_EXPIRES_AT = 13
-local I_READY_AT = 14
-local I_PRIORITY = 15
-local I_MAX_ATTEMPTS = 16
-local I_RESULT_TTL_MS = 17
-local I_HAS_ERROR = 18
-local I_HAS_WEBHOOK = 19
-local I_HAS_SLOT = 20
-local I_WH_STATUS = 21
-local I_WH_ATTEMPTS = 22
-local I_WH_CLAIMS = 23
-local I_WH_NEXT_ATTEMPT_AT = 24
-local I_WH_LEASE_TOKEN = 25
-local I_WH_LEASE_UNTIL = 26
-local I_WH_LAST_STATUS_CODE = 27
-local I_MAX_TIME_IN_QUEUE_MS = 28
-local I_EXECUTION_TIMEOUT_MS = 29
-local I_RETRY_INITIAL_DELAY_MS = 30
-local I_RETRY_MAX_DELAY_MS = 31
+local I_LAPSES = 5
+local I_LEASE_TOKEN = 6
+local I_LEASE_UNTIL = 7
+local I_RETRY_AT = 8
+local I_QUEUE_DEADLINE = 9
+local I_CREATED_AT = 10
+local I_STATUS_AT = 11
+local I_STARTED_AT = 12
+local I_COMPLETED_AT = 13
+local I_EXPIRES_AT = 14
+local I_READY_AT = 15
+local I_PRIORITY = 16
+local I_MAX_ATTEMPTS = 17
+local I_RESULT_TTL_MS = 18
+local I_HAS_ERROR = 19
+local I_HAS_WEBHOOK = 20
+local I_HAS_SLOT = 21
+local I_RETRY_UNAVAILABLE = 22
+local I_WH_STATUS = 23
+local I_WH_ATTEMPTS = 24
+local I_WH_CLAIMS = 25
+local I_WH_NEXT_ATTEMPT_AT = 26
+local I_WH_LEASE_TOKEN = 27
+local I_WH_LEASE_UNTIL = 28
+local I_WH_LAST_STATUS_CODE = 29
+local I_MAX_TIME_IN_QUEUE_MS = 30
+local I_EXECUTION_TIMEOUT_MS = 31
+local I_RETRY_INITIAL_DELAY_MS = 32
+local I_RETRY_MAX_DELAY_MS = 33
 
 -- A job's status is packed as its code...
 local S_QUEUED = 0
@@ -61,3 +63,6 @@ local D_FAILED = 2
 
 -- The job statuses' codes by name, for a status a caller names.
 local STATUS_CODE = {queued = S_QUEUED, in_progress = S_IN_PROGRESS, succeeded = S_SUCCEEDED, failed = S_FAILED, canceled = S_CANCELED, expired = S_EXPIRED}
+
+-- A job whose lease lapses this many times fails, abandoned (MAX_LAPSES).
+local MAX_LAPSES = 5

@@ -26,6 +26,12 @@
 --   ARGV[2]     now (ms, the caller's clock)
 -- A function's own KEYS and ARGV follow them, from KEYS[9] and ARGV[3].
 --
+-- One more key of the namespace every function may write, built from the
+-- prefix (as a job's key is) rather than passed, so that the functions'
+-- KEYS stay as they were:
+--   {ns}:unavailable  queued jobs waiting out a backoff because the upstream
+--                     was unavailable (score = created_at), for wake_unavailable
+--
 -- Only constants may be computed here, at load time: Redis gives a
 -- library's top level no more than the language itself.
 --
@@ -36,7 +42,7 @@
 
 -- The keys, the prefix, the time and the channels of the call being run
 -- (begin sets them).
-local READY, DUE, SEQ, N_RETRYING, N_IN_PROGRESS, DELIVERIES
+local READY, DUE, SEQ, N_RETRYING, N_IN_PROGRESS, DELIVERIES, UNAVAILABLE
 local PREFIX, NOW, CHANGED, WORK, DELIVER
 -- The bookkeeping a batching function gathers (bookkeeping.lua; begin
 -- clears it).
@@ -173,10 +179,12 @@ local function begin(keys, argv)
   local ns = NAMESPACES[PREFIX]
   if not ns then
     ns = {ready = {keys[1], keys[2], keys[3]}, changed = PREFIX .. 'changed',
-      work = PREFIX .. 'work', deliver = PREFIX .. 'deliver'}
+      work = PREFIX .. 'work', deliver = PREFIX .. 'deliver',
+      unavailable = PREFIX .. 'unavailable'}
     NAMESPACES[PREFIX] = ns
   end
   READY, CHANGED, WORK, DELIVER = ns.ready, ns.changed, ns.work, ns.deliver
+  UNAVAILABLE = ns.unavailable
   DUE, SEQ, N_RETRYING, N_IN_PROGRESS = keys[4], keys[5], keys[6], keys[7]
   DELIVERIES = keys[8]
   NOW = tonumber(argv[2])

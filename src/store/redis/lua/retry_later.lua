@@ -16,7 +16,8 @@
 --
 -- 1. Check the lease.
 -- 2. Record the attempt's outcome and requeue the job, waiting for its
---    retry time if that is still ahead.
+--    retry time if that is still ahead (in {ns}:unavailable when it waits
+--    for the upstream to come back).
 
 -- 1. The lease.
 local j = load(KEYS[9], ARGV[3])
@@ -36,6 +37,12 @@ if at > NOW then
   j[I_RETRY_AT] = at
 else
   j[I_RETRY_AT] = NONE
+end
+-- Waiting for the upstream to come back: wake_unavailable may end the wait.
+if ARGV[11] == 'upstream_unavailable' then
+  j[I_RETRY_UNAVAILABLE] = 1
+else
+  j[I_RETRY_UNAVAILABLE] = 0
 end
 touch(j, S_QUEUED)
 commit(j, b)
