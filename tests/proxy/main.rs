@@ -244,9 +244,7 @@ fn readiness_reports_the_upstream_but_does_not_require_it() {
 #[cfg(feature = "redis")]
 #[test]
 fn readiness_follows_the_redis_store() {
-    let Some(mut redis) = support::RedisServer::start() else {
-        return;
-    };
+    let mut redis = tower_defer_testkit::redis_or_skip!(false);
     let proxy = Proxy::start(&["--store", &redis.url()]);
     let ready = proxy.get("/readyz", None);
     assert_eq!(ready.status, 200, "{}", ready.text());
@@ -303,9 +301,7 @@ fn sigterm_lets_the_job_in_flight_finish_and_exits_0() {
 fn sigterm_leaves_queued_jobs_in_the_redis_store() {
     use tower_defer::{JobId, JobStatus, RedisStore, Store};
 
-    let Some(redis) = support::RedisServer::start() else {
-        return;
-    };
+    let redis = tower_defer_testkit::redis_or_skip!(false);
     let url = redis.url();
     let mut proxy = Proxy::start(&["--store", &url, "--concurrency", "1"]);
     let running = proxy.submit(None, json!({"demo_delay_ms": 1500}));

@@ -1,5 +1,6 @@
 //! Shared by the proxy tests: the `tower-defer` program run as a process, a
-//! small blocking HTTP/1.1 client, a private `redis-server`, and tool checks.
+//! small blocking HTTP/1.1 client, and tool checks (a private `redis-server`
+//! is the testkit's).
 //!
 //! [`Proxy::start`] runs the binary cargo built for this test (the test
 //! requires feature `cli`, so cargo builds `tower-defer` first) on
@@ -419,77 +420,6 @@ impl Drop for HttpsUpstream {
             let _ = stop.send(());
         }
         let _ = std::fs::remove_file(&self.ca);
-    }
-}
-
-/// A private `redis-server` on a free port in a temp dir, killed when dropped.
-pub struct RedisServer {
-    child: Option<Child>,
-    pub port: u16,
-    dir: PathBuf,
-}
-
-impl RedisServer {
-    /// `None` (the caller skips) when there is no `redis-server` and `CI` is unset.
-    pub fn start() -> Option<RedisServer> {
-        if !have("redis-server", "the proxy's Redis tests") {
-            return None;
-        }
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tower-defer-proxy-redis-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let server = RedisServer {
-            child: Some(child),
-            port,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !server.ping() {
-            assert!(Instant::now() < deadline, "redis-server did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(server)
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
