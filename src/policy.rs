@@ -194,19 +194,9 @@ pub(crate) fn is_json_content_type(value: Option<&HeaderValue>) -> bool {
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
-/// plus those the layer recomputes.
+/// plus `content-length`, which the layer recomputes.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "content-length"
-    )
+    is_connection_header(name) || name == header::CONTENT_LENGTH
 }
 
 fn is_credential(name: &HeaderName) -> bool {
@@ -279,20 +269,32 @@ pub(crate) fn response_headers_to_store(headers: &HeaderMap) -> HeaderMap {
 /// `content-length` stays: it describes the message.
 #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
 pub(crate) fn strip_connection_headers(headers: &mut HeaderMap) {
+    // Most requests carry none of these: one pass over the names finds out,
+    // where removing each name would hash and probe seven times.
+    if !headers.keys().any(is_connection_header) {
+        return;
+    }
     for name in connection_named(headers) {
         headers.remove(name);
     }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// The hop-by-hop headers RFC 9110 §7.6.1 names, besides those `Connection` lists.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn is_connection_header(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
 }
 
 fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
@@ -498,6 +500,14 @@ mod tests {
         let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["authorization", "content-length"]);
+
+        // Without a Connection header the others still go; with none of them, nothing does.
+        let mut h = headers(&[("te", "trailers"), ("accept", "*/*")]);
+        strip_connection_headers(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+        let mut h = headers(&[("accept", "*/*"), ("x-hop", "1")]);
+        strip_connection_headers(&mut h);
+        assert_eq!(h.len(), 2);
     }
 
     #[test]

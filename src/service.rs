@@ -25,7 +25,14 @@ use crate::BoxError;
 /// worker pool, which stops (gracefully) when the last clone and the last
 /// [`DeferHandle`] are dropped, or when [`DeferHandle::shutdown`] is called.
 pub struct Defer<S, St = crate::MemoryStore> {
+    // The inner service is cloned with the service, as tower's are (it need
+    // not be Sync); the rest is one allocation shared by the clones, since a
+    // server clones the service for every request.
     inner: S,
+    shared: Arc<Shared<St>>,
+}
+
+struct Shared<St> {
     doors: Arc<Doors<St>>,
     handle: DeferHandle,
     // Keeps the pool running while any clone lives.
@@ -36,9 +43,7 @@ impl<S: Clone, St> Clone for Defer<S, St> {
     fn clone(&self) -> Self {
         Defer {
             inner: self.inner.clone(),
-            doors: self.doors.clone(),
-            handle: self.handle.clone(),
-            _control: self._control.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -47,7 +52,7 @@ impl<S: fmt::Debug, St> fmt::Debug for Defer<S, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Defer")
             .field("inner", &self.inner)
-            .field("prefix", &self.doors.config.prefix)
+            .field("prefix", &self.shared.doors.config.prefix)
             .finish_non_exhaustive()
     }
 }
@@ -69,9 +74,11 @@ where
         let (worker, handle, control) = worker::build(inner.clone(), pool);
         let service = Defer {
             inner,
-            doors,
-            handle,
-            _control: control,
+            shared: Arc::new(Shared {
+                doors,
+                handle,
+                _control: control,
+            }),
         };
         (service, worker)
     }
@@ -80,12 +87,12 @@ where
 impl<S, St> Defer<S, St> {
     /// A handle that shuts the worker pool down gracefully.
     pub fn handle(&self) -> DeferHandle {
-        self.handle.clone()
+        self.shared.handle.clone()
     }
 
     /// The store behind this service.
     pub fn store(&self) -> &St {
-        &self.doors.store
+        &self.shared.doors.store
     }
 }
 
@@ -107,11 +114,12 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        match api::route(&self.doors, &req) {
+        let shared = &*self.shared;
+        match api::route(&shared.doors, &req) {
             Route::PassThrough => {
                 ResponseFuture::pass_through(self.inner.clone(), req.map(Body::new))
             }
-            route => ResponseFuture::api(api::handle(self.doors.clone(), route, req)),
+            route => ResponseFuture::api(api::handle(shared.doors.clone(), route, req)),
         }
     }
 }

@@ -43,6 +43,7 @@
 //! written.
 
 use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -71,6 +72,13 @@ const POOL_IDLE: Duration = Duration::from_secs(4);
 /// connections, keeping method, path, query, headers and a streaming body.
 #[derive(Clone)]
 pub struct Upstream {
+    // Shared: the service is cloned for every call (the worker, tower's
+    // Timeout, each pass-through), and a client's own clone copies its
+    // whole configuration.
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     client: Client<Connector, Body>,
     scheme: Scheme,
     authority: Authority,
@@ -82,7 +90,7 @@ impl fmt::Debug for Upstream {
         write!(
             f,
             "Upstream({}://{}{})",
-            self.scheme, self.authority, self.base_path
+            self.shared.scheme, self.shared.authority, self.shared.base_path
         )
     }
 }
@@ -223,19 +231,34 @@ impl Upstream {
             .http2_only(settings.http2)
             .build(connector);
         Ok(Upstream {
-            client,
-            scheme,
-            authority,
-            base_path: base.path().trim_end_matches('/').to_owned(),
+            shared: Arc::new(Shared {
+                client,
+                scheme,
+                authority,
+                base_path: base.path().trim_end_matches('/').to_owned(),
+            }),
         })
     }
 
     fn target(&self, path_and_query: Option<&PathAndQuery>) -> Uri {
-        let pq = path_and_query.map_or("/", PathAndQuery::as_str);
+        let Shared {
+            scheme,
+            authority,
+            base_path,
+            ..
+        } = &*self.shared;
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = format!("{}{}", self.base_path, pq).parse().ok();
+        parts.scheme = Some(scheme.clone());
+        parts.authority = Some(authority.clone());
+        parts.path_and_query = match path_and_query {
+            // Without a base path the request's own is the target's: a shared
+            // copy of its bytes, not a string formatted and parsed again.
+            Some(pq) if base_path.is_empty() => Some(pq.clone()),
+            pq => {
+                let pq = pq.map_or("/", PathAndQuery::as_str);
+                format!("{base_path}{pq}").parse().ok()
+            }
+        };
         Uri::from_parts(parts).unwrap_or_default()
     }
 }
@@ -255,7 +278,7 @@ impl Service<Request<Body>> for Upstream {
         // a connection of our own.
         req.headers_mut().remove(http::header::HOST);
         crate::policy::strip_connection_headers(req.headers_mut());
-        self.client.request(req)
+        self.shared.client.request(req)
     }
 }
 
@@ -265,6 +288,28 @@ mod tests {
 
     fn refusal(url: &str) -> String {
         Upstream::new(url.parse().unwrap()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_target_is_the_base_path_then_the_requests_path_and_query() {
+        let target = |base: &str, pq: Option<&str>| {
+            let upstream = Upstream::new(base.parse().unwrap()).unwrap();
+            let pq = pq.map(|pq| pq.parse::<PathAndQuery>().unwrap());
+            upstream.target(pq.as_ref()).to_string()
+        };
+        assert_eq!(
+            target("http://model:8000", Some("/predict?x=1")),
+            "http://model:8000/predict?x=1"
+        );
+        assert_eq!(target("http://model:8000", None), "http://model:8000/");
+        assert_eq!(
+            target("http://model:8000/v1/", Some("/predict?x=1")),
+            "http://model:8000/v1/predict?x=1"
+        );
+        assert_eq!(
+            target("http://model:8000/v1", None),
+            "http://model:8000/v1/"
+        );
     }
 
     #[test]

@@ -17,13 +17,14 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
+use pin_project::pin_project;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
@@ -192,9 +193,7 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = S::Error;
-    // An example: one boxed future per request rather than a hand-written
-    // enum (the library's own `ResponseFuture` shows that way).
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    type Future = AuthFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -218,12 +217,41 @@ where
                 }
                 None => {
                     let missing = !req.headers().contains_key(AUTHORIZATION);
-                    return Box::pin(std::future::ready(Ok(unauthorized(missing))));
+                    return AuthFuture::Denied(Some(unauthorized(missing)));
                 }
             }
         }
-        let fut = self.inner.call(req);
-        Box::pin(async move { Ok(fut.await?.map(|b| b.map_err(Into::into).boxed_unsync())) })
+        AuthFuture::Inner(self.inner.call(req))
+    }
+}
+
+/// The future of [`Auth`]: a refusal at once, or the inner call with its
+/// body boxed. An enum rather than a boxed future: every request through the
+/// proxy takes this path, and needs no allocation for it.
+#[pin_project(project = AuthProj)]
+pub(crate) enum AuthFuture<F> {
+    Denied(Option<Response<ProxyBody>>),
+    Inner(#[pin] F),
+}
+
+impl<F, RB, E> Future for AuthFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+    RB: http_body::Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ProxyBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AuthProj::Denied(response) => {
+                Poll::Ready(Ok(response.take().expect("polled after it was ready")))
+            }
+            AuthProj::Inner(fut) => {
+                let response = ready!(fut.poll(cx))?;
+                Poll::Ready(Ok(response.map(|b| b.map_err(Into::into).boxed_unsync())))
+            }
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use metrics_exporter_prometheus::PrometheusHandle;
+use pin_project::pin_project;
 use tower::Service;
 use tower_defer::store::QueueStats;
 use tower_defer::Store;
@@ -139,7 +140,7 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = A::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, A::Error>> + Send>>;
+    type Future = FrontFuture<A::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), A::Error>> {
         self.app.poll_ready(cx)
@@ -147,14 +148,46 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let get = req.method() == Method::GET || req.method() == Method::HEAD;
-        let ops = self.ops.clone();
+        let ops = || self.ops.clone();
         match req.uri().path() {
             "/healthz" if get => {
-                Box::pin(async move { Ok(respond(StatusCode::OK, "text/plain", "ok\n".into())) })
+                FrontFuture::Ready(Some(respond(StatusCode::OK, "text/plain", "ok\n".into())))
             }
-            "/readyz" if get => Box::pin(async move { Ok(ops.ready().await) }),
-            "/metrics" if get => Box::pin(async move { Ok(ops.metrics().await) }),
-            _ => Box::pin(self.app.call(req)),
+            "/readyz" if get => {
+                let ops = ops();
+                FrontFuture::Ops(Box::pin(async move { ops.ready().await }))
+            }
+            "/metrics" if get => {
+                let ops = ops();
+                FrontFuture::Ops(Box::pin(async move { ops.metrics().await }))
+            }
+            _ => FrontFuture::App(self.app.call(req)),
+        }
+    }
+}
+
+/// The future of [`Front`]: an operational answer, or the app's own future
+/// as it is (every proxied request takes that way, with no allocation).
+#[pin_project(project = FrontProj)]
+pub(crate) enum FrontFuture<F> {
+    Ready(Option<Response<ProxyBody>>),
+    Ops(Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>),
+    App(#[pin] F),
+}
+
+impl<F, E> Future for FrontFuture<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, E>>,
+{
+    type Output = Result<Response<ProxyBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            FrontProj::Ready(response) => {
+                Poll::Ready(Ok(response.take().expect("polled after it was ready")))
+            }
+            FrontProj::Ops(fut) => fut.as_mut().poll(cx).map(Ok),
+            FrontProj::App(fut) => fut.poll(cx),
         }
     }
 }
