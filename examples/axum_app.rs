@@ -1,21 +1,27 @@
 //! An axum app with a slow "model" route, given the async request API in one line.
 //!
 //! ```text
-//! cargo run --example axum_app            # listens on 127.0.0.1:3000
-//! PORT=8081 cargo run --example axum_app  # or another port
+//! cargo run --features server --example axum_app            # listens on 127.0.0.1:3000
+//! PORT=8081 cargo run --features server --example axum_app  # or another port
 //! ```
 //!
 //! `POST /predict` takes about a second; `GET /health` answers at once. Both
 //! still work as before, and every route can now also be called
 //! asynchronously: submit under `/async` (or send `Prefer: respond-async`),
 //! get an id at once, and fetch the result later.
+//!
+//! It is served by `tower_defer::server::Server` rather than `axum::serve`,
+//! which has no header-read timeout, no idle timeout and no connection cap:
+//! a client that trickles its request head, or just holds connections open,
+//! would keep a file descriptor each for good.
 
 use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use tower::{Layer, ServiceExt};
+use tower::Layer;
+use tower_defer::server::Server;
 use tower_defer::{DeferLayer, MemoryStore};
 
 /// The "model": a second of "inference", then an answer built from the input.
@@ -40,14 +46,6 @@ async fn main() -> std::io::Result<()> {
     let defer = DeferLayer::new(MemoryStore::new()).layer(router);
     let handle = defer.handle();
 
-    // `axum::serve` wants a service answering `axum::response::Response`; the
-    // wrapped app answers `Response<tower_defer::ResponseBody<axum::body::Body>>`,
-    // so box the body back into axum's. Requests arrive as
-    // `Request<axum::body::Body>`, which `Defer` accepts as it is.
-    // (`Defer` serves many body types, so name the request type here.)
-    let app =
-        ServiceExt::<axum::extract::Request>::map_response(defer, |r| r.map(axum::body::Body::new));
-
     let port = std::env::var("PORT").unwrap_or_else(|_| "3000".into());
     let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -62,14 +60,15 @@ async fn main() -> std::io::Result<()> {
     println!("  curl -s {base}/async/ID/result     # the /predict response itself");
     println!("  curl -si -X POST {base}/predict -H 'prefer: respond-async' -H 'content-type: application/json' -d '{{\"x\": 2}}'");
 
-    // `axum::ServiceExt::into_make_service` turns any suitable service (not
-    // only a Router) into what `axum::serve` takes.
-    let make_service = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
-    axum::serve(listener, make_service)
-        .with_graceful_shutdown(async {
+    // The wrapped Router is a tower service taking hyper's requests as they
+    // are: no `into_make_service`, no mapping of bodies. The server's
+    // defaults (see `tower_defer::server`) suit a public port; a long-poll in
+    // flight never counts as idle.
+    Server::new()
+        .serve(listener, defer, async {
             let _ = tokio::signal::ctrl_c().await;
         })
-        .await?;
+        .await;
     // Let running jobs finish (queued ones stay in the store, which is gone
     // with the process here: use a persistent store to keep them).
     handle.shutdown(Duration::from_secs(10)).await;

@@ -1,12 +1,17 @@
-//! A plain hyper 1.x server whose service is wrapped with the async request API.
+//! A service written with hyper's types alone (no framework), given the async
+//! request API and served by `tower_defer::server::Server`.
 //!
 //! ```text
-//! cargo run --example hyper_app            # listens on 127.0.0.1:3000
-//! PORT=8081 cargo run --example hyper_app  # or another port
+//! cargo run --features server --example hyper_app            # listens on 127.0.0.1:3000
+//! PORT=8081 cargo run --features server --example hyper_app  # or another port
 //! ```
 //!
 //! `POST /predict` upper-cases its body after half a second of "inference";
 //! `GET /health` answers at once. Any route can also be called asynchronously.
+//!
+//! `Server` is hyper's auto builder (HTTP/1.1 and h2c) with the guards a
+//! public port needs: a header-read timeout, an idle timeout that never cuts
+//! a request in flight, a cap on open connections, and a graceful stop.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -14,10 +19,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tower::Layer;
+use tower_defer::server::Server;
 use tower_defer::{Body, DeferLayer, MemoryStore};
 
 /// The inner service. It takes `Request<tower_defer::Body>`, never hyper's
@@ -52,6 +55,7 @@ async fn main() -> std::io::Result<()> {
     // `Request<Incoming>` as it is: the async routes read the body, every
     // other request hands it on to `model` inside a `tower_defer::Body`.
     let app = DeferLayer::new(MemoryStore::new()).layer(tower::service_fn(model));
+    let handle = app.handle();
 
     let port = std::env::var("PORT").unwrap_or_else(|_| "3000".into());
     let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
@@ -62,18 +66,16 @@ async fn main() -> std::io::Result<()> {
     println!("  curl -s {base}/async/ID/output");
     println!("  curl -si -X POST {base}/predict -H 'prefer: respond-async' -d 'hello'");
 
-    loop {
-        let (stream, _) = listener.accept().await?;
-        // One clone per connection: clones share the store and the worker pool.
-        // `TowerToHyperService` adapts the tower service (`poll_ready` +
-        // `call`) to hyper's `Service<Request<Incoming>>` (`call` only).
-        let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            // `auto` speaks HTTP/1.1, and HTTP/2 when that feature is on.
-            let conn = auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = conn.serve_connection(TokioIo::new(stream), service).await {
-                eprintln!("connection error: {e}");
-            }
-        });
-    }
+    // Each request goes to a clone of `app`: clones share the store and the
+    // worker pool. The header-read timeout and the connection cap keep their
+    // defaults (see `tower_defer::server`); the idle timeout is set here.
+    let server = Server::new().idle_timeout(Duration::from_secs(60));
+    server
+        .serve(listener, app, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
+    // Let running jobs finish (queued ones are lost with the in-memory store).
+    handle.shutdown(Duration::from_secs(10)).await;
+    Ok(())
 }

@@ -82,6 +82,9 @@
 //! - `policy.rs`: classification, backoff and header rules as pure functions.
 //! - `upstream` (feature `proxy`): `Upstream`, the forwarding client of the
 //!   reverse proxy.
+//! - `server` (feature `server`): `Server`, which serves any tower
+//!   service with a header-read timeout, an idle timeout and a connection
+//!   cap; it knows connections, nothing of jobs.
 //! - `trace.rs`: W3C trace context, one trace per job from submission
 //!   through each attempt (see [Tracing](#tracing)).
 //! - `tls.rs` (feature `tls`): the rustls connector of https upstreams and
@@ -103,6 +106,8 @@ mod layer;
 pub mod metrics;
 mod policy;
 mod random;
+#[cfg(feature = "server")]
+pub mod server;
 mod service;
 mod shutdown;
 pub mod store;

@@ -17,6 +17,9 @@
 //! | `tower_defer_queue_depth` | gauge | `priority` (set by [`record_queue_stats`]) |
 //! | `tower_defer_in_progress` | gauge | (set by [`record_queue_stats`]) |
 //! | `tower_defer_retrying` | gauge | (set by [`record_queue_stats`]) |
+//! | `tower_defer_connections_open` | gauge | (feature `server`) |
+//! | `tower_defer_connections_rejected_total` | counter | over the connection cap (feature `server`) |
+//! | `tower_defer_connections_timed_out_total` | counter | `timeout` (`header_read`, `idle`) (feature `server`) |
 
 use crate::job::JobStatus;
 use crate::store::QueueStats;
@@ -83,6 +86,37 @@ pub(crate) fn ended(took: std::time::Duration) {
     }
     #[cfg(not(feature = "metrics"))]
     let _ = took;
+}
+
+/// The server accepted a connection.
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
+pub(crate) fn connection_opened() {
+    #[cfg(feature = "metrics")]
+    ::metrics::gauge!("tower_defer_connections_open").increment(1.0);
+}
+
+/// A connection the server accepted has ended.
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
+pub(crate) fn connection_closed() {
+    #[cfg(feature = "metrics")]
+    ::metrics::gauge!("tower_defer_connections_open").decrement(1.0);
+}
+
+/// The server turned a connection away: it was at its connection cap.
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
+pub(crate) fn connection_rejected() {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("tower_defer_connections_rejected_total").increment(1);
+}
+
+/// The server closed a connection that passed a timeout: `header_read` or `idle`.
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
+pub(crate) fn connection_timed_out(timeout: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("tower_defer_connections_timed_out_total", "timeout" => timeout)
+        .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = timeout;
 }
 
 /// Sets the queue gauges from the store's statistics; call it before each

@@ -2,7 +2,7 @@
 //! of an HTTP server, with the in-memory store.
 //!
 //! ```text
-//! cargo run --features proxy --example proxy -- http://127.0.0.1:8000
+//! cargo run --features proxy,server --example proxy -- http://127.0.0.1:8000
 //! curl -s localhost:8080/async -d '{"data": {"prompt": "hi"}, "path": "/predict"}'
 //! ```
 //!
@@ -13,10 +13,8 @@
 
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tower::Layer;
+use tower_defer::server::Server;
 use tower_defer::upstream::Upstream;
 use tower_defer::{DeferLayer, MemoryStore};
 
@@ -38,14 +36,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
     println!("forwarding to {upstream_url}; the async API is on http://127.0.0.1:8080/async");
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            let http = auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
-                eprintln!("connection ended with an error: {e}");
-            }
-        });
-    }
+    // A header-read timeout, an idle timeout and a connection cap, at their
+    // defaults; it serves until the process is stopped.
+    Server::new()
+        .serve(listener, app, std::future::pending())
+        .await;
+    Ok(())
 }

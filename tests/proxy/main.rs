@@ -3,6 +3,7 @@
 //! the upstream, the vendors' Python client snippets, and the live page in
 //! headless Chromium.
 
+mod connections;
 mod support;
 #[cfg(feature = "tls")]
 use tower_defer_testkit::tls;

@@ -108,6 +108,18 @@ pub(crate) struct Args {
     #[arg(long, env = "TOWER_DEFER_LEASE", default_value = "30s", value_parser = duration)]
     pub(crate) lease: Duration,
 
+    /// How long a client may take to send a request's head: from the connection's opening, then from the first byte of each later request (past it: closed).
+    #[arg(long, env = "TOWER_DEFER_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    pub(crate) header_read_timeout: Duration,
+
+    /// How long a connection may stay open with no request in flight (a long-poll or a streaming answer is never cut).
+    #[arg(long, env = "TOWER_DEFER_IDLE_TIMEOUT", default_value = "2m", value_parser = positive_duration)]
+    pub(crate) idle_timeout: Duration,
+
+    /// At most this many client connections open at once; past it, new ones are answered 503 and closed. Default: half the open-file limit, at most 10000.
+    #[arg(long, env = "TOWER_DEFER_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_connections: Option<u32>,
+
     /// On SIGTERM or SIGINT: how long in-flight calls and connections may take to finish.
     #[arg(long, env = "TOWER_DEFER_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
     pub(crate) shutdown_grace: Duration,
@@ -264,6 +276,14 @@ fn aging(s: &str) -> Result<Aging, String> {
     }
 }
 
+/// A [`duration`] other than zero.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match duration(s)? {
+        Duration::ZERO => Err("must be positive".into()),
+        d => Ok(d),
+    }
+}
+
 /// `500ms`, `30s`, `10m`, `1h`, `7d`; a bare number is seconds.
 pub(crate) fn duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -342,7 +362,47 @@ fn bytes(n: usize) -> String {
     }
 }
 
+/// The cap on connections when `--max-connections` is not given: half the
+/// open-file limit (each client connection may hold an upstream connection
+/// beside it), at most this.
+const MAX_CONNECTIONS: u64 = 10_000;
+
+/// The process's soft limit on open files, where the system says (Linux).
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// The connection cap for `--max-connections`, defaulted from the open-file
+/// limit when `given` is `None`, and how it was reached.
+fn connection_cap(given: Option<u32>, limit: Option<u64>) -> (usize, String) {
+    match (given, limit) {
+        (Some(n), Some(limit)) if u64::from(n) > limit / 2 => (
+            n as usize,
+            format!("{n} (above half the open-file limit {limit}: raise `ulimit -n`)"),
+        ),
+        (Some(n), _) => (n as usize, n.to_string()),
+        (None, Some(limit)) => {
+            let n = (limit / 2).clamp(1, MAX_CONNECTIONS);
+            (
+                n as usize,
+                format!("{n} (half the open-file limit {limit}, at most {MAX_CONNECTIONS})"),
+            )
+        }
+        (None, None) => (
+            MAX_CONNECTIONS as usize,
+            format!("{MAX_CONNECTIONS} (the open-file limit is unknown)"),
+        ),
+    }
+}
+
 impl Args {
+    /// The connection cap in force, and how it was reached.
+    pub(crate) fn max_connections(&self) -> (usize, String) {
+        connection_cap(self.max_connections, open_file_limit())
+    }
+
     /// The configuration in force, one `name value` line each, secrets masked.
     pub(crate) fn effective(&self, tokens: &Tokens) -> Vec<(&'static str, String)> {
         let store = match &self.store {
@@ -436,6 +496,9 @@ impl Args {
             ),
             ("max-wait", human(self.max_wait)),
             ("lease", human(self.lease)),
+            ("header-read-timeout", human(self.header_read_timeout)),
+            ("idle-timeout", human(self.idle_timeout)),
+            ("max-connections", self.max_connections().1),
             ("shutdown-grace", human(self.shutdown_grace)),
             ("forward-credentials", self.forward_credentials.to_string()),
             ("dialects", dialects),
@@ -487,6 +550,21 @@ mod tests {
             assert_eq!(mask_url(url), masked, "{url}");
         }
         assert_eq!(mask_url("redis://a:b@[::1"), "**** (not a valid URL)");
+    }
+
+    #[test]
+    fn the_connection_cap_defaults_to_half_the_open_file_limit() {
+        assert_eq!(connection_cap(None, Some(1024)).0, 512);
+        assert_eq!(connection_cap(None, Some(1_048_576)).0, 10_000);
+        assert_eq!(connection_cap(None, None).0, 10_000);
+        assert_eq!(connection_cap(None, Some(1)).0, 1);
+        assert_eq!(connection_cap(Some(300), Some(1024)), (300, "300".into()));
+        let (n, said) = connection_cap(Some(600), Some(1024));
+        assert_eq!(n, 600);
+        assert!(
+            said.contains("above half the open-file limit 1024"),
+            "{said}"
+        );
     }
 
     /// Each form the README and `--help` show.

@@ -22,7 +22,9 @@
 //!   identity the owner of the jobs it submits.
 //! - `health.rs`: `/healthz`, `/readyz` and `/metrics`, answered before auth.
 //! - `demo.rs`: the built-in demo model, used when there is no `--upstream`.
-//! - here: the stack, the accept loop and the graceful stop.
+//! - here: the stack and the graceful stop. Connections are served by
+//!   `tower_defer::server::Server` (`--header-read-timeout`,
+//!   `--idle-timeout`, `--max-connections`; the rules are in its docs).
 //!
 //! The stack, outermost first: `Front` (operational routes) ->
 //! `AuthLayer` -> `DeferLayer` (the async API; other routes stream through)
@@ -48,13 +50,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower::{Layer, ServiceBuilder};
 use tower_defer::job::RetryPolicy;
+use tower_defer::server::Server;
 use tower_defer::upstream::Upstream;
 use tower_defer::{Baseten, Defer, DeferLayer, InnerService, MemoryStore, Store, Webhooks};
 
@@ -324,46 +323,30 @@ where
     println!("tower-defer proxy listening on http://{addr}");
     tracing::info!(%addr, "listening");
 
-    let graceful = GracefulShutdown::new();
-    let stop = stop_signal();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            signal = &mut stop => {
-                tracing::info!(signal, grace = ?args.shutdown_grace, "stopping: no new connections; in-flight work may finish within the grace period");
-                break;
-            }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    let service = TowerToHyperService::new(front.clone());
-                    let watcher = graceful.watcher();
-                    tokio::spawn(async move {
-                        // HTTP/1.1, and HTTP/2 with prior knowledge (h2c).
-                        let http = auto::Builder::new(TokioExecutor::new());
-                        let conn = http.serve_connection(TokioIo::new(stream), service);
-                        if let Err(e) = watcher.watch(conn).await {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors, say: wait rather than spin.
-                    tracing::warn!(error = %e, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-        }
-    }
-    drop(listener);
     let grace = args.shutdown_grace;
-    let (drained, ()) = tokio::join!(
-        tokio::time::timeout(grace, graceful.shutdown()),
-        handle.shutdown(grace),
-    );
-    if drained.is_err() {
-        tracing::warn!("connections still open after the grace period are closed");
-    }
+    let server = Server::new()
+        .header_read_timeout(args.header_read_timeout)
+        .idle_timeout(args.idle_timeout)
+        .max_connections(args.max_connections().0)
+        .shutdown_grace(grace);
+    // The signal stops the accept loop and, at the same moment, the workers:
+    // open connections and in-flight inner calls share the grace period.
+    let (stopping, stopped) = tokio::sync::oneshot::channel();
+    let signal = async move {
+        let signal = stop_signal().await;
+        tracing::info!(
+            signal,
+            ?grace,
+            "stopping: no new connections; in-flight work may finish within the grace period"
+        );
+        let _ = stopping.send(());
+    };
+    let workers = async move {
+        if stopped.await.is_ok() {
+            handle.shutdown(grace).await;
+        }
+    };
+    tokio::join!(server.serve(listener, front, signal), workers);
     match store.stats().await {
         Ok(stats) if stats.queued > 0 && matches!(args.store, StoreUrl::Memory) => {
             tracing::warn!(
