@@ -209,6 +209,9 @@ fn a_keep_alive_connection_may_wait_longer_than_the_header_read_timeout() {
 fn a_long_poll_outlasts_the_idle_timeout_and_idleness_counts_from_its_end() {
     let proxy = Proxy::start(&["--idle-timeout", "1s"]);
     let id = proxy.submit(None, json!({"demo_delay_ms": 3000}));
+    // A long-poll answers at the job's next change: wait until it runs, so
+    // that the next change is its end, three idle timeouts away.
+    proxy.wait_status(None, &id, "in_progress");
     let mut client = Client::connect(proxy.addr);
     let reply = client.call("GET", &format!("/async/{id}"), &[("prefer", "wait=15")]);
     assert_eq!(reply.status, 200, "{}", reply.text());
