@@ -120,10 +120,43 @@
 //!
 //! Commands go through one multiplexed connection that reconnects by itself.
 //! Every operation is bounded by [`timeout`](RedisStoreBuilder::timeout)
-//! (default 2 s): while Redis is down, operations fail promptly with
+//! (default 2 s), and opening a connection (TCP, the TLS handshake, `AUTH`)
+//! by [`connect_timeout`](RedisStoreBuilder::connect_timeout) (default 2 s):
+//! while Redis is down, operations fail promptly with
 //! [`StoreError::is_unavailable`](crate::store::StoreError::is_unavailable) (the API answers `503` with `Retry-After`)
 //! and nothing hangs. An accepted job was written by its enqueue script
 //! before the `201`.
+//!
+//! # TLS, users and permissions
+//!
+//! A `rediss://` URL (feature `tls`) speaks TLS on both of the store's
+//! connections, commands and pub/sub. The server's certificate must chain to
+//! Mozilla's roots (compiled in, no system lookup), or, once
+//! [`root_certificates`](RedisStoreBuilder::root_certificates) is given (a
+//! private CA's certificate), to those only. redis-rs builds its TLS
+//! configuration on rustls's process-wide provider: ring, the only one this
+//! crate compiles, unless your program also compiles another (aws-lc-rs,
+//! through some other dependency); it must then install one
+//! (`CryptoProvider::install_default`) before connecting.
+//!
+//! An ACL user and its password go in the URL, percent-encoded as in any
+//! URL (`p@ss` is `p%40ss`): `rediss://app:p%40ss@redis.internal:6380/0`.
+//! The store needs the keys and channels of its namespace, the read and
+//! write commands its functions run, `FCALL`, and `FUNCTION LOAD` (it loads
+//! its functions when it connects), and nothing dangerous; for namespace
+//! `my-app`:
+//!
+//! ```text
+//! ACL SETUSER tower-defer on >PASSWORD ~{my-app}:* &{my-app}:* +@read +@write +@pubsub +@connection -@dangerous +fcall +function|load
+//! ```
+//!
+//! [`connect`](RedisStoreBuilder::connect) fails within its timeouts,
+//! naming the cause when it is one of these: authentication failed
+//! (`WRONGPASS`), authentication required (`NOAUTH`), a permission missing
+//! (`NOPERM`, with the keys and channels needed), a certificate not trusted,
+//! a TLS handshake that failed or never finished (a plain-text server behind
+//! `rediss://`), a connection refused, a server not reached, a Redis older
+//! than 7.0.
 //!
 //! # Durability
 //!
@@ -152,6 +185,7 @@
 mod batch;
 mod builder;
 mod codec;
+mod diagnose;
 mod functions;
 mod io;
 mod keys;

@@ -5,27 +5,60 @@
 //! touch one the machine runs. Without a `redis-server` binary the caller is
 //! told to skip, unless `CI` is set, where that is a failure: CI must run the
 //! Redis tests, not pass by skipping them.
+//!
+//! A [`Config`] runs it as production does: TLS only, with a certificate from
+//! a private CA made for the test, and ACL users with the default user off.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio_rustls::rustls;
+
+use crate::tls::PrivateCa;
+
+/// How a [`RedisServer`] runs. `false` and `true` convert to a plain server
+/// without and with an append-only file.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// An append-only file, so that a [`restart`](RedisServer::restart)
+    /// finds what was written.
+    pub appendonly: bool,
+    /// TLS only on the port (no plain-text port), presenting a certificate
+    /// signed by a fresh private CA: [`RedisServer::ca_file`].
+    pub tls: bool,
+    /// ACL users, one rule each as `ACL SETUSER` takes it (`app on >secret
+    /// ~* +@all`). When any is given the default user is off, so every
+    /// client must authenticate.
+    pub users: Vec<String>,
+}
+
+impl From<bool> for Config {
+    fn from(appendonly: bool) -> Self {
+        Config {
+            appendonly,
+            ..Config::default()
+        }
+    }
+}
 
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
-    appendonly: bool,
+    config: Config,
+    ca: Option<PrivateCa>,
 }
 
-/// Starts a server, or skips the calling test (returns from it) when there
-/// is no `redis-server` and `CI` is not set.
+/// Starts a server (`false`, `true` or a [`Config`]), or skips the calling
+/// test (returns from it) when there is no `redis-server` and `CI` is not set.
 #[macro_export]
 macro_rules! redis_or_skip {
-    ($appendonly:expr) => {
-        match $crate::redis::RedisServer::start($appendonly) {
+    ($config:expr) => {
+        match $crate::redis::RedisServer::start($config) {
             Some(server) => server,
             None => return,
         }
@@ -33,10 +66,9 @@ macro_rules! redis_or_skip {
 }
 
 impl RedisServer {
-    /// A fresh server, with an append-only file if `appendonly` (so that a
-    /// [`restart`](Self::restart) finds what was written); `None` when there
-    /// is no `redis-server` and `CI` is unset.
-    pub fn start(appendonly: bool) -> Option<Self> {
+    /// A fresh server as `config` says (`true`: with an append-only file);
+    /// `None` when there is no `redis-server` and `CI` is unset.
+    pub fn start(config: impl Into<Config>) -> Option<Self> {
         let found = Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -60,23 +92,56 @@ impl RedisServer {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
+        let config = config.into();
+        let ca = config.tls.then(|| {
+            let ca = PrivateCa::new();
+            std::fs::write(dir.join("ca.pem"), &ca.ca_pem).expect("write ca.pem");
+            std::fs::write(dir.join("server.pem"), &ca.cert_pem).expect("write server.pem");
+            std::fs::write(dir.join("server.key"), &ca.key_pem).expect("write server.key");
+            ca
+        });
         let mut server = RedisServer {
             child: None,
             port,
             dir,
-            appendonly,
+            config,
+            ca,
         };
         server.spawn();
         Some(server)
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        if self.config.tls {
+            command
+                .args(["--port", "0", "--tls-port", &port])
+                .arg("--tls-cert-file")
+                .arg(self.dir.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(self.dir.join("server.key"))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            command.args(["--port", &port]);
+        }
+        if !self.config.users.is_empty() {
+            command.args(["--user", "default", "off"]);
+            for rule in &self.config.users {
+                // One word an argument: redis-server joins them into the
+                // config line `user <rule>`.
+                command.arg("--user").args(rule.split_whitespace());
+            }
+        }
+        let child = command
+            .args(["--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(&self.dir)
             .args(["--save", "", "--daemonize", "no", "--loglevel", "warning"])
-            .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
+            .args([
+                "--appendonly",
+                if self.config.appendonly { "yes" } else { "no" },
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -89,13 +154,24 @@ impl RedisServer {
         }
     }
 
+    /// Whether the server answers: `+PONG`, or `-NOAUTH` when the default
+    /// user is off (it answers, which is all this asks).
     fn answers_ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+        let Ok(tcp) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+        let _ = tcp.set_read_timeout(Some(Duration::from_secs(1)));
+        let answer = match &self.ca {
+            Some(ca) => {
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let Ok(tls) = rustls::ClientConnection::new(ca.client_config(), name) else {
+                    return false;
+                };
+                first_line(rustls::StreamOwned::new(tls, tcp))
+            }
+            None => first_line(tcp),
+        };
+        answer.is_some_and(|line| line.starts_with("+PONG") || line.starts_with("-NOAUTH"))
     }
 
     /// The server's process id, while it runs.
@@ -103,8 +179,38 @@ impl RedisServer {
         self.child.as_ref().map(Child::id)
     }
 
+    /// `redis://127.0.0.1:PORT/0`, or `rediss://` with [`Config::tls`].
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.config.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
+    }
+
+    /// [`url`](Self::url) with a user name and password, percent-encoded as
+    /// a URL must have them.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        let url = self.url();
+        let (scheme, rest) = url.split_once("://").unwrap();
+        format!(
+            "{scheme}://{}:{}@{rest}",
+            percent_encoded(user),
+            percent_encoded(password)
+        )
+    }
+
+    /// The PEM file of the private CA that signed a TLS server's
+    /// certificate (`--redis-ca`); `None` without [`Config::tls`].
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.ca.as_ref().map(|_| self.dir.join("ca.pem"))
+    }
+
+    /// That CA's certificate, as PEM text.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca.as_ref().map(|ca| ca.ca_pem.as_str())
+    }
+
+    /// The server's own directory (its files, and room for a test's).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Kills the server with SIGKILL (no shutdown, no final save).
@@ -127,4 +233,24 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Sends `PING` and reads the first line of the answer.
+fn first_line(mut stream: impl Read + Write) -> Option<String> {
+    stream.write_all(b"PING\r\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).ok()?;
+    Some(line)
+}
+
+/// Every byte but the URL's unreserved characters as `%XX`.
+fn percent_encoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -1,9 +1,11 @@
 //! The `tower-defer` program as an SRE meets it: the binary run as a process,
 //! spoken to over TCP. Auth and owners, health and metrics, SIGTERM, h2c to
 //! the upstream, the vendors' Python client snippets, and the live page in
-//! headless Chromium.
+//! headless Chromium. `redis_production.rs`: Redis over TLS with an ACL
+//! user, its flags, and the errors that stop a start.
 
 mod connections;
+mod redis_production;
 mod support;
 #[cfg(feature = "tls")]
 use tower_defer_testkit::tls;

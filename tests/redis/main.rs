@@ -2,7 +2,10 @@
 //! its own `redis-server` (the testkit's `RedisServer`).
 //!
 //! The store contract itself runs on Redis in `tests/store_model/` (the
-//! model test, on a paused clock).
+//! model test, on a paused clock). `production.rs`: TLS, ACL users,
+//! timeouts, and the errors of connecting.
+
+mod production;
 
 use std::collections::HashMap;
 use std::io;

@@ -52,9 +52,29 @@ pub(crate) struct Args {
     #[arg(long, env = "TOWER_DEFER_CONCURRENCY", default_value = "16", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) concurrency: u32,
 
-    /// `memory`, or `redis://[user:password@]host:port/db` (`rediss://` for TLS) to share one queue between proxies.
+    /// `memory`, or `redis://[user:password@]host:port/db` (`rediss://` for TLS) to share one queue between proxies; a password holding `@`, `:` or `/` is percent-encoded.
     #[arg(long, env = "TOWER_DEFER_STORE", default_value = "memory", value_parser = store)]
     pub(crate) store: StoreUrl,
+
+    /// The Redis password, when it is not in the --store URL (set TOWER_DEFER_REDIS_PASSWORD rather than the flag, which others can read in the process list).
+    #[arg(long, env = "TOWER_DEFER_REDIS_PASSWORD", hide_env_values = true)]
+    pub(crate) redis_password: Option<String>,
+
+    /// A PEM file of the root certificates to trust for a rediss:// store, in place of Mozilla's (its private CA's certificate).
+    #[arg(long, env = "TOWER_DEFER_REDIS_CA")]
+    pub(crate) redis_ca: Option<PathBuf>,
+
+    /// Every Redis key is `{NAMESPACE}:...`; proxies with the same namespace on one Redis share one queue.
+    #[arg(long, env = "TOWER_DEFER_REDIS_NAMESPACE", default_value = "tower-defer", value_parser = namespace)]
+    pub(crate) redis_namespace: String,
+
+    /// How long opening a Redis connection may take (TCP, TLS handshake, AUTH), at start and on each reconnect.
+    #[arg(long, env = "TOWER_DEFER_REDIS_CONNECT_TIMEOUT", default_value = "2s", value_parser = duration)]
+    pub(crate) redis_connect_timeout: Duration,
+
+    /// How long one Redis command may take (then the request it serves answers 503).
+    #[arg(long, env = "TOWER_DEFER_REDIS_TIMEOUT", default_value = "2s", value_parser = duration)]
+    pub(crate) redis_timeout: Duration,
 
     /// The largest request body accepted for a job (larger: 413).
     #[arg(long, env = "TOWER_DEFER_MAX_BODY", default_value = "10MiB", value_parser = size)]
@@ -259,6 +279,14 @@ fn store(s: &str) -> Result<StoreUrl, String> {
     }
 }
 
+fn namespace(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.contains(['{', '}']) {
+        Err("must be a name without '{' or '}', such as my-app".into())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
 fn webhook_secret(s: &str) -> Result<String, String> {
     match s.strip_prefix("whsec_") {
         Some(rest) if !rest.is_empty() => Ok(s.to_owned()),
@@ -341,6 +369,19 @@ pub(crate) fn mask_url(url: &str) -> String {
     }
 }
 
+/// Every byte but a URL's unreserved characters as `%XX`: what a password
+/// must be to sit whole in a URL's userinfo.
+fn percent_encoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn human(d: Duration) -> String {
     let ms = d.as_millis();
     match ms {
@@ -403,11 +444,68 @@ impl Args {
         connection_cap(self.max_connections, open_file_limit())
     }
 
+    /// The Redis URL to connect to, `--redis-password` in it; `None` for the
+    /// memory store; `Err` when the Redis flags do not fit the store.
+    pub(crate) fn redis_url(&self) -> Result<Option<String>, String> {
+        let url = match &self.store {
+            StoreUrl::Redis(url) => url,
+            StoreUrl::Memory => {
+                return match (&self.redis_ca, &self.redis_password) {
+                    (Some(path), _) => Err(format!(
+                        "--redis-ca {}: the store is memory, not rediss://",
+                        path.display()
+                    )),
+                    (None, Some(_)) => Err("--redis-password: the store is memory".into()),
+                    (None, None) => Ok(None),
+                };
+            }
+        };
+        if let Some(path) = &self.redis_ca {
+            if !url.starts_with("rediss://") {
+                return Err(format!(
+                    "--redis-ca {}: the store {} is not rediss://",
+                    path.display(),
+                    mask_url(url)
+                ));
+            }
+        }
+        let Some(password) = &self.redis_password else {
+            return Ok(Some(url.clone()));
+        };
+        let mut parsed =
+            url::Url::parse(url).map_err(|e| format!("--store {}: {e}", mask_url(url)))?;
+        if parsed.password().is_some() {
+            return Err(
+                "--redis-password: the --store URL holds a password already; give it once".into(),
+            );
+        }
+        parsed
+            .set_password(Some(&percent_encoded(password)))
+            .map_err(|()| format!("--store {}: a URL with a host", mask_url(url)))?;
+        Ok(Some(parsed.to_string()))
+    }
+
     /// The configuration in force, one `name value` line each, secrets masked.
     pub(crate) fn effective(&self, tokens: &Tokens) -> Vec<(&'static str, String)> {
-        let store = match &self.store {
-            StoreUrl::Memory => "memory".to_owned(),
-            StoreUrl::Redis(url) => mask_url(url),
+        let store = match self.redis_url() {
+            Ok(Some(url)) => format!(
+                "{} ({}; namespace {}; connect timeout {}, timeout {})",
+                mask_url(&url),
+                match (url.starts_with("rediss://"), &self.redis_ca) {
+                    (false, _) => "plain text".to_owned(),
+                    (true, None) => "TLS, Mozilla's roots".to_owned(),
+                    (true, Some(path)) => format!("TLS, trusting only {}", path.display()),
+                },
+                self.redis_namespace,
+                human(self.redis_connect_timeout),
+                human(self.redis_timeout)
+            ),
+            Ok(None) => "memory".to_owned(),
+            // Refused before this is printed; masked all the same.
+            Err(_) => match &self.store {
+                StoreUrl::Memory => "memory".to_owned(),
+                StoreUrl::Redis(url) => mask_url(url),
+            },
         };
         let upstream = match &self.upstream {
             Some(u) => format!(
@@ -564,6 +662,25 @@ mod tests {
         assert!(
             said.contains("above half the open-file limit 1024"),
             "{said}"
+        );
+    }
+
+    #[test]
+    fn a_redis_password_flag_goes_into_the_url_percent_encoded() {
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["tower-defer", "--store", "rediss://app@redis:6380/0"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).unwrap()
+        };
+        assert_eq!(
+            args(&["--redis-password", "p@ss:w/rd%"]).redis_url(),
+            Ok(Some(
+                "rediss://app:p%40ss%3Aw%2Frd%25@redis:6380/0".to_owned()
+            ))
+        );
+        assert_eq!(
+            args(&[]).redis_url(),
+            Ok(Some("rediss://app@redis:6380/0".to_owned()))
         );
     }
 

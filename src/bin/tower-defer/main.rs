@@ -112,6 +112,7 @@ async fn start(args: Args) -> Result<(), Fail> {
         }
     });
 
+    let redis_url = args.redis_url().map_err(|e| Fail(2, e))?;
     println!("tower-defer proxy {}", env!("CARGO_PKG_VERSION"));
     for (name, value) in args.effective(&tokens) {
         println!("  {name:<20} {value}");
@@ -121,9 +122,9 @@ async fn start(args: Args) -> Result<(), Fail> {
             "no --token or --tokens-file: serving openly, every client sees and cancels every job"
         );
     }
-    match &args.store {
-        StoreUrl::Memory => run(&args, tokens, prometheus, webhooks, MemoryStore::new()).await,
-        StoreUrl::Redis(url) => run_redis(&args, tokens, prometheus, webhooks, url).await,
+    match redis_url {
+        None => run(&args, tokens, prometheus, webhooks, MemoryStore::new()).await,
+        Some(url) => run_redis(&args, tokens, prometheus, webhooks, &url).await,
     }
 }
 
@@ -176,9 +177,23 @@ async fn run_redis(
     webhooks: Webhooks,
     url: &str,
 ) -> Result<(), Fail> {
-    let store = tower_defer::RedisStore::connect(url)
-        .await
-        .map_err(|e| Fail(1, format!("--store {}: {e}", config::mask_url(url))))?;
+    let mut builder = tower_defer::RedisStore::builder(url)
+        .namespace(args.redis_namespace.clone())
+        .connect_timeout(args.redis_connect_timeout)
+        .timeout(args.redis_timeout);
+    if let Some(path) = &args.redis_ca {
+        let pem = std::fs::read(path)
+            .map_err(|e| Fail(2, format!("--redis-ca {}: {e}", path.display())))?;
+        builder = builder.root_certificates(pem);
+    }
+    let store = builder.connect().await.map_err(|e| {
+        let mut message = format!("--store {}: {e}", config::mask_url(url));
+        // The library's advice, in the program's words.
+        if message.ends_with("needs that CA's certificate as a root") {
+            message.push_str(": give it with --redis-ca FILE");
+        }
+        Fail(1, message)
+    })?;
     run(args, tokens, prometheus, webhooks, store).await
 }
 

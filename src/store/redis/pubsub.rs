@@ -97,12 +97,16 @@ impl Drop for Watch {
 }
 
 /// Keeps one subscription to the store's channels, making it again when it
-/// is lost, until the store is dropped. Signals `ready` once first subscribed.
+/// is lost, until the store is dropped; each attempt (connecting, then
+/// subscribing) is bounded by `within`. Signals `ready` once first
+/// subscribed, or with the error of a first attempt that failed, so that
+/// `connect` names it.
 pub(super) async fn listen(
     client: Client,
     [changed, work, deliver]: [String; 3],
+    within: Duration,
     hub: Weak<Hub>,
-    ready: oneshot::Sender<()>,
+    ready: oneshot::Sender<Result<(), RedisError>>,
 ) {
     let mut ready = Some(ready);
     let mut backoff = Duration::from_millis(50);
@@ -114,7 +118,7 @@ pub(super) async fn listen(
             pubsub.subscribe(deliver.as_str()).await?;
             Ok::<_, RedisError>(pubsub)
         };
-        match tokio::time::timeout(Duration::from_secs(5), subscribe).await {
+        match tokio::time::timeout(within, subscribe).await {
             Ok(Ok(pubsub)) => {
                 backoff = Duration::from_millis(50);
                 match hub.upgrade() {
@@ -122,7 +126,7 @@ pub(super) async fn listen(
                     None => return,
                 }
                 if let Some(tx) = ready.take() {
-                    let _ = tx.send(());
+                    let _ = tx.send(Ok(()));
                 }
                 let mut messages = pubsub.into_on_message();
                 while let Some(msg) = messages.next().await {
@@ -147,7 +151,12 @@ pub(super) async fn listen(
                 }
                 tracing::warn!("the Redis subscription was lost; making it again");
             }
-            Ok(Err(e)) => tracing::debug!(error = %e, "subscribing to Redis failed"),
+            Ok(Err(e)) => match ready.take() {
+                Some(tx) => {
+                    let _ = tx.send(Err(e));
+                }
+                None => tracing::debug!(error = %e, "subscribing to Redis failed"),
+            },
             Err(_) => tracing::debug!("subscribing to Redis timed out"),
         }
         if hub.strong_count() == 0 {
