@@ -148,16 +148,25 @@ pub async fn status<S: InnerService, St: Store>(app: &Defer<S, St>, id: &str) ->
 /// Long-polls until the job has ended, and returns its status document. For
 /// the paused clock, where a long poll costs no time.
 pub async fn finished<S: InnerService, St: Store>(app: &Defer<S, St>, id: &str) -> Value {
+    finished_with(app, id, &[]).await
+}
+
+/// [`finished`], with `headers` on each poll (a tenant's, say).
+pub async fn finished_with<S: InnerService, St: Store>(
+    app: &Defer<S, St>,
+    id: &str,
+    headers: &[(&str, &str)],
+) -> Value {
     loop {
-        let req = Request::get(format!("/async/{id}"))
-            .header("prefer", "wait=60")
-            .body(Body::empty())
-            .unwrap();
-        let a = call(app, req).await;
+        let mut req = Request::get(format!("/async/{id}")).header("prefer", "wait=60");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let a = call(app, req.body(Body::empty()).unwrap()).await;
         if a.status == 200 {
             return a.json();
         }
-        assert_eq!(a.status, 202);
+        assert_eq!(a.status, 202, "{:?}", String::from_utf8_lossy(&a.body));
     }
 }
 

@@ -437,25 +437,10 @@ async fn an_idempotency_key_returns_the_first_job_and_runs_it_once() {
     }
     assert_eq!(ids.len(), 1);
     let id = ids.keys().next().unwrap().clone();
-    finished_as(&app, &id, "a").await;
+    finished_with(&app, &id, &[("x-tenant", "a")]).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let runs = calls.bodies().iter().filter(|b| **b == json!("r")).count();
     assert_eq!(runs, 1);
-}
-
-async fn finished_as<S: tower_defer::InnerService>(app: &App<S>, id: &str, tenant: &str) -> Value {
-    loop {
-        let req = Request::get(format!("/async/{id}"))
-            .header("x-tenant", tenant)
-            .header("prefer", "wait=60")
-            .body(Body::empty())
-            .unwrap();
-        let a = call(app, req).await;
-        if a.status == 200 {
-            return a.json();
-        }
-        assert_eq!(a.status, 202, "{:?}", a.json());
-    }
 }
 
 #[tokio::test(start_paused = true)]
