@@ -70,6 +70,10 @@
 //! The load generator shares the machine's cores with the servers, so the
 //! absolute figures are lower than a dedicated client's; the ratios, each
 //! against a floor measured in the same run, are the figures of merit.
+//!
+//! One program, one concept: its servers, its load and its report are read
+//! together when a figure looks wrong, so the file stays whole past 600
+//! lines.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

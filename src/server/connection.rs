@@ -1,6 +1,9 @@
 //! One connection: hyper serves it, and a watchdog in the same task times
 //! request heads and idleness from what the connection's reads and requests
 //! record in its [`Activity`].
+//!
+//! One concept, a connection's timers, with their paused-clock tests beside
+//! them (a third of the file): a little over 600 lines, kept whole.
 
 use std::future::Future;
 use std::io;

@@ -6,6 +6,11 @@
 //! and never across an `.await`. Every transition takes the schedule lock
 //! first and the job's shard second, never the other way round, so the two
 //! never deadlock and a transition is atomic against every other transition.
+//!
+//! The file is one concept, the `Store` contract kept in memory, and stays
+//! whole a little past 600 lines: each operation beside the locking rule it
+//! follows; its helpers (`stored`, `schedule`, `id_hash`) are files of their
+//! own.
 
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
