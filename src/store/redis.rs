@@ -160,9 +160,11 @@
 //!
 //! # Durability
 //!
-//! Run Redis with `appendonly yes` (and `appendfsync everysec`, or `always`
-//! to lose nothing even to a host crash) so queued jobs survive a restart;
-//! with RDB snapshots only, a restart loses what came after the last one.
+//! Run Redis with `appendonly yes` so queued jobs survive a restart, and
+//! `appendfsync always` to lose nothing acknowledged when Redis crashes or
+//! is killed: with `everysec`, Redis may hold writes back while a sync runs,
+//! and a crash of the process loses the last second or two of them. With
+//! RDB snapshots only, a restart loses what came after the last one.
 //! Do not run it with an eviction policy that may drop keys
 //! (`maxmemory-policy noeviction`).
 //!

@@ -24,8 +24,10 @@ use crate::tls::PrivateCa;
 /// without and with an append-only file.
 #[derive(Clone, Debug, Default)]
 pub struct Config {
-    /// An append-only file, so that a [`restart`](RedisServer::restart)
-    /// finds what was written.
+    /// An append-only file, synced at every write, so that a
+    /// [`restart`](RedisServer::restart) after a SIGKILL finds everything
+    /// acknowledged (with `everysec`, Redis may hold a write back for up to
+    /// two seconds while a sync runs, and a kill loses it).
     pub appendonly: bool,
     /// TLS only on the port (no plain-text port), presenting a certificate
     /// signed by a fresh private CA: [`RedisServer::ca_file`].
@@ -142,6 +144,7 @@ impl RedisServer {
                 "--appendonly",
                 if self.config.appendonly { "yes" } else { "no" },
             ])
+            .args(["--appendfsync", "always"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -152,26 +155,44 @@ impl RedisServer {
             assert!(Instant::now() < deadline, "redis-server did not come up");
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The port is chosen free, then released for redis-server to bind,
+        // and a restart frees it again: another process may take it in
+        // between, and answer the ping. Then this server is not ours, and
+        // a test would read another test's data: say so rather than that.
+        if self.config.users.is_empty() {
+            let ours = self.child.as_ref().map(Child::id);
+            let answering = self.ask("INFO server").and_then(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("process_id:")?.trim().parse::<u32>().ok())
+            });
+            assert_eq!(
+                answering, ours,
+                "port {} answers for another process than the redis-server started on it",
+                self.port
+            );
+        }
     }
 
     /// Whether the server answers: `+PONG`, or `-NOAUTH` when the default
     /// user is off (it answers, which is all this asks).
     fn answers_ping(&self) -> bool {
-        let Ok(tcp) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
+        self.ask("PING")
+            .is_some_and(|line| line.starts_with("+PONG") || line.starts_with("-NOAUTH"))
+    }
+
+    /// Sends one inline command and reads the answer: a status line, or a
+    /// bulk string's contents.
+    fn ask(&self, command: &str) -> Option<String> {
+        let tcp = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         let _ = tcp.set_read_timeout(Some(Duration::from_secs(1)));
-        let answer = match &self.ca {
+        match &self.ca {
             Some(ca) => {
                 let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-                let Ok(tls) = rustls::ClientConnection::new(ca.client_config(), name) else {
-                    return false;
-                };
-                first_line(rustls::StreamOwned::new(tls, tcp))
+                let tls = rustls::ClientConnection::new(ca.client_config(), name).ok()?;
+                answer(rustls::StreamOwned::new(tls, tcp), command)
             }
-            None => first_line(tcp),
-        };
-        answer.is_some_and(|line| line.starts_with("+PONG") || line.starts_with("-NOAUTH"))
+            None => answer(tcp, command),
+        }
     }
 
     /// The server's process id, while it runs.
@@ -235,12 +256,20 @@ impl Drop for RedisServer {
     }
 }
 
-/// Sends `PING` and reads the first line of the answer.
-fn first_line(mut stream: impl Read + Write) -> Option<String> {
-    stream.write_all(b"PING\r\n").ok()?;
+/// Sends `command` inline and reads its answer: the first line, or for a
+/// bulk string (`$LEN`) the string itself.
+fn answer(mut stream: impl Read + Write, command: &str) -> Option<String> {
+    stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+    let mut reader = BufReader::new(stream);
     let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).ok()?;
-    Some(line)
+    reader.read_line(&mut line).ok()?;
+    let Some(len) = line.strip_prefix('$') else {
+        return Some(line);
+    };
+    let mut bulk = vec![0; len.trim().parse::<usize>().ok()? + 2];
+    reader.read_exact(&mut bulk).ok()?;
+    bulk.truncate(bulk.len() - 2);
+    String::from_utf8(bulk).ok()
 }
 
 /// Every byte but the URL's unreserved characters as `%XX`.

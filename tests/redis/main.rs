@@ -249,7 +249,16 @@ async fn a_worker_killed_mid_job_loses_nothing() {
 async fn queued_jobs_survive_a_redis_restart_and_an_outage_answers_503() {
     let mut server = redis_or_skip!(true);
     let counter = Counter::default();
-    let (a, _a_worker) = DeferLayer::new(store(&server, "t").await).pair(counter.service("a"));
+    // Short timeouts, so that "promptly" below is a few of them plus the
+    // scheduling of a loaded machine, not the 2 s default with little left.
+    let quick = RedisStore::builder(server.url())
+        .namespace("t")
+        .timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .expect("connects to the test's redis-server");
+    let (a, _a_worker) = DeferLayer::new(quick).pair(counter.service("a"));
     let mut ids = Vec::new();
     for n in 0..20 {
         ids.push(submit(&a, json!({"data": n})).await);
