@@ -3,6 +3,7 @@
 //! the upstream, the vendors' Python client snippets, and the live page in
 //! headless Chromium.
 
+mod batching;
 mod connections;
 mod support;
 #[cfg(feature = "tls")]
