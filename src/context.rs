@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use http::request::Parts;
 
+use crate::batch::Batch;
 use crate::job::JobOptions;
 use crate::store::Store;
 
@@ -34,6 +35,8 @@ pub(crate) struct DoorConfig {
     pub(crate) max_wait: Duration,
     pub(crate) owner: Option<OwnerFn>,
     pub(crate) bifrost: bool,
+    /// The routes that batch: a submission to one is tagged with its batch key.
+    pub(crate) batches: Arc<[Batch]>,
     /// Webhook delivery, when configured; `None` refuses every webhook.
     #[cfg(feature = "webhooks")]
     pub(crate) webhooks: Option<Arc<crate::Webhooks>>,
@@ -53,6 +56,7 @@ impl Default for DoorConfig {
             max_wait: Duration::from_secs(60),
             owner: None,
             bifrost: false,
+            batches: Arc::from([]),
             #[cfg(feature = "webhooks")]
             webhooks: None,
         }
@@ -73,6 +77,8 @@ pub(crate) struct PoolConfig {
     pub(crate) lease: Duration,
     pub(crate) priority_aging: Option<Duration>,
     pub(crate) shutdown_grace: Duration,
+    /// The routes that batch: how a claimed job of one finds company.
+    pub(crate) batches: Arc<[Batch]>,
     /// The native prefix, for the result links in webhook events.
     #[cfg_attr(not(feature = "webhooks"), allow(dead_code))]
     pub(crate) prefix: String,
@@ -93,6 +99,7 @@ impl Default for PoolConfig {
             lease: Duration::from_secs(30),
             priority_aging: Some(Duration::from_secs(60)),
             shutdown_grace: Duration::from_secs(30),
+            batches: Arc::from([]),
             prefix: "/async".into(),
             #[cfg(feature = "webhooks")]
             webhooks: None,

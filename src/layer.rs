@@ -268,6 +268,34 @@ impl<St: Store> DeferLayer<St> {
         self
     }
 
+    /// Batches the queued jobs of a route: compatible jobs share one call to
+    /// the inner service, and each gets its own part of the answer (see
+    /// [`batch`](crate::batch)). Repeat for more routes; the first that
+    /// matches a request applies.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_defer::batch::Batch;
+    /// use tower_defer::{DeferLayer, MemoryStore};
+    ///
+    /// let layer = DeferLayer::new(MemoryStore::new()).batch(
+    ///     Batch::post("/v1/embeddings")
+    ///         .input("/input")
+    ///         .output("/data")
+    ///         .max_items(32)
+    ///         .max_wait(Duration::from_millis(10)),
+    /// );
+    /// # let _ = layer;
+    /// ```
+    pub fn batch(mut self, batch: crate::batch::Batch) -> Self {
+        let mut routes = self.config.pool.batches.to_vec();
+        routes.push(batch);
+        let routes: Arc<[crate::batch::Batch]> = Arc::from(routes);
+        self.config.doors.batches = routes.clone();
+        self.config.pool.batches = routes;
+        self
+    }
+
     /// The service and its worker pool, for the caller to run: the worker is
     /// a future that runs until shutdown.
     pub fn pair<S>(&self, inner: S) -> (Defer<S, St>, Worker)

@@ -97,6 +97,7 @@
 #![warn(missing_docs)]
 
 mod api;
+pub mod batch;
 mod body;
 mod context;
 mod error;

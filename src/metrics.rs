@@ -13,6 +13,7 @@
 //! | `tower_defer_webhook_deliveries_total` | counter | `result` (`succeeded`, `retrying`, `failed`), per attempt |
 //! | `tower_defer_queue_wait_seconds` | histogram | |
 //! | `tower_defer_execution_seconds` | histogram | |
+//! | `tower_defer_batch_size` | histogram | jobs per call of a batching route |
 //! | `tower_defer_in_flight` | gauge | |
 //! | `tower_defer_queue_depth` | gauge | `priority` (set by [`record_queue_stats`]) |
 //! | `tower_defer_in_progress` | gauge | (set by [`record_queue_stats`]) |
@@ -75,6 +76,21 @@ pub(crate) fn started(wait: std::time::Duration) {
     }
     #[cfg(not(feature = "metrics"))]
     let _ = wait;
+}
+
+/// One call of a batching route carried `jobs` jobs; the others than the
+/// first waited `waits` in the queue (the first's wait is recorded by
+/// [`started`]).
+pub(crate) fn batched(jobs: usize, waits: impl Iterator<Item = std::time::Duration>) {
+    #[cfg(feature = "metrics")]
+    {
+        ::metrics::histogram!("tower_defer_batch_size").record(jobs as f64);
+        for wait in waits {
+            ::metrics::histogram!("tower_defer_queue_wait_seconds").record(wait.as_secs_f64());
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (jobs, waits);
 }
 
 /// An attempt ended after running `took`.

@@ -31,6 +31,10 @@ pub(crate) struct StatusDocument<'a> {
     status_code: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<ErrorDocument<'a>>,
+    /// How many jobs shared the call that ended it, for a job of a
+    /// batching route (1 when it ran alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch_size: Option<u32>,
     /// Present when the job has a webhook: `pending` until it has ended and
     /// its event was delivered or given up on.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -91,6 +95,7 @@ impl<'a> StatusDocument<'a> {
                 code: e.code.as_str(),
                 message: &e.message,
             }),
+            batch_size: job.batch_size,
             webhook: WebhookDocument::new(job),
         }
     }

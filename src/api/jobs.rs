@@ -69,6 +69,9 @@ pub(crate) async fn enqueue<St: Store>(
     submitted: &http::HeaderMap,
 ) -> Result<Enqueued, Problem> {
     let trace = Submission::stamp(&mut job.request.headers, submitted);
+    if let Some(route) = crate::batch::route_for(&doors.config.batches, &job.request) {
+        job.options.batch = route.tag(&job.request);
+    }
     // The ids are recorded once the store has named the job: a trace may be
     // derived from its id (see `trace.rs`).
     let span = tracing::info_span!(

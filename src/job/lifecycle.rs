@@ -109,6 +109,9 @@ pub struct Job {
     pub lease: Option<Lease>,
     /// How many times it was claimed; the next lease token.
     pub claims: u64,
+    /// How many jobs shared the call that ended it, when that call was a
+    /// batch's (see [`crate::batch`]).
+    pub batch_size: Option<u32>,
     /// Its webhook delivery, once it has ended (when it has a webhook).
     /// Boxed: most jobs have none, and a queued job should cost little.
     pub webhook: Option<Box<WebhookDelivery>>,
@@ -144,6 +147,7 @@ impl Job {
             error: None,
             lease: None,
             claims: 0,
+            batch_size: None,
             webhook: None,
         }
     }
@@ -272,6 +276,7 @@ impl Job {
             self.response = Some(Arc::new(response));
         }
         self.error = outcome.error;
+        self.batch_size = outcome.batch_size;
         self.end(status, now);
         Ok(())
     }

@@ -36,6 +36,6 @@ pub use delivery::{DeliveryAttempt, DeliveryStatus, WebhookDelivery};
 pub use id::{InvalidJobId, JobId, JOB_ID_LEN};
 pub use lease::{Lease, LeaseToken, StaleLease};
 pub use lifecycle::{Job, JobStatus, MAX_LAPSES};
-pub use options::{JobOptions, Priority, RetryPolicy, WebhookFormat, WebhookTarget};
+pub use options::{BatchTag, JobOptions, Priority, RetryPolicy, WebhookFormat, WebhookTarget};
 pub use outcome::{CancelOutcome, ErrorCode, JobError, Outcome, Retry};
 pub use request::{NewJob, StoredRequest, StoredResponse};

@@ -36,6 +36,9 @@ pub struct JobOptions {
     pub idempotency_key: Option<Arc<str>>,
     /// Where to deliver the job's end, if anywhere.
     pub webhook: Option<WebhookTarget>,
+    /// Which queued jobs it may share one inner call with, if any (set at
+    /// submission for a route that batches; see [`crate::batch`]).
+    pub batch: Option<BatchTag>,
 }
 
 impl Default for JobOptions {
@@ -49,8 +52,19 @@ impl Default for JobOptions {
             owner: None,
             idempotency_key: None,
             webhook: None,
+            batch: None,
         }
     }
+}
+
+/// What a store needs to know to batch a job: its compatibility key and
+/// how many inputs it carries. See [`crate::batch`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BatchTag {
+    /// Jobs with equal keys may share one call.
+    pub key: Arc<str>,
+    /// How many inputs the job's request carries (at least 1).
+    pub items: u32,
 }
 
 /// A job's priority: 0 runs first, 2 last; 1 is the default.

@@ -37,6 +37,9 @@ pub enum ErrorCode {
     Canceled,
     /// The worker shut down mid-call and handed the job back (it runs again).
     WorkerShutdown,
+    /// The job ran in a batch whose answer did not hold one item per input
+    /// (or could not be split): no member can tell which items are its own.
+    BatchMismatch,
 }
 
 impl ErrorCode {
@@ -54,11 +57,12 @@ impl ErrorCode {
             ErrorCode::Abandoned => "abandoned",
             ErrorCode::Canceled => "canceled",
             ErrorCode::WorkerShutdown => "worker_shutdown",
+            ErrorCode::BatchMismatch => "batch_mismatch",
         }
     }
 
     /// All codes, for stores that persist them as text.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::QueueTimeout,
         ErrorCode::ExecutionTimeout,
         ErrorCode::ResponseTooLarge,
@@ -70,6 +74,7 @@ impl ErrorCode {
         ErrorCode::Abandoned,
         ErrorCode::Canceled,
         ErrorCode::WorkerShutdown,
+        ErrorCode::BatchMismatch,
     ];
 }
 
@@ -109,6 +114,8 @@ pub struct Outcome {
     pub response: Option<StoredResponse>,
     /// What went wrong, if anything.
     pub error: Option<JobError>,
+    /// How many jobs shared the call, when it was a batch's (see [`crate::batch`]).
+    pub batch_size: Option<u32>,
 }
 
 impl Outcome {
@@ -117,6 +124,7 @@ impl Outcome {
         Outcome {
             response: Some(response),
             error: None,
+            batch_size: None,
         }
     }
 
@@ -125,7 +133,14 @@ impl Outcome {
         Outcome {
             response: None,
             error: Some(error),
+            batch_size: None,
         }
+    }
+
+    /// This outcome, of a call `size` jobs shared.
+    pub fn with_batch_size(mut self, size: u32) -> Self {
+        self.batch_size = Some(size);
+        self
     }
 
     /// `succeeded` for a 2xx answer without error, otherwise `failed`.

@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 
 use super::{
     Claim, DeliveryClaim, EnqueueError, Enqueued, QueueStats, QueuedCancel, Store, StoreError,
+    BATCH_SCAN,
 };
 use crate::job::{
     CancelOutcome, DeliveryAttempt, Job, JobId, JobStatus, Lease, LeaseToken, NewJob, Outcome,
@@ -385,6 +386,63 @@ impl Store for MemoryStore {
                 }
             }
         }
+    }
+
+    async fn claim_batch(
+        &self,
+        key: &str,
+        max_items: u32,
+        max_bytes: u64,
+        lease: Duration,
+        priority_aging: Option<Duration>,
+    ) -> Result<Vec<Claim>, StoreError> {
+        let now = Timestamp::now();
+        let mut sched = self.schedule();
+        // Candidates in the order `claim` takes jobs: (effective level,
+        // time ready, level, place in its list), with what they weigh.
+        let mut candidates = Vec::new();
+        for (level, ready) in sched.ready.iter().enumerate() {
+            for (&seq, &(id, ready_at)) in ready.iter().take(BATCH_SCAN) {
+                let Some(slot) = self.inner.jobs.get(&id) else {
+                    continue;
+                };
+                let Some((tag, bytes)) = slot.job.batch() else {
+                    continue;
+                };
+                if &*tag.key != key {
+                    continue;
+                }
+                let aged = priority_aging.map_or(0, |a| {
+                    let periods = now.since(ready_at).as_millis() / a.as_millis().max(1);
+                    usize::try_from(periods).unwrap_or(usize::MAX)
+                });
+                let order = (level.saturating_sub(aged), ready_at, level, seq);
+                candidates.push((order, id, tag.items, bytes as u64));
+            }
+        }
+        candidates.sort_unstable_by_key(|c| c.0);
+        let (mut items, mut bytes) = (max_items, max_bytes);
+        let mut claims = Vec::new();
+        for (_, id, n, size) in candidates {
+            if items == 0 {
+                break;
+            }
+            if n > items || size > bytes {
+                continue;
+            }
+            let claimed = self.transition(&mut sched, id, |job| {
+                if job.expire_if_due(now) {
+                    return Some(None);
+                }
+                job.claim(now, lease).map(Some)
+            });
+            if let Some((Some(lease), job)) = claimed {
+                items -= n;
+                bytes -= size;
+                claims.push(Claim { job, lease });
+            }
+        }
+        Ok(claims)
     }
 
     async fn work_available(&self, until: Timestamp) {

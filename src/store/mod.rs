@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`enqueue`](Store::enqueue) | new -> `queued` (or the first job of an idempotency key) |
 //! | [`claim`](Store::claim) | `queued` -> `in_progress`, with a lease, by priority then age |
+//! | [`claim_batch`](Store::claim_batch) | more `queued` jobs of one batch key -> `in_progress`, each with its own lease |
 //! | [`extend`](Store::extend) | renews the lease (fenced) |
 //! | [`complete`](Store::complete), [`complete_status`](Store::complete_status) | `in_progress` -> `succeeded` \| `failed` (fenced) |
 //! | [`retry_later`](Store::retry_later) | `in_progress` -> `queued`, runnable later (fenced) |
@@ -43,6 +44,12 @@ pub mod redis;
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreBuilder};
 pub use memory::MemoryStore;
+
+/// How many ready jobs of each priority level
+/// [`claim_batch`](Store::claim_batch) looks at, at most: it bounds the
+/// work of one call (a Redis script blocks the server while it runs) when
+/// jobs of many batch keys are queued together.
+pub const BATCH_SCAN: usize = 256;
 
 /// A job handed to a worker, with the lease that fences its writes.
 #[derive(Clone, Debug)]
@@ -278,6 +285,33 @@ pub trait Store: Send + Sync + 'static {
         lease: Duration,
         priority_aging: Option<Duration>,
     ) -> impl Future<Output = Result<Option<Claim>, StoreError>> + Send;
+
+    /// Takes more runnable jobs whose batch key is `key`
+    /// ([`BatchTag`](crate::job::BatchTag)), to share one call with a job
+    /// the caller claimed: in the order [`claim`](Store::claim) would take
+    /// them (priority with aging, then age), while their inputs add up to
+    /// at most `max_items` and their request bodies to at most `max_bytes`;
+    /// a job that does not fit is passed over. Each is claimed as `claim`
+    /// claims a job, with a lease of its own that fences its writes alone.
+    /// One call, however many jobs it takes.
+    ///
+    /// A store looks at the first [`BATCH_SCAN`] ready jobs of each priority
+    /// level, no further: a compatible job behind them runs later, as the
+    /// head of a batch of its own.
+    ///
+    /// The default takes none (every job then runs alone, which is still
+    /// correct); both stores of this crate implement it.
+    fn claim_batch(
+        &self,
+        key: &str,
+        max_items: u32,
+        max_bytes: u64,
+        lease: Duration,
+        priority_aging: Option<Duration>,
+    ) -> impl Future<Output = Result<Vec<Claim>, StoreError>> + Send {
+        let _ = (key, max_items, max_bytes, lease, priority_aging);
+        async { Ok(Vec::new()) }
+    }
 
     /// Resolves when a [`claim`](Store::claim) may find work (a job was
     /// enqueued or became runnable), or at `until`.

@@ -1,6 +1,7 @@
 //! One job's call: replay the stored request, watch the lease, classify the
 //! answer and record it.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use super::InnerService;
+use crate::batch::Batch;
 use crate::body::Body;
 use crate::context::Pool;
 use crate::error::error_chain;
@@ -32,7 +34,7 @@ enum CallEnd {
 }
 
 pub(super) async fn run_job<S, St>(
-    mut svc: S,
+    svc: S,
     claim: Claim,
     trace: TraceContext,
     pool: Arc<Pool<St>>,
@@ -42,12 +44,175 @@ pub(super) async fn run_job<S, St>(
     S: InnerService,
     St: Store,
 {
-    let job = &claim.job;
+    crate::metrics::started(Timestamp::now().since(claim.job.created_at));
+    let request = to_request(&claim.job.request, &trace);
+    let claims = std::slice::from_ref(&claim);
+    let end = call(svc, request, &pool, claims, &mut hand_back).await;
+    record(&pool, &claim, &end, None).await;
+}
+
+/// Runs the jobs of one batch (`claims`, the first the one whose request
+/// the call is made of) as one call, and records each member's part of the
+/// answer under its own lease. A 4xx answer (other than one asking to wait)
+/// runs each member again alone, at once and within the same attempt, so
+/// that one bad input fails only its own job.
+pub(super) async fn run_batch<S, St>(
+    inner: S,
+    claims: Vec<Claim>,
+    route: &Batch,
+    trace: TraceContext,
+    pool: Arc<Pool<St>>,
+    mut hand_back: watch::Receiver<bool>,
+) where
+    S: InnerService,
+    St: Store,
+{
+    let Some(head) = claims.first() else { return };
+    let size = claims.len();
+    let bodies: Vec<&[u8]> = claims.iter().map(|c| &c.job.request.body[..]).collect();
+    let (body, shapes) = match route.merge(&bodies) {
+        Ok(merged) if size > 1 => merged,
+        // One member, or bodies that no longer merge (a route changed
+        // since they were tagged): each runs alone.
+        _ => {
+            if size == 1 {
+                crate::metrics::batched(1, std::iter::empty());
+            }
+            return run_alone(inner, claims, trace, &pool, hand_back).await;
+        }
+    };
+    let now = Timestamp::now();
+    crate::metrics::started(now.since(head.job.created_at));
+    crate::metrics::batched(
+        size,
+        claims[1..].iter().map(|c| now.since(c.job.created_at)),
+    );
+    let mut request = to_request(&head.job.request, &trace);
+    *request.body_mut() = Body::full(body);
+    let Some(svc) = ready(inner.clone()).await else {
+        return;
+    };
+    let end = call(svc, request, &pool, &claims, &mut hand_back).await;
+    crate::metrics::ended(Timestamp::now().since(now));
+    let size_u32 = u32::try_from(size).unwrap_or(u32::MAX);
+    match end {
+        CallEnd::Answered(response) if response.status.is_success() => {
+            match route.split(&response.body, &shapes) {
+                Ok(parts) => {
+                    let mut headers = response.headers.clone();
+                    headers.remove(http::header::CONTENT_LENGTH);
+                    for (claim, body) in claims.iter().zip(parts) {
+                        let mine = StoredResponse {
+                            status: response.status,
+                            headers: headers.clone(),
+                            body,
+                        };
+                        record(&pool, claim, &CallEnd::Answered(mine), Some(size_u32)).await;
+                    }
+                }
+                Err(e) => {
+                    crate::metrics::inner_response(response.status);
+                    let msg =
+                        format!("the batch's answer does not split into its {size} jobs: {e}");
+                    for claim in &claims {
+                        let outcome =
+                            Outcome::error(JobError::new(ErrorCode::BatchMismatch, msg.clone()))
+                                .with_batch_size(size_u32);
+                        write(&pool, claim, Write::Complete(outcome)).await;
+                    }
+                }
+            }
+        }
+        CallEnd::Answered(response)
+            if response.status.is_client_error()
+                && matches!(
+                    policy::classify_response(
+                        response.status,
+                        &response.headers,
+                        &head.job.options.retry,
+                        head.job.attempts,
+                        Timestamp::now(),
+                    ),
+                    Verdict::Final
+                ) =>
+        {
+            crate::metrics::inner_response(response.status);
+            tracing::debug!(status = %response.status, size, "batch refused: its jobs run alone");
+            run_alone(inner, claims, trace, &pool, hand_back).await;
+        }
+        end => {
+            for claim in &claims {
+                record(&pool, claim, &end, Some(size_u32)).await;
+            }
+        }
+    }
+}
+
+/// Runs each of `claims` alone, one after another, under its own lease,
+/// recording a batch size of 1.
+async fn run_alone<S, St>(
+    inner: S,
+    claims: Vec<Claim>,
+    trace: TraceContext,
+    pool: &Pool<St>,
+    mut hand_back: watch::Receiver<bool>,
+) where
+    S: InnerService,
+    St: Store,
+{
+    for claim in &claims {
+        let Some(svc) = ready(inner.clone()).await else {
+            return;
+        };
+        crate::metrics::started(Timestamp::now().since(claim.job.created_at));
+        let request = to_request(&claim.job.request, &trace);
+        let end = call(
+            svc,
+            request,
+            pool,
+            std::slice::from_ref(claim),
+            &mut hand_back,
+        )
+        .await;
+        record(pool, claim, &end, Some(1)).await;
+    }
+}
+
+/// A clone of the inner service once it is ready; `None` if it failed to
+/// become ready (its jobs' leases then lapse and they run again).
+async fn ready<S: InnerService>(mut svc: S) -> Option<S> {
+    match std::future::poll_fn(|cx| svc.poll_ready(cx)).await {
+        Ok(()) => Some(svc),
+        Err(e) => {
+            let e: BoxError = e.into();
+            tracing::warn!(error = %e, "the inner service is not ready; its jobs will run again");
+            None
+        }
+    }
+}
+
+/// Makes one inner call for `claims` (one job, or a batch), keeping their
+/// leases; the call is dropped when every lease is lost, or the pool hands
+/// its jobs back.
+async fn call<S, St>(
+    mut svc: S,
+    request: Request<Body>,
+    pool: &Pool<St>,
+    claims: &[Claim],
+    hand_back: &mut watch::Receiver<bool>,
+) -> CallEnd
+where
+    S: InnerService,
+    St: Store,
+{
     let max_output = pool.config.max_output;
+    let timeout = claims
+        .iter()
+        .map(|c| c.job.options.execution_timeout)
+        .min()
+        .unwrap_or_default();
     let started = tokio::time::Instant::now();
-    crate::metrics::started(Timestamp::now().since(job.created_at));
     let call = async {
-        let request = to_request(&job.request, &trace);
         let response = svc.call(request).await.map_err(Into::into);
         let response = match response {
             Ok(r) => r,
@@ -59,16 +224,46 @@ pub(super) async fn run_job<S, St>(
     // finishes before the lease keeper ever starts (no waiter, no timer).
     let end = tokio::select! {
         biased;
-        end = tokio::time::timeout(job.options.execution_timeout, call) => end.unwrap_or(CallEnd::TimedOut),
-        () = keep_lease(&*pool, &claim) => CallEnd::LeaseLost,
+        end = tokio::time::timeout(timeout, call) => end.unwrap_or(CallEnd::TimedOut),
+        () = keep_leases(pool, claims) => CallEnd::LeaseLost,
         _ = hand_back.wait_for(|b| *b) => CallEnd::HandBack,
     };
-    crate::metrics::ended(started.elapsed());
-    record(&pool, &claim, end).await;
+    if claims.len() == 1 {
+        crate::metrics::ended(started.elapsed());
+    }
+    end
 }
 
-/// Classifies how the call ended and writes it to the store (fenced by the lease).
-async fn record<St: Store>(pool: &Pool<St>, claim: &Claim, end: CallEnd) {
+/// Keeps every claim's lease; resolves when all of them are lost (a batch
+/// runs on while any member still holds its job).
+async fn keep_leases<St: Store>(pool: &Pool<St>, claims: &[Claim]) {
+    if let [claim] = claims {
+        return keep_lease(pool, claim).await;
+    }
+    let mut keepers: Vec<_> = claims
+        .iter()
+        .map(|c| Some(Box::pin(keep_lease(pool, c))))
+        .collect();
+    std::future::poll_fn(|cx| {
+        for keeper in keepers.iter_mut() {
+            if let Some(fut) = keeper {
+                if fut.as_mut().poll(cx).is_ready() {
+                    *keeper = None;
+                }
+            }
+        }
+        if keepers.iter().all(Option::is_none) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Classifies how the call ended and writes it to the store (fenced by the
+/// lease), with the size of the batch it ran in, if any.
+async fn record<St: Store>(pool: &Pool<St>, claim: &Claim, end: &CallEnd, batch: Option<u32>) {
     let job = &claim.job;
     let retry = &job.options.retry;
     // Claims that spent no attempt and were no lapse: the upstream's refusals
@@ -83,12 +278,13 @@ async fn record<St: Store>(pool: &Pool<St>, claim: &Claim, end: CallEnd) {
         response,
         spend_attempt,
     };
-    let write = match end {
+    let w = match end {
         CallEnd::LeaseLost => {
             tracing::debug!("lease lost (canceled or taken over): inner call dropped");
             return;
         }
         CallEnd::Answered(response) => {
+            let response = response.clone();
             crate::metrics::inner_response(response.status);
             // It answered: if it was seen unavailable, the backlog need not
             // sleep out its backoffs.
@@ -100,7 +296,7 @@ async fn record<St: Store>(pool: &Pool<St>, claim: &Claim, end: CallEnd) {
                 job.attempts,
                 now,
             ) {
-                Verdict::Final => Write::Complete(Outcome::response(response)),
+                Verdict::Final => Write::Complete(sized(Outcome::response(response), batch)),
                 Verdict::Unavailable { delay } => {
                     let msg = format!(
                         "the upstream answered {} with Retry-After",
@@ -124,10 +320,10 @@ async fn record<St: Store>(pool: &Pool<St>, claim: &Claim, end: CallEnd) {
                 }
             }
         }
-        CallEnd::Failed(e) if policy::is_unavailable(&*e) => {
+        CallEnd::Failed(e) if policy::is_unavailable(&**e) => {
             pool.saw_unavailable();
             let delay = policy::unavailable_backoff(unavailable, jitter());
-            let msg = format!("the upstream is unavailable: {}", error_chain(&*e));
+            let msg = format!("the upstream is unavailable: {}", error_chain(&**e));
             Write::Retry(requeue(
                 delay,
                 JobError::new(ErrorCode::UpstreamUnavailable, msg),
@@ -138,20 +334,20 @@ async fn record<St: Store>(pool: &Pool<St>, claim: &Claim, end: CallEnd) {
         // Connected, then cut (reset, closed) before an answer: the model may
         // have run it, so an attempt is spent.
         CallEnd::Failed(e) => {
-            let error = JobError::new(ErrorCode::UpstreamError, error_chain(&*e));
-            match policy::classify_error(&*e, retry, job.attempts, unavailable, jitter()) {
+            let error = JobError::new(ErrorCode::UpstreamError, error_chain(&**e));
+            match policy::classify_error(&**e, retry, job.attempts, unavailable, jitter()) {
                 Verdict::RetryAttempt { delay } => Write::Retry(requeue(delay, error, None, true)),
-                _ => Write::Complete(Outcome::error(error)),
+                _ => Write::Complete(sized(Outcome::error(error), batch)),
             }
         }
         // Cut mid-body: it answered, so the model ran; the attempt is spent
         // and retried like any call cut after it was sent.
         CallEnd::BodyFailed(e) => {
-            let msg = format!("reading the response body failed: {}", error_chain(&*e));
+            let msg = format!("reading the response body failed: {}", error_chain(&**e));
             let error = JobError::new(ErrorCode::ResponseBodyError, msg);
-            match policy::classify_error(&*e, retry, job.attempts, unavailable, jitter()) {
+            match policy::classify_error(&**e, retry, job.attempts, unavailable, jitter()) {
                 Verdict::RetryAttempt { delay } => Write::Retry(requeue(delay, error, None, true)),
-                _ => Write::Complete(Outcome::error(error)),
+                _ => Write::Complete(sized(Outcome::error(error), batch)),
             }
         }
         CallEnd::TooLarge => {
@@ -159,20 +355,20 @@ async fn record<St: Store>(pool: &Pool<St>, claim: &Claim, end: CallEnd) {
                 "the response was larger than the {}-byte output limit",
                 pool.config.max_output
             );
-            Write::Complete(Outcome::error(JobError::new(
-                ErrorCode::ResponseTooLarge,
-                msg,
-            )))
+            Write::Complete(sized(
+                Outcome::error(JobError::new(ErrorCode::ResponseTooLarge, msg)),
+                batch,
+            ))
         }
         CallEnd::TimedOut => {
             let msg = format!(
                 "the inner call ran longer than its {} s execution timeout",
                 job.options.execution_timeout.as_secs_f64()
             );
-            Write::Complete(Outcome::error(JobError::new(
-                ErrorCode::ExecutionTimeout,
-                msg,
-            )))
+            Write::Complete(sized(
+                Outcome::error(JobError::new(ErrorCode::ExecutionTimeout, msg)),
+                batch,
+            ))
         }
         CallEnd::HandBack => {
             let error = JobError::new(
@@ -182,6 +378,20 @@ async fn record<St: Store>(pool: &Pool<St>, claim: &Claim, end: CallEnd) {
             Write::Retry(requeue(Duration::ZERO, error, None, false))
         }
     };
+    write(pool, claim, w).await;
+}
+
+/// An outcome with the size of the batch it came from, if any.
+fn sized(outcome: Outcome, batch: Option<u32>) -> Outcome {
+    match batch {
+        Some(n) => outcome.with_batch_size(n),
+        None => outcome,
+    }
+}
+
+/// Writes how an attempt ended to the store, fenced by the claim's lease.
+async fn write<St: Store>(pool: &Pool<St>, claim: &Claim, write: Write) {
+    let job = &claim.job;
     let result = match write {
         // Only the status is needed here: a store may then send less back.
         Write::Complete(outcome) => {

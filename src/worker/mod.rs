@@ -31,6 +31,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::batch;
 use crate::context::Pool;
 use crate::shutdown::{stopped, Control};
 use crate::store::{Claim, Store};
@@ -39,6 +40,7 @@ use crate::trace;
 use crate::BoxError;
 
 mod call;
+mod gather;
 mod inner;
 
 pub use inner::InnerService;
@@ -160,11 +162,13 @@ where
     // Several claimers, so that a store with a network round trip per claim
     // (Redis) is not one round trip per job behind a single loop. Each starts
     // the calls it claims itself: no hop through a dispatcher per job.
+    let gathering = Arc::new(gather::Gathering::default());
     for _ in 0..pool.config.concurrency.min(MAX_CLAIMERS) {
         tasks.spawn(claimer(
             inner.clone(),
             pool.clone(),
             permits.clone(),
+            gathering.clone(),
             control.clone(),
             hand_back.clone(),
         ));
@@ -188,6 +192,7 @@ async fn claimer<S, St>(
     inner: S,
     pool: Arc<Pool<St>>,
     permits: Arc<Semaphore>,
+    gathering: Arc<gather::Gathering>,
     control: watch::Receiver<Control>,
     hand_back: watch::Receiver<bool>,
 ) where
@@ -217,6 +222,29 @@ async fn claimer<S, St>(
                     Some(&trace.parent),
                     attempt = claim.job.attempts
                 );
+                let route = claim
+                    .job
+                    .options
+                    .batch
+                    .as_ref()
+                    .and_then(|_| batch::route_for(&pool.config.batches, &claim.job.request));
+                if let Some(route) = route {
+                    // The ready clone is not kept: a batch readies its own
+                    // when its company is gathered.
+                    drop(svc);
+                    let call = gather::run(
+                        inner.clone(),
+                        claim,
+                        route.clone(),
+                        trace.context,
+                        pool.clone(),
+                        gathering.clone(),
+                        permit,
+                        hand_back.clone(),
+                    );
+                    calls.spawn(Box::pin(call).instrument(span));
+                    continue;
+                }
                 let call = call::run_job(
                     svc,
                     claim,

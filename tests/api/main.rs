@@ -6,6 +6,7 @@
 //! need feature `proxy`; the rest run without it).
 
 mod bad_input;
+mod batching;
 mod cancel;
 mod oversized;
 mod pool;

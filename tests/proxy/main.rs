@@ -3,11 +3,13 @@
 //! `operations.rs` (health, metrics, SIGTERM), `upstreams.rs` (h2c, https,
 //! `Retry-After`), `flags.rs`, `clients.rs` (the vendors' Python snippets,
 //! the live page in headless Chromium), `webhooks.rs`, `connections.rs`
-//! (timeouts and the connection cap), `redis_production.rs` (Redis over
+//! (timeouts and the connection cap), `batching.rs` (`--batch`,
+//! `--batch-file`), `redis_production.rs` (Redis over
 //! TLS with an ACL user, its flags, and the errors that stop a start).
 //! Here: the helpers they share.
 
 mod auth;
+mod batching;
 mod clients;
 mod connections;
 mod flags;

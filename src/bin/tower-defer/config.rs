@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use http::Uri;
+use tower_defer::batch::Batch;
 
 use crate::auth::Tokens;
 
@@ -148,6 +149,15 @@ pub(crate) struct Args {
     #[arg(long, env = "TOWER_DEFER_FORWARD_CREDENTIALS", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_value = "false", default_missing_value = "true")]
     pub(crate) forward_credentials: bool,
 
+    /// Batch a route's queued jobs into one upstream call (repeatable):
+    /// `'POST /v1/embeddings input=/input output=/data max=32 bytes=1048576 wait=10ms'`.
+    #[arg(long = "batch", env = "TOWER_DEFER_BATCH", value_delimiter = ';', value_parser = batch)]
+    pub(crate) batches: Vec<Batch>,
+
+    /// A JSON file of batching routes: `[{"route": "POST /v1/embeddings", "input": "/input", "output": "/data", "max_items": 32, "max_bytes": 1048576, "max_wait_ms": 10}]`.
+    #[arg(long, env = "TOWER_DEFER_BATCH_FILE")]
+    pub(crate) batch_file: Option<PathBuf>,
+
     /// Also answer a hosted platform's async API (repeatable): baseten, bifrost.
     #[arg(
         long = "dialect",
@@ -267,6 +277,49 @@ fn path(s: &str) -> Result<String, String> {
     } else {
         Err("must be a path starting with '/'".into())
     }
+}
+
+fn batch(s: &str) -> Result<Batch, String> {
+    s.parse()
+        .map_err(|e: tower_defer::batch::ParseBatchError| e.to_string())
+}
+
+/// The routes of a `--batch-file`: a JSON array of objects, each a `route`
+/// (`"POST /path"`) and the settings of the one-line form by their long
+/// names (`input`, `output`, `max_items`, `max_bytes`, `max_wait_ms`).
+pub(crate) fn batch_file(path: &std::path::Path) -> Result<Vec<Batch>, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--batch-file {shown}: {e}"))?;
+    let routes: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(&text)
+        .map_err(|e| format!("--batch-file {shown}: expected an array of objects: {e}"))?;
+    routes
+        .iter()
+        .enumerate()
+        .map(|(i, route)| {
+            let mut line = route
+                .get("route")
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| format!("--batch-file {shown}: route {i} has no \"route\""))?
+                .to_owned();
+            for (key, value) in route {
+                let value = match (key.as_str(), value) {
+                    ("route", _) => continue,
+                    ("input" | "output", serde_json::Value::String(p)) => p.clone(),
+                    ("max_items" | "max_bytes", serde_json::Value::Number(n)) => n.to_string(),
+                    ("max_wait_ms", serde_json::Value::Number(n)) => format!("{n}ms"),
+                    _ => {
+                        return Err(format!(
+                            "--batch-file {shown}: route {i}: bad or unknown field {key:?}"
+                        ))
+                    }
+                };
+                let key = key.strip_suffix("_ms").unwrap_or(key);
+                line.push_str(&format!(" {key}={value}"));
+            }
+            line.parse::<Batch>()
+                .map_err(|e| format!("--batch-file {shown}: route {i}: {e}"))
+        })
+        .collect()
 }
 
 fn store(s: &str) -> Result<StoreUrl, String> {

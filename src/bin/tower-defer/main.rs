@@ -66,6 +66,9 @@ const BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
 
+/// Histogram buckets for `tower_defer_batch_size`: jobs per call.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
 /// Why the proxy did not run: exit code 2 for a configuration it cannot use,
 /// 1 for a failure while starting.
 struct Fail(u8, String);
@@ -96,11 +99,21 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-async fn start(args: Args) -> Result<(), Fail> {
+async fn start(mut args: Args) -> Result<(), Fail> {
+    if let Some(path) = &args.batch_file {
+        let routes = config::batch_file(path).map_err(|e| Fail(2, e))?;
+        args.batches.extend(routes);
+    }
     let tokens = Tokens::load(&args.tokens, args.tokens_file.as_deref()).map_err(|e| Fail(2, e))?;
     let webhooks = webhooks(&args)?;
     let prometheus = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("tower_defer_batch_size".into()),
+                BATCH_BUCKETS,
+            )
+        })
         .and_then(PrometheusBuilder::install_recorder)
         .map_err(|e| Fail(1, format!("cannot set up the metrics: {e}")))?;
     let upkeep = prometheus.clone();
@@ -223,6 +236,9 @@ fn defer_layer<St: Store>(args: &Args, store: St, webhooks: Webhooks) -> DeferLa
         // The identity AuthLayer found owns the job; with no tokens there is none.
         .owner(|parts| Some(parts.extensions.get::<Identity>()?.0.to_string()))
         .webhooks(webhooks);
+    for batch in &args.batches {
+        layer = layer.batch(batch.clone());
+    }
     if args.dialects.contains(&Dialect::Bifrost) {
         layer = layer.bifrost();
     }

@@ -27,7 +27,8 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Method};
 
 use crate::job::{
-    Job, JobId, JobOptions, JobStatus, NewJob, Priority, RetryPolicy, StoredRequest, WebhookTarget,
+    BatchTag, Job, JobId, JobOptions, JobStatus, NewJob, Priority, RetryPolicy, StoredRequest,
+    WebhookTarget,
 };
 use crate::time::Timestamp;
 
@@ -62,6 +63,7 @@ struct CompactOptions {
     idempotency_key: Option<Arc<str>>,
     // Rare, and a `String` and a tag inline: boxed.
     webhook: Option<Box<WebhookTarget>>,
+    batch: Option<BatchTag>,
 }
 
 impl Stored {
@@ -145,6 +147,14 @@ impl Stored {
         }
     }
 
+    /// Its batch tag and request body size, if it batches.
+    pub(super) fn batch(&self) -> Option<(&BatchTag, usize)> {
+        match self {
+            Stored::Fresh(fresh) => Some((fresh.options.batch.as_ref()?, fresh.body.len())),
+            Stored::Full(job) => Some((job.options.batch.as_ref()?, job.request.body.len())),
+        }
+    }
+
     /// The owner and idempotency key the job was submitted with.
     pub(super) fn idempotency_key(&self) -> Option<(Option<Arc<str>>, Arc<str>)> {
         let (owner, key) = match self {
@@ -189,6 +199,7 @@ impl Fresh {
             && job.error.is_none()
             && job.lease.is_none()
             && job.webhook.is_none()
+            && job.batch_size.is_none()
             // What `Job::new` makes it, so it need not be kept.
             && job.queue_deadline == job.created_at.after(job.options.max_time_in_queue);
         if !untouched {
@@ -297,6 +308,7 @@ impl CompactOptions {
             owner: options.owner.clone(),
             idempotency_key: options.idempotency_key.clone(),
             webhook: options.webhook.clone().map(Box::new),
+            batch: options.batch.clone(),
         })
     }
 
@@ -314,6 +326,7 @@ impl CompactOptions {
             owner: self.owner.clone(),
             idempotency_key: self.idempotency_key.clone(),
             webhook: self.webhook.as_deref().cloned(),
+            batch: self.batch.clone(),
         }
     }
 }
@@ -357,6 +370,10 @@ mod tests {
             webhook: Some(WebhookTarget {
                 url: "https://hooks.example/x".into(),
                 format: WebhookFormat::Standard,
+            }),
+            batch: Some(BatchTag {
+                key: Arc::from("00112233445566778899aabbccddeeff"),
+                items: 2,
             }),
         }
     }

@@ -33,8 +33,8 @@ use http::{HeaderMap, Method, StatusCode};
 
 use super::life::{indexed, Life, Scalar, DELIVERY_STATUSES, STATUSES};
 use crate::job::{
-    ErrorCode, Job, JobError, JobId, JobOptions, Lease, LeaseToken, Priority, RetryPolicy,
-    StoredRequest, StoredResponse, WebhookDelivery, WebhookFormat, WebhookTarget,
+    BatchTag, ErrorCode, Job, JobError, JobId, JobOptions, Lease, LeaseToken, Priority,
+    RetryPolicy, StoredRequest, StoredResponse, WebhookDelivery, WebhookFormat, WebhookTarget,
 };
 use crate::time::Timestamp;
 
@@ -60,6 +60,11 @@ pub(super) mod field {
     pub(crate) const WEBHOOK_URL: &str = "webhook_url";
     pub(crate) const WEBHOOK_FORMAT: &str = "webhook_format";
     pub(crate) const WH_LAST_ERROR: &str = "wh_last_error";
+    /// A batching job's compatibility key and input count (claim_batch reads them).
+    pub(crate) const BATCH_KEY: &str = "batch_key";
+    pub(crate) const BATCH_ITEMS: &str = "batch_items";
+    /// How many jobs shared the call that ended it (complete writes it).
+    pub(crate) const BATCH_SIZE: &str = "batch_size";
     /// The key of the job's idempotency slot (read by the functions only).
     pub(crate) const IDEMPOTENCY_SLOT: &str = "idempotency_slot";
 }
@@ -198,6 +203,10 @@ pub(super) fn new_job_fields(job: &Job) -> Vec<(&'static str, Vec<u8>)> {
     }
     if let Some(key) = &o.idempotency_key {
         out.push((IDEMPOTENCY_KEY, key.as_bytes().to_vec()));
+    }
+    if let Some(batch) = &o.batch {
+        out.push((BATCH_KEY, batch.key.as_bytes().to_vec()));
+        out.push((BATCH_ITEMS, num(u64::from(batch.items))));
     }
     if let Some(webhook) = &o.webhook {
         out.push((WEBHOOK_URL, webhook.url.as_bytes().to_vec()));
@@ -360,6 +369,14 @@ pub(super) fn decode_job(id: JobId, mut f: Fields) -> Result<Job, CodecError> {
             }),
             None => None,
         },
+        batch: match text(&f, BATCH_KEY)? {
+            Some(key) => Some(BatchTag {
+                key: Arc::from(key),
+                items: opt_num(&f, BATCH_ITEMS)?
+                    .map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+            }),
+            None => None,
+        },
     };
     let webhook = decode_delivery(&life, &f)?.map(Box::new);
     let created_at = Timestamp::from_millis(life.required(S::CreatedAt)?);
@@ -384,6 +401,7 @@ pub(super) fn decode_job(id: JobId, mut f: Fields) -> Result<Job, CodecError> {
         error,
         lease,
         claims: life.get(S::Claims).unwrap_or(0),
+        batch_size: opt_num(&f, BATCH_SIZE)?.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
         webhook,
     })
 }
@@ -451,6 +469,10 @@ pub(super) mod tests {
                 url: "https://example.com/hook?a=1".into(),
                 format: WebhookFormat::Baseten,
             }),
+            batch: Some(BatchTag {
+                key: "0123456789abcdef0123456789abcdef".into(),
+                items: 3,
+            }),
         };
         Job::new(
             JobId::random(),
@@ -479,6 +501,9 @@ pub(super) mod tests {
         }
         if let Some(e) = job.webhook.as_ref().and_then(|w| w.last_error.as_ref()) {
             f.insert(WH_LAST_ERROR.into(), e.clone().into_bytes());
+        }
+        if let Some(n) = job.batch_size {
+            f.insert(BATCH_SIZE.into(), num(u64::from(n)));
         }
         f
     }
@@ -525,6 +550,7 @@ pub(super) mod tests {
         let outcome = Outcome {
             response: Some(response),
             error: Some(JobError::new(ErrorCode::UpstreamStatus, "bad gateway")),
+            batch_size: Some(4),
         };
         job.finish(lease.token, t.after(Duration::from_secs(1)), outcome)
             .unwrap();
@@ -613,6 +639,9 @@ pub(super) mod tests {
             RESP_BODY,
             IDEMPOTENCY_SLOT,
             WH_LAST_ERROR,
+            BATCH_KEY,
+            BATCH_ITEMS,
+            BATCH_SIZE,
         ] {
             assert!(
                 lua.contains(&format!("'{name}'")),

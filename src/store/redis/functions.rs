@@ -41,6 +41,7 @@ macro_rules! functions {
 functions! {
     Enqueue = "enqueue",
     Claim = "claim",
+    ClaimBatch = "claim_batch",
     Extend = "extend",
     Complete = "complete",
     RetryLater = "retry_later",

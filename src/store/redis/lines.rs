@@ -240,6 +240,11 @@ pub(super) fn complete_line(
             .arg(c.outcome.status().as_str())
             .arg(if c.send_job { "1" } else { "0" });
         outcome_args(inv, c.outcome.response.as_ref(), c.outcome.error.as_ref());
+        inv.arg(
+            c.outcome
+                .batch_size
+                .map_or(String::new(), |n| n.to_string()),
+        );
     };
     // 'ok' or 'stale', or the job sent back after its tag.
     let answer = |answer: ::redis::Value| {

@@ -23,6 +23,7 @@ use crate::job::{
 };
 use crate::store::{
     Claim, DeliveryClaim, EnqueueError, Enqueued, QueueStats, QueuedCancel, Store, StoreError,
+    BATCH_SCAN,
 };
 use crate::time::Timestamp;
 
@@ -251,6 +252,40 @@ impl Store for RedisStore {
             .ok_or_else(|| undecodable("claim", "a claimed job without lease"))?;
         i.hub.changed(id);
         Ok(Some(Claim { job, lease }))
+    }
+
+    async fn claim_batch(
+        &self,
+        key: &str,
+        max_items: u32,
+        max_bytes: u64,
+        lease: Duration,
+        priority_aging: Option<Duration>,
+    ) -> Result<Vec<Claim>, StoreError> {
+        let mut inv = self.invocation(Function::ClaimBatch, Timestamp::now());
+        inv.arg(millis(lease))
+            .arg(priority_aging.map_or(String::new(), |a| millis(a).to_string()))
+            .arg(key)
+            .arg(max_items)
+            .arg(max_bytes)
+            .arg(BATCH_SCAN);
+        let mut conn = self.inner.conn.clone();
+        let jobs = self
+            .exec("claim_batch", async move {
+                inv.invoke_async::<Vec<Vec<Vec<u8>>>>(&mut conn).await
+            })
+            .await?;
+        let mut claims = Vec::with_capacity(jobs.len());
+        for flat in jobs {
+            let id = first_id(&flat).ok_or_else(|| undecodable("claim_batch", "no id"))?;
+            let job = decode("claim_batch", id, flat)?;
+            let lease = job
+                .lease
+                .ok_or_else(|| undecodable("claim_batch", "a claimed job without lease"))?;
+            self.inner.hub.changed(id);
+            claims.push(Claim { job, lease });
+        }
+        Ok(claims)
     }
 
     async fn work_available(&self, until: Timestamp) {

@@ -34,12 +34,13 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, StatusCode};
 use tower_defer::job::{
-    CancelOutcome, ErrorCode, Job, JobError, JobId, JobOptions, JobStatus, NewJob, Outcome,
-    Priority, Retry, StoredRequest, StoredResponse, JOB_ID_LEN,
+    BatchTag, CancelOutcome, ErrorCode, Job, JobError, JobId, JobOptions, JobStatus, NewJob,
+    Outcome, Priority, Retry, StoredRequest, StoredResponse, JOB_ID_LEN,
 };
 use tower_defer::store::{Claim, EnqueueError, QueueStats, QueuedCancel, Store};
 use tower_defer::time::Timestamp;
 
+pub(crate) mod batch;
 pub(crate) mod cancel;
 pub(crate) mod claim;
 pub(crate) mod complete;
@@ -119,6 +120,14 @@ macro_rules! conformance_tests {
                 ],
                 stats: [
                     stats_track_every_transition,
+                ],
+                batch: [
+                    the_batch_tag_is_kept_with_the_job,
+                    claim_batch_takes_only_queued_jobs_of_its_key,
+                    claim_batch_stays_within_its_item_and_byte_budgets,
+                    claim_batch_takes_jobs_by_priority_then_age,
+                    claim_batch_passes_over_retrying_and_expires_jobs_past_their_deadline,
+                    batch_members_are_fenced_and_finish_each_on_its_own,
                 ],
                 idempotency: [
                     idempotent_enqueue_returns_the_first_job,

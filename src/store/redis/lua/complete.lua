@@ -4,10 +4,11 @@
 --
 -- KEYS[1..8], ARGV[1..2]: what every function takes first (prelude.lua).
 -- KEYS[9..]  the jobs, one key each
--- ARGV[3..]  eleven per job, in the order of the keys:
+-- ARGV[3..]  twelve per job, in the order of the keys:
 --   now (ms, when its worker recorded it), id, lease token, final status,
 --   send the job back ('1'/'0'), has a response ('1'/'0'), response
---   status, headers and body, error code ('' for none), error message
+--   status, headers and body, error code ('' for none), error message,
+--   the size of the batch that ran it ('' when it ran alone)
 --
 -- Returns, per job in order: {'ok', field, value, ...} (sent back) | 'ok'
 -- (not sent back) | 'stale' (the lease no longer holds the job).
@@ -20,7 +21,7 @@ local out = {}
 gather()
 -- 1. Each job in turn.
 for i = 1, #KEYS - 8 do
-  local key, a = KEYS[8 + i], 2 + (i - 1) * 11
+  local key, a = KEYS[8 + i], 2 + (i - 1) * 12
   -- Each result at the time its worker recorded it.
   NOW = tonumber(ARGV[a + 1])
   local j = load(key, ARGV[a + 2])
@@ -30,6 +31,11 @@ for i = 1, #KEYS - 8 do
     -- Job::finish: the outcome, then the end it names.
     local b = snapshot(j)
     put_outcome(j, ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], ARGV[a + 11])
+    -- Job::finish: the size of the batch it ran in. A job ends once, so
+    -- there is never an earlier one to delete.
+    if ARGV[a + 12] ~= '' then
+      put(j, 'batch_size', ARGV[a + 12])
+    end
     end_job(j, STATUS_CODE[ARGV[a + 4]])
     commit(j, b)
     if ARGV[a + 5] == '1' then

@@ -1,0 +1,196 @@
+//! How a claimed job of a batching route finds company before its call.
+//!
+//! The job a worker claimed heads a batch. In this process, jobs of the same
+//! batch key claimed meanwhile by other claimers join it (and free their
+//! worker slots) rather than heading batches of their own; from the store,
+//! [`Store::claim_batch`] takes queued jobs of the key submitted through any
+//! replica. The head waits for company until it has been queued for the
+//! route's `max_wait`, or the batch is full, whichever comes first: a job
+//! that already waited that long in the queue waits no more.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
+
+use super::{call, InnerService};
+use crate::batch::Batch;
+use crate::context::Pool;
+use crate::store::{Claim, Store};
+use crate::time::Timestamp;
+use crate::trace::TraceContext;
+
+/// The batches this process is gathering, one open batch per key at most.
+/// The registry's lock is taken before an open batch's, never after.
+#[derive(Default)]
+pub(super) struct Gathering {
+    open: Mutex<HashMap<Arc<str>, Arc<Open>>>,
+}
+
+/// A batch still taking members.
+struct Open {
+    members: Mutex<Members>,
+    /// Woken when the batch is full.
+    full: Notify,
+}
+
+struct Members {
+    claims: Vec<Claim>,
+    items: u32,
+    bytes: u64,
+    /// Taken by the head for a store claim in flight, so that jobs joining
+    /// meanwhile leave room for what it brings.
+    reserved: (u32, u64),
+    closed: bool,
+}
+
+impl Members {
+    fn room(&self, route: &Batch) -> (u32, u64) {
+        (
+            route
+                .items_limit()
+                .saturating_sub(self.items + self.reserved.0),
+            route
+                .bytes_limit()
+                .saturating_sub(self.bytes + self.reserved.1),
+        )
+    }
+
+    fn add(&mut self, claim: Claim) {
+        self.items += weight(&claim).0;
+        self.bytes += weight(&claim).1;
+        self.claims.push(claim);
+    }
+}
+
+fn weight(claim: &Claim) -> (u32, u64) {
+    let items = claim.job.options.batch.as_ref().map_or(1, |t| t.items);
+    (items, claim.job.request.body.len() as u64)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs `claim`, a job of `route`: joins the batch open for its key, or
+/// opens one, gathers company and makes the call.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run<S, St>(
+    inner: S,
+    claim: Claim,
+    route: Batch,
+    trace: TraceContext,
+    pool: Arc<Pool<St>>,
+    gathering: Arc<Gathering>,
+    permit: OwnedSemaphorePermit,
+    hand_back: watch::Receiver<bool>,
+) where
+    S: InnerService,
+    St: Store,
+{
+    let Some(key) = claim.job.options.batch.as_ref().map(|t| t.key.clone()) else {
+        return call::run_job(inner, claim, trace, pool, permit, hand_back).await;
+    };
+    let deadline = claim.job.created_at.after(route.wait_limit());
+    // 1. Join the open batch of this key, if it has room.
+    let open = {
+        let mut registry = lock(&gathering.open);
+        if let Some(open) = registry.get(&key) {
+            let mut members = lock(&open.members);
+            let (items, bytes) = members.room(&route);
+            let (n, b) = weight(&claim);
+            if !members.closed && n <= items && b <= bytes {
+                members.add(claim);
+                if members.room(&route).0 == 0 {
+                    open.full.notify_one();
+                }
+                return;
+            }
+        }
+        let (items, bytes) = weight(&claim);
+        let open = Arc::new(Open {
+            members: Mutex::new(Members {
+                claims: vec![claim],
+                items,
+                bytes,
+                reserved: (0, 0),
+                closed: false,
+            }),
+            full: Notify::new(),
+        });
+        registry.insert(key.clone(), open.clone());
+        open
+    };
+    // 2. Company from the store at once, then (while the head may still
+    // wait) whatever joins before the deadline.
+    if Timestamp::now() < deadline {
+        take_from_store(&pool, &route, &key, &open).await;
+        let full = open.full.notified();
+        if lock(&open.members).room(&route).0 > 0 {
+            let _ = tokio::time::timeout_at(deadline.to_instant(), full).await;
+        }
+    }
+    // 3. Close it; take what the store has for the room left.
+    let mut members = {
+        let mut registry = lock(&gathering.open);
+        if registry.get(&key).is_some_and(|o| Arc::ptr_eq(o, &open)) {
+            registry.remove(&key);
+        }
+        let mut members = lock(&open.members);
+        members.closed = true;
+        Members {
+            claims: std::mem::take(&mut members.claims),
+            items: members.items,
+            bytes: members.bytes,
+            reserved: (0, 0),
+            closed: true,
+        }
+    };
+    let (items, bytes) = members.room(&route);
+    if items > 0 {
+        for claim in claim_batch(&pool, &key, items, bytes).await {
+            members.add(claim);
+        }
+    }
+    call::run_batch(inner, members.claims, &route, trace, pool, hand_back).await;
+    drop(permit);
+}
+
+/// Claims company from the store for the room `open` has, reserving it
+/// meanwhile.
+async fn take_from_store<St: Store>(pool: &Pool<St>, route: &Batch, key: &str, open: &Open) {
+    let (items, bytes) = {
+        let mut members = lock(&open.members);
+        let room = members.room(route);
+        members.reserved = room;
+        room
+    };
+    let claims = if items > 0 {
+        claim_batch(pool, key, items, bytes).await
+    } else {
+        Vec::new()
+    };
+    let mut members = lock(&open.members);
+    members.reserved = (0, 0);
+    for claim in claims {
+        members.add(claim);
+    }
+    if members.room(route).0 == 0 {
+        open.full.notify_one();
+    }
+}
+
+async fn claim_batch<St: Store>(pool: &Pool<St>, key: &str, items: u32, bytes: u64) -> Vec<Claim> {
+    let (lease, aging) = (pool.config.lease, pool.config.priority_aging);
+    match pool
+        .store
+        .claim_batch(key, items, bytes, lease, aging)
+        .await
+    {
+        Ok(claims) => claims,
+        Err(e) => {
+            tracing::warn!(error = %e, "claiming a batch's company failed; it runs without");
+            Vec::new()
+        }
+    }
+}
