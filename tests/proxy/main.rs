@@ -2,10 +2,14 @@
 //! spoken to over TCP. Auth and owners, health and metrics, SIGTERM, h2c to
 //! the upstream, the vendors' Python client snippets, and the live page in
 //! headless Chromium. `redis_production.rs`: Redis over TLS with an ACL
-//! user, its flags, and the errors that stop a start.
+//! user, its flags, and the errors that stop a start. `scaling.rs`: the
+//! autoscaling signals, `--wake-url` and the KEDA files; `access_log.rs`:
+//! `--access-log`.
 
+mod access_log;
 mod connections;
 mod redis_production;
+mod scaling;
 mod support;
 #[cfg(feature = "tls")]
 use tower_defer_testkit::tls;
@@ -449,6 +453,10 @@ fn version_and_help_name_the_program_and_every_flag() {
         "--token",
         "--webhook-secret",
         "--dialect",
+        "--access-log",
+        "--wake-url",
+        "--wake-interval",
+        "--wake-timeout",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
     }
