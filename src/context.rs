@@ -117,8 +117,9 @@ pub(crate) struct Pool<St> {
     pub(crate) config: PoolConfig,
     /// Set when a call found the upstream unavailable (nobody could be
     /// reached); the next call answered clears it and wakes the jobs that
-    /// wait for the upstream.
-    pub(crate) upstream_down: AtomicBool,
+    /// wait for the upstream. Shared with [`Scaling`](crate::scaling::Scaling),
+    /// which reports it.
+    pub(crate) upstream_down: Arc<AtomicBool>,
 }
 
 impl<St: Store> Pool<St> {
@@ -126,7 +127,7 @@ impl<St: Store> Pool<St> {
         Pool {
             store,
             config,
-            upstream_down: AtomicBool::new(false),
+            upstream_down: Arc::new(AtomicBool::new(false)),
         }
     }
 

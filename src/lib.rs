@@ -85,6 +85,9 @@
 //! - `server` (feature `server`): `Server`, which serves any tower
 //!   service with a header-read timeout, an idle timeout and a connection
 //!   cap; it knows connections, nothing of jobs.
+//! - [`scaling`]: the autoscaling signals (backlog per slot, backlog
+//!   without capacity), from the store's statistics and the pool's view of
+//!   the upstream.
 //! - `trace.rs`: W3C trace context, one trace per job from submission
 //!   through each attempt (see [Tracing](#tracing)).
 //! - `tls.rs` (feature `tls`): the rustls connector of https upstreams and
@@ -107,6 +110,7 @@ mod layer;
 pub mod metrics;
 mod policy;
 mod random;
+pub mod scaling;
 #[cfg(feature = "server")]
 pub mod server;
 mod service;
@@ -124,7 +128,7 @@ pub mod webhook;
 mod webhook;
 mod worker;
 
-pub use api::Baseten;
+pub use api::{Baseten, JobRef};
 pub use body::{Body, ResponseBody};
 pub use future::ResponseFuture;
 pub use job::{Job, JobId, JobStatus};

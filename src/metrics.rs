@@ -18,11 +18,14 @@
 //! | `tower_defer_queue_depth` | gauge | `priority` (set by [`record_queue_stats`]) |
 //! | `tower_defer_in_progress` | gauge | (set by [`record_queue_stats`]) |
 //! | `tower_defer_retrying` | gauge | (set by [`record_queue_stats`]) |
+//! | `tower_defer_backlog_per_slot` | gauge | queued jobs per call slot (set by [`record_scaling`]) |
+//! | `tower_defer_backlog_without_capacity` | gauge | 0 or 1 (set by [`record_scaling`]; see [`scaling`](crate::scaling)) |
 //! | `tower_defer_connections_open` | gauge | (feature `server`) |
 //! | `tower_defer_connections_rejected_total` | counter | over the connection cap (feature `server`) |
 //! | `tower_defer_connections_timed_out_total` | counter | `timeout` (`header_read`, `idle`) (feature `server`) |
 
 use crate::job::JobStatus;
+use crate::scaling::Signals;
 use crate::store::QueueStats;
 
 /// A job was accepted (not a repeated idempotent submission).
@@ -160,4 +163,32 @@ pub fn record_queue_stats(stats: &QueueStats) {
     }
     #[cfg(not(feature = "metrics"))]
     let _ = stats;
+}
+
+/// Sets the autoscaling gauges, `tower_defer_backlog_per_slot` and
+/// `tower_defer_backlog_without_capacity` (0 or 1); call it before each
+/// scrape, beside [`record_queue_stats`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use tower::Layer;
+/// use tower_defer::{Body, DeferLayer, MemoryStore, Store};
+///
+/// let inner = tower::service_fn(|_req: http::Request<Body>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+/// });
+/// let app = DeferLayer::new(MemoryStore::new()).layer(inner);
+/// let stats = app.store().stats().await.unwrap();
+/// tower_defer::metrics::record_scaling(&app.scaling().signals(&stats));
+/// # }
+/// ```
+pub fn record_scaling(signals: &Signals) {
+    #[cfg(feature = "metrics")]
+    {
+        ::metrics::gauge!("tower_defer_backlog_per_slot").set(signals.backlog_per_slot);
+        ::metrics::gauge!("tower_defer_backlog_without_capacity")
+            .set(f64::from(u8::from(signals.backlog_without_capacity)));
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = signals;
 }

@@ -13,6 +13,7 @@ use crate::api::{self, Doors, Route};
 use crate::body::{Body, ResponseBody};
 use crate::context::{DoorConfig, Pool, PoolConfig};
 use crate::future::ResponseFuture;
+use crate::scaling::Scaling;
 use crate::shutdown::Control;
 use crate::store::Store;
 use crate::worker::{self, DeferHandle, InnerService, Worker};
@@ -70,7 +71,8 @@ where
         baseten: Option<crate::Baseten>,
     ) -> (Self, Worker) {
         let pool = Arc::new(Pool::new(store.clone(), pool));
-        let doors = Arc::new(Doors::new(store, doors, baseten));
+        let scaling = Scaling::new(pool.upstream_down.clone(), pool.config.concurrency);
+        let doors = Arc::new(Doors::new(store, doors, baseten, scaling));
         let (worker, handle, control) = worker::build(inner.clone(), pool);
         let service = Defer {
             inner,
@@ -88,6 +90,11 @@ impl<S, St> Defer<S, St> {
     /// A handle that shuts the worker pool down gracefully.
     pub fn handle(&self) -> DeferHandle {
         self.shared.handle.clone()
+    }
+
+    /// The autoscaling signals of this service's pool (see [`scaling`](crate::scaling)).
+    pub fn scaling(&self) -> Scaling {
+        self.shared.doors.scaling.clone()
     }
 
     /// The store behind this service.

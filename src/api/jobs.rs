@@ -1,8 +1,13 @@
 //! The job operations every front door shares: submit, look up (owner-scoped),
 //! and the answers they give when the store says no.
 
+use std::cell::Cell;
+use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http::Response;
 use tracing::Instrument;
 
 use super::Doors;
@@ -19,6 +24,73 @@ pub(crate) fn no_job(id: &str) -> String {
     format!("no job {shown:?}")
 }
 
+/// What an answer of the async API was about: the job the request created
+/// or addressed, and that job's trace. The layer puts one in the extensions
+/// of each such response, for an access log to read (the proxy's
+/// `--access-log` does); a pass-through, or an answer about no job (a `404`,
+/// the queue document), has none.
+#[derive(Clone, Copy)]
+pub struct JobRef {
+    id: JobId,
+    trace: TraceContext,
+}
+
+impl JobRef {
+    /// The job's id.
+    pub fn id(&self) -> JobId {
+        self.id
+    }
+
+    /// The job's W3C trace id, 32 lowercase hex digits: the submission's
+    /// `traceparent` trace id, or the one derived from the job's id.
+    pub fn trace_id(&self) -> impl fmt::Display {
+        self.trace.trace_id()
+    }
+}
+
+impl fmt::Debug for JobRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobRef")
+            .field("id", &self.id)
+            .field("trace_id", &format_args!("{}", self.trace.trace_id()))
+            .finish()
+    }
+}
+
+tokio::task_local! {
+    /// The job the answer being made is about. A task-local rather than a
+    /// value threaded through every door: the doors reach jobs through
+    /// `lookup`, `enqueue` and a cancel, and only these need to say so.
+    static ANSWERED: Cell<Option<JobRef>>;
+}
+
+/// Notes that the answer being made is about `job`.
+pub(crate) fn answering_about(job: &Job) {
+    let about = JobRef {
+        id: job.id,
+        trace: TraceContext::of_stored(&job.request.headers, job.id),
+    };
+    // Outside `with_job_ref` (a door's unit test) there is nobody to tell.
+    let _ = ANSWERED.try_with(|cell| cell.set(Some(about)));
+}
+
+/// Runs a door's answer and puts the [`JobRef`] it noted, if any, in the
+/// response's extensions.
+pub(crate) async fn with_job_ref<F>(answer: F) -> Response<Bytes>
+where
+    F: Future<Output = Response<Bytes>>,
+{
+    ANSWERED
+        .scope(Cell::new(None), async move {
+            let mut response = answer.await;
+            if let Some(about) = ANSWERED.with(Cell::take) {
+                response.extensions_mut().insert(about);
+            }
+            response
+        })
+        .await
+}
+
 /// The job, if it exists and `owner` may see it; 404 otherwise.
 pub(crate) async fn lookup<St: Store>(
     doors: &Doors<St>,
@@ -26,7 +98,10 @@ pub(crate) async fn lookup<St: Store>(
     owner: Option<&str>,
 ) -> Result<Job, Problem> {
     match doors.store.get(id).await {
-        Ok(Some(job)) if job.is_visible_to(owner) => Ok(job),
+        Ok(Some(job)) if job.is_visible_to(owner) => {
+            answering_about(&job);
+            Ok(job)
+        }
         Ok(_) => Err(Problem::not_found(no_job(id.as_str()))),
         Err(e) => Err(store_unavailable(&e)),
     }
@@ -89,6 +164,7 @@ pub(crate) async fn enqueue<St: Store>(
         .map_err(|e| enqueue_refused(&e))?;
     let _entered = span.enter();
     let job = &enqueued.job;
+    answering_about(job);
     if !span.is_disabled() {
         let context = if enqueued.created {
             trace.context(job.id)

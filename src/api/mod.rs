@@ -35,6 +35,7 @@ mod vessl;
 
 pub use baseten::Baseten;
 pub(crate) use context::Doors;
+pub use jobs::JobRef;
 pub(crate) use prefer::{Prefer, PREFER};
 
 /// The layer's own answer to a request routed to the API.
@@ -106,27 +107,27 @@ where
     B: RequestBody,
 {
     match route {
-        Route::Native(native::Endpoint::Submit) => Box::pin(async move {
+        Route::Native(native::Endpoint::Submit) => answer(async move {
             let (parts, body) = req.into_parts();
             native::submit_envelope(&doors, &parts, body)
                 .await
                 .unwrap_or_else(Problem::into_response)
         }),
-        Route::Native(endpoint) => Box::pin(async move {
+        Route::Native(endpoint) => answer(async move {
             native::handle(&doors, endpoint, req)
                 .await
                 .unwrap_or_else(Problem::into_response)
         }),
-        Route::PreferAsync(prefer) => Box::pin(async move {
+        Route::PreferAsync(prefer) => answer(async move {
             native::submit_prefer(&doors, prefer, req)
                 .await
                 .unwrap_or_else(Problem::into_response)
         }),
         // Bifrost answers in its own error shape.
         Route::Bifrost(endpoint) => {
-            Box::pin(async move { bifrost::handle(&doors, endpoint, req).await })
+            answer(async move { bifrost::handle(&doors, endpoint, req).await })
         }
-        Route::Baseten(endpoint) => Box::pin(async move {
+        Route::Baseten(endpoint) => answer(async move {
             let Some(state) = &doors.baseten else {
                 unreachable!("Baseten routes are matched only when the dialect is on")
             };
@@ -136,6 +137,15 @@ where
         }),
         Route::PassThrough => unreachable!("pass-through requests never reach the API"),
     }
+}
+
+/// A door's answer, boxed, with the [`JobRef`] of the job it is about in
+/// its extensions.
+fn answer<F>(answer: F) -> ApiFuture
+where
+    F: Future<Output = Response<Bytes>> + Send + 'static,
+{
+    Box::pin(jobs::with_job_ref(answer))
 }
 
 /// How much of an oversized body is read and dropped before the `413` is

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 use super::document::StatusDocument;
 use super::envelope::{Envelope, EnvelopeError, Field, Fields};
-use super::jobs::{base_options, enqueue, lookup, no_job};
+use super::jobs::{answering_about, base_options, enqueue, lookup, no_job};
 use super::vessl::OutputDocument;
 use super::Doors;
 use super::RequestBody;
@@ -159,14 +159,18 @@ where
         }
         Endpoint::Cancel(id) => match doors.store.cancel(id, owner).await {
             Ok(CancelOutcome::Canceled(job)) => {
+                answering_about(&job);
                 crate::metrics::finished(job.status);
                 Ok(json(StatusCode::OK, &StatusDocument::new(&job)))
             }
-            Ok(CancelOutcome::AlreadyTerminal(job)) => Err(Problem::new(
-                StatusCode::CONFLICT,
-                "already_terminal",
-                format!("job {id} has already ended: {}", job.status),
-            )),
+            Ok(CancelOutcome::AlreadyTerminal(job)) => {
+                answering_about(&job);
+                Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "already_terminal",
+                    format!("job {id} has already ended: {}", job.status),
+                ))
+            }
             Ok(CancelOutcome::NotFound) => Err(Problem::not_found(no_job(id.as_str()))),
             Err(e) => Err(store_unavailable(&e)),
         },
@@ -185,6 +189,7 @@ async fn queue<St: Store>(doors: &Doors<St>) -> Result<Response<Bytes>, Problem>
     let oldest = stats
         .oldest_queued_at
         .map_or(0.0, |t| now.since(t).as_secs_f64());
+    let signals = doors.scaling.signals(&stats);
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({
@@ -195,6 +200,8 @@ async fn queue<St: Store>(doors: &Doors<St>) -> Result<Response<Bytes>, Problem>
             "oldest_queued_seconds": (oldest * 1000.0).round() / 1000.0,
             "max_queued": doors.config.max_queue,
             "concurrency": doors.config.concurrency,
+            "backlog_per_slot": (signals.backlog_per_slot * 1000.0).round() / 1000.0,
+            "backlog_without_capacity": u8::from(signals.backlog_without_capacity),
         }),
     ))
 }

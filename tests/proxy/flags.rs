@@ -29,6 +29,10 @@ fn version_and_help_name_the_program_and_every_flag() {
         "--token",
         "--webhook-secret",
         "--dialect",
+        "--access-log",
+        "--wake-url",
+        "--wake-interval",
+        "--wake-timeout",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
     }

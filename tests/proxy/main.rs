@@ -4,10 +4,13 @@
 //! `Retry-After`), `flags.rs`, `clients.rs` (the vendors' Python snippets,
 //! the live page in headless Chromium), `webhooks.rs`, `connections.rs`
 //! (timeouts and the connection cap), `batching.rs` (`--batch`,
-//! `--batch-file`), `redis_production.rs` (Redis over
-//! TLS with an ACL user, its flags, and the errors that stop a start).
+//! `--batch-file`), `redis_production.rs` (Redis over TLS with an ACL user,
+//! its flags, and the errors that stop a start), `scaling.rs` (the
+//! autoscaling signals, `--wake-url` and the KEDA files), `access_log.rs`
+//! (`--access-log`).
 //! Here: the helpers they share.
 
+mod access_log;
 mod auth;
 mod batching;
 mod clients;
@@ -15,6 +18,7 @@ mod connections;
 mod flags;
 mod operations;
 mod redis_production;
+mod scaling;
 mod support;
 mod upstreams;
 mod webhooks;

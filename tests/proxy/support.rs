@@ -434,7 +434,13 @@ pub struct ScriptedUpstream {
 
 impl ScriptedUpstream {
     pub fn start(script: Vec<(u16, Vec<(String, String)>)>) -> ScriptedUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        ScriptedUpstream::start_on(0, script)
+    }
+
+    /// The same on `port` (0: a free one), for an upstream that appears
+    /// where the proxy already points.
+    pub fn start_on(port: u16, script: Vec<(u16, Vec<(String, String)>)>) -> ScriptedUpstream {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let times = Arc::new(Mutex::new(Vec::new()));
         let seen = times.clone();
@@ -470,9 +476,57 @@ impl ScriptedUpstream {
     }
 }
 
-/// Reads one request's head and its `content-length` body; `None` when the
-/// peer closed first.
-fn read_request(stream: &mut TcpStream) -> Option<()> {
+/// One request a [`Recorder`] received.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub at: Instant,
+    /// The request line and headers, lowercased.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+/// An HTTP/1.1 endpoint on 127.0.0.1 that answers every request `200 {}`
+/// and records each (a fake scaler's wake endpoint). One thread, one request
+/// a connection, until the test ends.
+pub struct Recorder {
+    pub port: u16,
+    seen: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl Recorder {
+    pub fn start() -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let Some((head, body)) = read_request(&mut stream) else {
+                    continue;
+                };
+                sink.lock().unwrap().push(Recorded {
+                    at: Instant::now(),
+                    head,
+                    body,
+                });
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+                );
+            }
+        });
+        Recorder { port, seen }
+    }
+
+    /// The requests received so far, in order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Reads one request's head (lowercased) and its `content-length` body;
+/// `None` when the peer closed first.
+fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
@@ -500,5 +554,5 @@ fn read_request(stream: &mut TcpStream) -> Option<()> {
         }
         raw.extend_from_slice(&buf[..n]);
     }
-    Some(())
+    Some((head, raw[head_end..head_end + length].to_vec()))
 }

@@ -228,6 +228,22 @@ pub(crate) struct Args {
         default_value = "text"
     )]
     pub(crate) log_format: LogFormat,
+
+    /// Log one line per request answered by the async API or passed through (method, path, status, duration_ms, job_id, trace_id), target tower_defer::access.
+    #[arg(long, env = "TOWER_DEFER_ACCESS_LOG", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    pub(crate) access_log: bool,
+
+    /// While jobs wait and the upstream refuses connections, POST to this URL (http:// or https://), so that a scaler can start the model.
+    #[arg(long, env = "TOWER_DEFER_WAKE_URL", value_parser = wake_url)]
+    pub(crate) wake_url: Option<Uri>,
+
+    /// Call --wake-url at most once per this long.
+    #[arg(long, env = "TOWER_DEFER_WAKE_INTERVAL", default_value = "30s", value_parser = positive_duration)]
+    pub(crate) wake_interval: Duration,
+
+    /// How long one call to --wake-url may take, connecting included.
+    #[arg(long, env = "TOWER_DEFER_WAKE_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
+    pub(crate) wake_timeout: Duration,
 }
 
 /// A front door besides the native API.
@@ -260,6 +276,14 @@ fn upstream_url(s: &str) -> Result<Uri, String> {
         Some("http") if uri.authority().is_some() => Ok(uri),
         Some("https") if uri.authority().is_some() => Ok(uri),
         _ => Err("write http://host:port, optionally with a base path".into()),
+    }
+}
+
+fn wake_url(s: &str) -> Result<Uri, String> {
+    let uri: Uri = s.parse().map_err(|e| format!("{e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.authority().is_some() => Ok(uri),
+        _ => Err("write an absolute URL: http://host[:port]/path or https://...".into()),
     }
 }
 
@@ -667,6 +691,22 @@ impl Args {
             (
                 "log-format",
                 format!("{:?}", self.log_format).to_lowercase(),
+            ),
+            (
+                "access-log",
+                if self.access_log { "on" } else { "off" }.to_owned(),
+            ),
+            (
+                "wake-url",
+                match &self.wake_url {
+                    Some(url) => format!(
+                        "{} (at most every {}, timeout {})",
+                        mask_url(&url.to_string()),
+                        human(self.wake_interval),
+                        human(self.wake_timeout)
+                    ),
+                    None => "off".to_owned(),
+                },
             ),
         ]
     }

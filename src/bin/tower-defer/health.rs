@@ -8,7 +8,9 @@
 //! - `/metrics`: Prometheus text. The library counts through the `metrics`
 //!   facade; the queue gauges are read from the store at each scrape
 //!   (`tower_defer::metrics::record_queue_stats`), because a shared store's
-//!   queue is no single process's to count.
+//!   queue is no single process's to count; so are the scaling gauges
+//!   (`record_scaling`), from those statistics and this pool's view of the
+//!   upstream.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +25,7 @@ use http_body_util::{BodyExt, Full};
 use metrics_exporter_prometheus::PrometheusHandle;
 use pin_project::pin_project;
 use tower::Service;
+use tower_defer::scaling::Scaling;
 use tower_defer::store::QueueStats;
 use tower_defer::Store;
 
@@ -39,6 +42,8 @@ pub(crate) struct Ops<St> {
     pub(crate) prometheus: PrometheusHandle,
     /// `host:port` of the upstream, `None` for the built-in demo model.
     pub(crate) upstream: Option<String>,
+    /// The pool's scaling signals, set as gauges at each scrape.
+    pub(crate) scaling: Scaling,
 }
 
 impl<St: Store> Ops<St> {
@@ -88,6 +93,7 @@ impl<St: Store> Ops<St> {
         match self.stats().await {
             Ok(stats) => {
                 tower_defer::metrics::record_queue_stats(&stats);
+                tower_defer::metrics::record_scaling(&self.scaling.signals(&stats));
                 metrics::gauge!("tower_defer_store_up").set(1.0);
             }
             Err(e) => {

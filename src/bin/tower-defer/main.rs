@@ -22,12 +22,15 @@
 //!   identity the owner of the jobs it submits.
 //! - `health.rs`: `/healthz`, `/readyz` and `/metrics`, answered before auth.
 //! - `demo.rs`: the built-in demo model, used when there is no `--upstream`.
+//! - `access.rs`: the access log (`--access-log`), one line per request.
+//! - `wake.rs`: `--wake-url`, called while jobs wait and the upstream
+//!   refuses connections, so that a scaler can start the model.
 //! - here: the stack and the graceful stop. Connections are served by
 //!   `tower_defer::server::Server` (`--header-read-timeout`,
 //!   `--idle-timeout`, `--max-connections`; the rules are in its docs).
 //!
 //! The stack, outermost first: `Front` (operational routes) ->
-//! `AuthLayer` -> `DeferLayer` (the async API; other routes stream through)
+//! `AccessLogLayer` (with `--access-log`) -> `AuthLayer` -> `DeferLayer` (the async API; other routes stream through)
 //! -> a `Timeout` around `Upstream` (pooled HTTP/1.1, or h2c), or the demo.
 //!
 //! # Stopping
@@ -39,11 +42,13 @@
 //! `--store redis://...` another replica runs them; the in-memory store goes
 //! with the process). Then it exits 0.
 
+mod access;
 mod alloc;
 mod auth;
 mod config;
 mod demo;
 mod health;
+mod wake;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -57,9 +62,11 @@ use tower_defer::server::Server;
 use tower_defer::upstream::Upstream;
 use tower_defer::{Baseten, Defer, DeferLayer, InnerService, MemoryStore, Store, Webhooks};
 
+use crate::access::AccessLogLayer;
 use crate::auth::{AuthLayer, Identity, Tokens};
 use crate::config::{Args, Dialect, LogFormat, StoreUrl};
 use crate::health::{Front, Ops};
+use crate::wake::Wake;
 
 /// Histogram buckets for `*_seconds` (queue wait, execution time): 5 ms to 10 min.
 const BUCKETS: &[f64] = &[
@@ -262,10 +269,11 @@ async fn run<St: Store + Clone>(
     store: St,
 ) -> Result<(), Fail> {
     let layer = defer_layer(args, store.clone(), webhooks);
-    let ops = |upstream| Ops {
+    let ops = |upstream, scaling| Ops {
         store: store.clone(),
         prometheus: prometheus.clone(),
         upstream,
+        scaling,
     };
     match &args.upstream {
         Some(url) => {
@@ -278,15 +286,16 @@ async fn run<St: Store + Clone>(
                 None if url.scheme_str() == Some("https") => format!("{}:443", a.host()),
                 None => format!("{}:80", a.host()),
             });
-            serve(args, tokens, ops(authority), layer.layer(inner)).await
+            let app = layer.layer(inner);
+            serve(args, tokens, ops(authority, app.scaling()), app).await
         }
         None if args.upstream_ca.is_some() => Err(Fail(
             2,
             "--upstream-ca: there is no --upstream to trust it for".into(),
         )),
         None => {
-            let demo = tower::service_fn(demo::model);
-            serve(args, tokens, ops(None), layer.layer(demo)).await
+            let app = layer.layer(tower::service_fn(demo::model));
+            serve(args, tokens, ops(None, app.scaling()), app).await
         }
     }
 }
@@ -332,17 +341,24 @@ async fn serve<S, St>(
 ) -> Result<(), Fail>
 where
     S: InnerService,
-    S::Error: Send,
+    S::Error: Send + std::fmt::Display,
     St: Store + Clone,
 {
     let store = ops.store.clone();
     let handle = app.handle();
+    if let Some(url) = &args.wake_url {
+        let shown = config::mask_url(&url.to_string());
+        let wake = Wake::new(url, shown, args.wake_interval, args.wake_timeout)
+            .map_err(|e| Fail(2, format!("--wake-url {url}: {e}")))?;
+        tokio::spawn(wake.watch(store.clone(), app.scaling()));
+    }
     // The live page is static HTML; the data it fetches is checked as usual.
     let open = vec![format!("{}/ui", args.prefix)];
     let auth = AuthLayer::new(Arc::new(tokens), open, !args.forward_credentials);
+    let access = tower::util::option_layer(args.access_log.then_some(AccessLogLayer));
     let front = Front {
         ops: Arc::new(ops),
-        app: auth.layer(app),
+        app: access.layer(auth.layer(app)),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
