@@ -1,15 +1,14 @@
 //! `--batch` and `--batch-file`: the program batches a route's queued jobs
 //! into one call to a small fake embeddings server.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{proxy_binary, Proxy};
+use crate::support::{proxy_binary, read_request, Proxy};
 
 /// An embeddings server on 127.0.0.1: `POST /v1/embeddings` answers
 /// OpenAI's shape (`data`, each item with its `index`), `POST /embed`
@@ -70,35 +69,9 @@ impl Embeddings {
 
 /// One request's path and JSON body.
 fn read(stream: &mut TcpStream) -> Option<(String, Value)> {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = stream.read(&mut buf).ok()?;
-        if n == 0 {
-            return None;
-        }
-        raw.extend_from_slice(&buf[..n]);
-    };
-    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    let (head, body) = read_request(stream)?;
     let path = head.split_whitespace().nth(1)?.to_owned();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map_or(0, |v| v.trim().parse().unwrap_or(0));
-    while raw.len() < head_end + length {
-        let n = stream.read(&mut buf).ok()?;
-        if n == 0 {
-            return None;
-        }
-        raw.extend_from_slice(&buf[..n]);
-    }
-    Some((path, serde_json::from_slice(&raw[head_end..]).ok()?))
+    Some((path, serde_json::from_slice(&body).ok()?))
 }
 
 fn submit(proxy: &Proxy, path: &str, data: Value) -> String {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{self, Proxy, Reply};
+use crate::support::{self, parse_head, Proxy, Reply};
 use crate::{sample, summary_line};
 
 /// Far beyond any limit these tests set: a connection still open after it
@@ -55,20 +55,7 @@ impl Client {
             }
             self.fill(&mut raw);
         };
-        let head = String::from_utf8(raw[..head_end].to_vec()).unwrap();
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
+        let (status, headers) = parse_head(std::str::from_utf8(&raw[..head_end]).unwrap());
         let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
         let mut body = raw.split_off(head_end);
         if let Some(length) = header("content-length") {

@@ -259,12 +259,8 @@ pub fn request(
     parse(&raw)
 }
 
-fn parse(raw: &[u8]) -> Reply {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(raw)));
-    let head = std::str::from_utf8(&raw[..split]).unwrap();
+/// A response head's status and its headers (names lowercased).
+pub fn parse_head(head: &str) -> (u16, Vec<(String, String)>) {
     let mut lines = head.split("\r\n");
     let status = lines
         .next()
@@ -274,10 +270,19 @@ fn parse(raw: &[u8]) -> Reply {
         .unwrap()
         .parse()
         .unwrap();
-    let headers: Vec<(String, String)> = lines
+    let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
+    (status, headers)
+}
+
+fn parse(raw: &[u8]) -> Reply {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(raw)));
+    let (status, headers) = parse_head(std::str::from_utf8(&raw[..split]).unwrap());
     let mut body = raw[split + 4..].to_vec();
     let chunked = headers
         .iter()
@@ -526,7 +531,7 @@ impl Recorder {
 
 /// Reads one request's head (lowercased) and its `content-length` body;
 /// `None` when the peer closed first.
-fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+pub fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
