@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 
@@ -127,7 +128,12 @@ pub(super) async fn run<S, St>(
         take_from_store(&pool, &route, &key, &open).await;
         let full = open.full.notified();
         if lock(&open.members).room(&route).0 > 0 {
-            let _ = tokio::time::timeout_at(deadline.to_instant(), full).await;
+            // Timestamps are whole milliseconds and a timer fires on the
+            // tick after its deadline: a millisecond less keeps the head's
+            // wait within `max_wait` of its submission, not just past it.
+            let at = deadline.to_instant();
+            let until = at.checked_sub(Duration::from_millis(1)).unwrap_or(at);
+            let _ = tokio::time::timeout_at(until, full).await;
         }
     }
     // 3. Close it; take what the store has for the room left.
