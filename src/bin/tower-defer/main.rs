@@ -17,7 +17,8 @@
 //! # Layout
 //!
 //! - `alloc.rs`: the global allocator (jemalloc), and why.
-//! - `config.rs`: the flags (clap), and the start-up report.
+//! - `config.rs`: the flags (clap), and the start-up report; `config/values.rs`:
+//!   how each flag's value is read and written back.
 //! - `auth.rs`: client tokens and `AuthLayer`, which makes each token's
 //!   identity the owner of the jobs it submits.
 //! - `health.rs`: `/healthz`, `/readyz` and `/metrics`, answered before auth.
