@@ -326,3 +326,34 @@ on_every_store!(
     a_retryable_failure_retries_every_member,
     a_member_canceled_mid_call_ends_canceled_and_the_others_complete,
 );
+
+/// Two replicas on one Redis: a job submitted through each joins one batch,
+/// run by the replica whose workers run (the other's never start).
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn jobs_submitted_through_two_replicas_share_one_call() {
+    use tower_defer_testkit::redis::RedisServer;
+    let Some(redis) = RedisServer::start(false) else {
+        return;
+    };
+    let connect = || tower_defer::RedisStore::builder(redis.url()).connect();
+    let model = Model::default();
+    let (a, _never_run) = layer(connect().await.unwrap()).pair(model.service());
+    let (b, b_workers) = layer(connect().await.unwrap()).pair(model.service());
+    let (a, b) = (serve(a).await, serve(b).await);
+    let c = HttpClient::new();
+    let first = c.submit(&a, &envelope("m", json!("one"))).await;
+    let second = c.submit(&b, &envelope("m", json!("two"))).await;
+    tokio::spawn(b_workers);
+    for (server, id) in [(&a, &first), (&b, &second)] {
+        let doc = finished(&c, server, id).await;
+        assert_eq!(doc["status"], "succeeded", "{doc}");
+        assert_eq!(doc["batch_size"], 2, "{doc}");
+    }
+    let calls = model.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0], json!({"model": "m", "input": ["one", "two"]}));
+    // Each replica answers for either job, with that job's own item.
+    assert_eq!(echoes(&output(&c, &b, &first).await), [(0, "one".into())]);
+    assert_eq!(echoes(&output(&c, &a, &second).await), [(0, "two".into())]);
+}
