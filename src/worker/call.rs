@@ -31,7 +31,14 @@ enum CallEnd {
     TimedOut,
     LeaseLost,
     HandBack,
+    /// The inner service failed to become ready after the jobs were
+    /// claimed (a batch's gather): nothing was sent.
+    NotReady(String),
 }
+
+/// How soon jobs claimed for a service that then was not ready run again:
+/// the claimers also pause this long when it is not ready before a claim.
+const NOT_READY_RETRY: Duration = Duration::from_secs(1);
 
 pub(super) async fn run_job<S, St>(
     svc: S,
@@ -89,8 +96,14 @@ pub(super) async fn run_batch<S, St>(
     );
     let mut request = to_request(&head.job.request, &trace);
     *request.body_mut() = Body::full(body);
-    let Some(svc) = ready(inner.clone()).await else {
-        return;
+    let svc = match ready(inner.clone()).await {
+        Ok(svc) => svc,
+        Err(end) => {
+            for claim in &claims {
+                record(&pool, claim, &end, None).await;
+            }
+            return;
+        }
     };
     let end = call(svc, request, &pool, &claims, &mut hand_back).await;
     crate::metrics::ended(Timestamp::now().since(now));
@@ -160,9 +173,15 @@ async fn run_alone<S, St>(
     S: InnerService,
     St: Store,
 {
-    for claim in &claims {
-        let Some(svc) = ready(inner.clone()).await else {
-            return;
+    for (i, claim) in claims.iter().enumerate() {
+        let svc = match ready(inner.clone()).await {
+            Ok(svc) => svc,
+            Err(end) => {
+                for claim in &claims[i..] {
+                    record(pool, claim, &end, None).await;
+                }
+                return;
+            }
         };
         crate::metrics::started(Timestamp::now().since(claim.job.created_at));
         let request = to_request(&claim.job.request, &trace);
@@ -178,15 +197,15 @@ async fn run_alone<S, St>(
     }
 }
 
-/// A clone of the inner service once it is ready; `None` if it failed to
-/// become ready (its jobs' leases then lapse and they run again).
-async fn ready<S: InnerService>(mut svc: S) -> Option<S> {
+/// A clone of the inner service once it is ready; if it failed to become
+/// ready, the end to record for the jobs that were to be sent.
+async fn ready<S: InnerService>(mut svc: S) -> Result<S, CallEnd> {
     match std::future::poll_fn(|cx| svc.poll_ready(cx)).await {
-        Ok(()) => Some(svc),
+        Ok(()) => Ok(svc),
         Err(e) => {
             let e: BoxError = e.into();
             tracing::warn!(error = %e, "the inner service is not ready; its jobs will run again");
-            None
+            Err(CallEnd::NotReady(crate::error::error_chain(&*e)))
         }
     }
 }
@@ -369,6 +388,15 @@ async fn record<St: Store>(pool: &Pool<St>, claim: &Claim, end: &CallEnd, batch:
                 Outcome::error(JobError::new(ErrorCode::ExecutionTimeout, msg)),
                 batch,
             ))
+        }
+        CallEnd::NotReady(detail) => {
+            // Nothing was sent: no attempt is spent, and it is no lapse
+            // either (that would count towards `abandoned`); try again soon.
+            let error = JobError::new(
+                ErrorCode::UpstreamUnavailable,
+                format!("the inner service was not ready ({detail}); the job will run again"),
+            );
+            Write::Retry(requeue(NOT_READY_RETRY, error, None, false))
         }
         CallEnd::HandBack => {
             let error = JobError::new(

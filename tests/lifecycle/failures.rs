@@ -231,3 +231,70 @@ async fn the_jobs_waiting_for_the_upstream_run_as_soon_as_it_answers_again() {
         "the backlog took {after_outage} ms to clear"
     );
 }
+
+/// An OpenAI-style embeddings service whose `poll_ready` fails for the
+/// readiness checks numbered in `failing` (counted across its clones).
+#[derive(Clone)]
+struct NotReadyAtTimes {
+    checks: Arc<AtomicUsize>,
+    failing: std::ops::RangeInclusive<usize>,
+}
+
+impl tower::Service<Request<Body>> for NotReadyAtTimes {
+    type Response = Response<Body>;
+    type Error = io::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
+        let n = self.checks.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.failing.contains(&n) {
+            return Poll::Ready(Err(io::Error::other("overloaded")));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Request<Body>) -> Self::Future {
+        Box::pin(async {
+            Ok(json_response(
+                200,
+                json!({"data": [{"index": 0, "embedding": [1]}]}),
+            ))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_whose_service_is_not_ready_goes_back_to_the_queue_with_no_lapse() {
+    // Check 1 comes before the claim; check 2, after the batch gathered,
+    // fails; so do the next six, more than the lapses a job may have.
+    let checks = Arc::new(AtomicUsize::new(0));
+    let inner = NotReadyAtTimes {
+        checks: checks.clone(),
+        failing: 2..=(MAX_LAPSES as usize + 3),
+    };
+    let route =
+        tower_defer::batch::Batch::post("/v1/embeddings").max_wait(Duration::from_millis(10));
+    let app = DeferLayer::new(MemoryStore::new())
+        .concurrency(1)
+        .batch(route)
+        .layer(inner);
+    let started = Instant::now();
+    let id = submit(
+        &app,
+        json!({"path": "/v1/embeddings", "data": {"input": "x"}}),
+    )
+    .await;
+    let doc = finished(&app, &id).await;
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    // Nothing was sent while it was not ready: no attempt spent but the one
+    // that ran, and no lapse (a lapse would wait out the 30 s lease).
+    assert_eq!(doc["attempts"], 1, "{doc}");
+    assert!(doc.get("lapses").is_none(), "{doc}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(checks.load(Ordering::SeqCst) > MAX_LAPSES as usize + 3);
+}
