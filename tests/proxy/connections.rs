@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{self, parse_head, Proxy, Reply};
+use crate::support::{self, dechunk, parse_head, Proxy, Reply};
 use crate::{sample, summary_line};
 
 /// Far beyond any limit these tests set: a connection still open after it
@@ -103,20 +103,6 @@ impl Client {
                 Err(_) => return got,
             }
         }
-    }
-}
-
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let eol = raw.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size = std::str::from_utf8(&raw[..eol]).unwrap();
-        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
-        raw = &raw[eol + 2 + size + 2..];
     }
 }
 

@@ -297,7 +297,8 @@ fn parse(raw: &[u8]) -> Reply {
     }
 }
 
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+/// A chunked body's data.
+pub fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
         let eol = raw.windows(2).position(|w| w == b"\r\n").unwrap();
