@@ -114,30 +114,7 @@ impl<S: Store> Harness<S> {
 
     pub async fn step(&mut self, op: &Op) -> Result<(), String> {
         match *op {
-            Op::Enqueue {
-                priority,
-                queue_ms,
-                key,
-                owner,
-                body,
-                max_attempts,
-                ttl_ms,
-                max_queued,
-            } => {
-                let owner = owner.map(|o| OWNERS[usize::from(o)]);
-                let key = key.map(|k| KEYS[usize::from(k)]);
-                self.enqueue(
-                    priority,
-                    queue_ms,
-                    key,
-                    owner,
-                    body,
-                    max_attempts,
-                    ttl_ms,
-                    max_queued,
-                )
-                .await?;
-            }
+            Op::Enqueue(ref enqueue) => self.enqueue(enqueue).await?,
             Op::Claim { lease_ms, aging_ms } => {
                 self.claim(ms(lease_ms), aging_ms.map(ms)).await?;
             }
@@ -280,18 +257,18 @@ impl<S: Store> Harness<S> {
         (!self.claims.is_empty()).then(|| &self.claims[i % self.claims.len()])
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn enqueue(
-        &mut self,
-        priority: u8,
-        queue_ms: u64,
-        key: Option<&'static str>,
-        owner: Option<&'static str>,
-        body: u8,
-        max_attempts: u32,
-        ttl_ms: u64,
-        max_queued: usize,
-    ) -> Result<(), String> {
+    async fn enqueue(&mut self, e: &Enqueue) -> Result<(), String> {
+        let owner = e.owner.map(|o| OWNERS[usize::from(o)]);
+        let key = e.key.map(|k| KEYS[usize::from(k)]);
+        let Enqueue {
+            priority,
+            queue_ms,
+            body,
+            max_attempts,
+            ttl_ms,
+            max_queued,
+            ..
+        } = *e;
         let mut options = JobOptions::default();
         options.priority = Priority::new(priority).expect("0 to 2");
         options.max_time_in_queue = ms(queue_ms);

@@ -119,16 +119,7 @@ proptest! {
 #[test]
 fn a_lease_that_lapses_at_the_deadline_expires_the_job() {
     let ops = [
-        Op::Enqueue {
-            priority: 1,
-            queue_ms: 30_000,
-            key: None,
-            owner: None,
-            body: 0,
-            max_attempts: 3,
-            ttl_ms: 5_000,
-            max_queued: 1_000,
-        },
+        Enqueue::plain(30_000),
         Op::Claim {
             lease_ms: 30_000,
             aging_ms: None,
@@ -144,16 +135,7 @@ fn a_lease_that_lapses_at_the_deadline_expires_the_job() {
 #[test]
 fn a_lease_that_lapses_after_the_deadline_expires_the_job() {
     let ops = [
-        Op::Enqueue {
-            priority: 1,
-            queue_ms: 2_000,
-            key: None,
-            owner: None,
-            body: 0,
-            max_attempts: 3,
-            ttl_ms: 5_000,
-            max_queued: 1_000,
-        },
+        Enqueue::plain(2_000),
         Op::Claim {
             lease_ms: 5_000,
             aging_ms: None,
@@ -216,16 +198,7 @@ fn redis_store_expires_a_job_whose_lease_lapses_at_or_after_its_deadline() {
     };
     for (i, (queue_ms, lease_ms)) in [(30_000, 30_000), (2_000, 5_000)].into_iter().enumerate() {
         let ops = [
-            Op::Enqueue {
-                priority: 1,
-                queue_ms,
-                key: None,
-                owner: None,
-                body: 0,
-                max_attempts: 3,
-                ttl_ms: 5_000,
-                max_queued: 1_000,
-            },
+            Enqueue::plain(queue_ms),
             Op::Claim {
                 lease_ms,
                 aging_ms: None,

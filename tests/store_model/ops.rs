@@ -7,21 +7,7 @@ use proptest::prelude::*;
 /// (taken modulo their number), so a shrunk sequence stays meaningful.
 #[derive(Clone, Debug)]
 pub enum Op {
-    Enqueue {
-        priority: u8,
-        /// `max_time_in_queue`, in ms.
-        queue_ms: u64,
-        /// Idempotency key `k0` / `k1`.
-        key: Option<u8>,
-        /// Owner `o0` / `o1`.
-        owner: Option<u8>,
-        /// The request body: two enqueues with one key and different bodies conflict.
-        body: u8,
-        /// The store must not fail a job for it (only the worker reads it).
-        max_attempts: u32,
-        ttl_ms: u64,
-        max_queued: usize,
-    },
+    Enqueue(Enqueue),
     Claim {
         lease_ms: u64,
         aging_ms: Option<u64>,
@@ -52,6 +38,41 @@ pub enum Op {
     Sweep,
     /// `wake_unavailable`: the jobs waiting for the upstream run now.
     WakeUnavailable,
+}
+
+/// An `enqueue`: the job's options, its body, and the call's queue bound.
+#[derive(Clone, Debug)]
+pub struct Enqueue {
+    pub priority: u8,
+    /// `max_time_in_queue`, in ms.
+    pub queue_ms: u64,
+    /// Idempotency key `k0` / `k1`.
+    pub key: Option<u8>,
+    /// Owner `o0` / `o1`.
+    pub owner: Option<u8>,
+    /// The request body: two enqueues with one key and different bodies conflict.
+    pub body: u8,
+    /// The store must not fail a job for it (only the worker reads it).
+    pub max_attempts: u32,
+    pub ttl_ms: u64,
+    pub max_queued: usize,
+}
+
+impl Enqueue {
+    /// A job of priority 1 with no key and no owner, 3 attempts and a 5 s
+    /// result TTL, in a roomy queue: the regression cases' job.
+    pub fn plain(queue_ms: u64) -> Op {
+        Op::Enqueue(Enqueue {
+            priority: 1,
+            queue_ms,
+            key: None,
+            owner: None,
+            body: 0,
+            max_attempts: 3,
+            ttl_ms: 5_000,
+            max_queued: 1_000,
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -87,7 +108,7 @@ fn op() -> impl Strategy<Value = Op> {
     )
         .prop_map(
             |(priority, queue_ms, key, owner, body, max_attempts, ttl_ms, max_queued)| {
-                Op::Enqueue {
+                Op::Enqueue(Enqueue {
                     priority,
                     queue_ms,
                     key,
@@ -96,7 +117,7 @@ fn op() -> impl Strategy<Value = Op> {
                     max_attempts,
                     ttl_ms,
                     max_queued,
-                }
+                })
             },
         );
     let lease = || prop_oneof![Just(5_000u64), Just(30_000)];
