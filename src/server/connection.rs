@@ -611,14 +611,20 @@ mod tests {
         assert_about(answered.elapsed(), LIMITS.idle);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_drain_lets_the_request_in_flight_finish_then_closes() {
+    /// A connection with a 10 s request in flight for a second.
+    async fn a_request_in_flight() -> (DuplexStream, watch::Sender<Phase>, JoinHandle<()>) {
         let (mut client, phase, task) = start(LIMITS);
         client
             .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-sleep: 10\r\n\r\n")
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
+        (client, phase, task)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_lets_the_request_in_flight_finish_then_closes() {
+        let (mut client, phase, task) = a_request_in_flight().await;
         phase.send(Phase::Drain).unwrap();
         assert_eq!(read_answer(&mut client).await, b"ok");
         assert_about(closed(&mut client).await, Duration::ZERO);
@@ -627,12 +633,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stop_drops_the_connection_whatever_is_in_flight() {
-        let (mut client, phase, task) = start(LIMITS);
-        client
-            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-sleep: 10\r\n\r\n")
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (mut client, phase, task) = a_request_in_flight().await;
         phase.send(Phase::Stop).unwrap();
         assert_about(closed(&mut client).await, Duration::ZERO);
         task.await.unwrap();

@@ -75,6 +75,24 @@ fn failure(stderr: &str) -> &str {
         .unwrap_or_else(|| panic!("no failure line in:\n{stderr}"))
 }
 
+/// Starts the program on `store` with the given connect and command
+/// timeouts, expects it to stop with exit code 1, and returns its failure line.
+fn start_fails(store: &str, connect_timeout: &str, timeout: &str) -> String {
+    let (status, _, stderr) = run_to_exit(
+        &[
+            "--store",
+            store,
+            "--redis-connect-timeout",
+            connect_timeout,
+            "--redis-timeout",
+            timeout,
+        ],
+        &[],
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    failure(&stderr).to_owned()
+}
+
 #[test]
 fn an_acl_user_over_rediss_connects_and_the_summary_masks_its_password() {
     let redis = redis_or_skip!(tls_server_with_user());
@@ -200,19 +218,7 @@ fn a_plain_text_redis_behind_rediss_stops_the_start_within_the_connect_timeout()
     let redis = redis_or_skip!(false);
     let port = redis.port;
     let url = redis.url().replace("redis://", "rediss://");
-    let (status, _, stderr) = run_to_exit(
-        &[
-            "--store",
-            &url,
-            "--redis-connect-timeout",
-            "500ms",
-            "--redis-timeout",
-            "1m",
-        ],
-        &[],
-    );
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    let line = failure(&stderr);
+    let line = start_fails(&url, "500ms", "1m");
     assert!(
         line.starts_with(&format!(
             "tower-defer: --store {url}: redis: the TLS handshake with 127.0.0.1:{port} "
@@ -229,20 +235,8 @@ fn a_plain_text_redis_behind_rediss_stops_the_start_within_the_connect_timeout()
     let port = silent.local_addr().unwrap().port();
     let held = std::thread::spawn(move || silent.incoming().take(64).collect::<Vec<_>>());
     let url = format!("rediss://127.0.0.1:{port}/0");
-    let (status, _, stderr) = run_to_exit(
-        &[
-            "--store",
-            &url,
-            "--redis-connect-timeout",
-            "500ms",
-            "--redis-timeout",
-            "1m",
-        ],
-        &[],
-    );
-    assert_eq!(status.code(), Some(1), "{stderr}");
     assert_eq!(
-        failure(&stderr),
+        start_fails(&url, "500ms", "1m"),
         format!(
             "tower-defer: --store {url}: redis: the TLS handshake with 127.0.0.1:{port} did \
              not finish within 500 ms: the server may not speak TLS (rediss:// needs its TLS \
@@ -266,20 +260,8 @@ fn the_redis_command_timeout_bounds_the_start() {
         .query(&mut conn)
         .unwrap();
     assert_eq!(paused, "OK");
-    let (status, _, stderr) = run_to_exit(
-        &[
-            "--store",
-            &redis.url(),
-            "--redis-connect-timeout",
-            "1m",
-            "--redis-timeout",
-            "300ms",
-        ],
-        &[],
-    );
-    assert_eq!(status.code(), Some(1), "{stderr}");
     assert_eq!(
-        failure(&stderr),
+        start_fails(&redis.url(), "1m", "300ms"),
         format!(
             "tower-defer: --store {}: redis: load functions timed out after 300 ms",
             redis.url()
