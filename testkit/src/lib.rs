@@ -1,5 +1,6 @@
 //! What tower-defer's tests, benchmarks and examples share, written once:
 //!
+//! - [`cluster`]: a private Redis Cluster, whose masters a test can fail over.
 //! - [`inproc`]: the layer called in process, with no sockets, so that a test
 //!   can run on tokio's paused clock.
 //! - [`redis`]: a private `redis-server` per test or benchmark.
@@ -10,6 +11,7 @@
 //! Not published: the root crate takes it as a path dev-dependency, so only
 //! its integration tests, benchmarks and examples see it.
 
+pub mod cluster;
 pub mod inproc;
 pub mod redis;
 pub mod tls;

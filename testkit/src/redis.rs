@@ -53,6 +53,8 @@ pub struct RedisServer {
     dir: PathBuf,
     config: Config,
     ca: Option<PrivateCa>,
+    /// Kept for a restart, which must start the same server.
+    extra_args: Vec<String>,
 }
 
 /// Starts a server (`false`, `true` or a [`Config`]), or skips the calling
@@ -71,18 +73,20 @@ impl RedisServer {
     /// A fresh server as `config` says (`true`: with an append-only file);
     /// `None` when there is no `redis-server` and `CI` is unset.
     pub fn start(config: impl Into<Config>) -> Option<Self> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            if std::env::var_os("CI").is_some() {
-                panic!("redis-server is not installed, and CI is set: the Redis tests must run");
-            }
-            eprintln!("SKIPPED: redis-server is not installed (install it to run the Redis tests and benchmarks)");
+        if !installed_or_skip("redis-server") {
             return None;
         }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        Some(Self::launch(config.into(), port, Vec::new()))
+    }
+
+    /// A server as `config` says on `port`, in a fresh temp dir, with
+    /// `extra_args` after the ones `config` makes (a cluster node's). The
+    /// caller has checked that `redis-server` is installed.
+    pub(crate) fn launch(config: Config, port: u16, extra_args: Vec<String>) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "tower-defer-redis-{}-{}",
@@ -90,11 +94,6 @@ impl RedisServer {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).expect("a temp dir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let config = config.into();
         let ca = config.tls.then(|| {
             let ca = PrivateCa::new();
             std::fs::write(dir.join("ca.pem"), &ca.ca_pem).expect("write ca.pem");
@@ -108,9 +107,10 @@ impl RedisServer {
             dir,
             config,
             ca,
+            extra_args,
         };
         server.spawn();
-        Some(server)
+        server
     }
 
     fn spawn(&mut self) {
@@ -145,6 +145,7 @@ impl RedisServer {
                 if self.config.appendonly { "yes" } else { "no" },
             ])
             .args(["--appendfsync", "always"])
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -254,6 +255,23 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether `program` runs. When it does not, the caller is to skip: says so
+/// and returns `false`, or panics when `CI` is set.
+pub(crate) fn installed_or_skip(program: &str) -> bool {
+    let found = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        if std::env::var_os("CI").is_some() {
+            panic!("{program} is not installed, and CI is set: the Redis tests must run");
+        }
+        eprintln!("SKIPPED: {program} is not installed (install it to run the Redis tests and benchmarks)");
+    }
+    found
 }
 
 /// Sends `command` inline and reads its answer: the first line, or for a
