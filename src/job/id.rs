@@ -46,6 +46,42 @@ impl JobId {
         JobId(out)
     }
 
+    /// A fresh id that names `shard` of `shards` (see [`shard`](Self::shard)):
+    /// the Redis store spreads a namespace over shards and finds a job's
+    /// shard from its id alone. The first character carries it, so the id
+    /// keeps its form and loses `log2(shards)` bits of its randomness.
+    ///
+    /// # Panics
+    ///
+    /// If `shards` is 0 or above 36, or `shard` is not below `shards`.
+    pub(crate) fn random_in(shard: usize, shards: usize) -> Self {
+        assert!(
+            (1..=36).contains(&shards) && shard < shards,
+            "shard {shard} of {shards}"
+        );
+        let mut id = Self::random();
+        // The first character's value is uniform in 0..36; bring it into
+        // the class of `shard` modulo `shards`, staying below 36.
+        let first = usize::from(Self::digit(id.0[0]));
+        let classes = (ALPHABET.len() - shard).div_ceil(shards);
+        id.0[0] = ALPHABET[shard + shards * (first % classes)];
+        id
+    }
+
+    /// The shard of `shards` this id names: its first character's value
+    /// (0–35) modulo `shards`. Every id names a shard, whichever made it.
+    pub(crate) fn shard(&self, shards: usize) -> usize {
+        usize::from(Self::digit(self.0[0])) % shards.max(1)
+    }
+
+    /// A character's value in [`ALPHABET`].
+    fn digit(c: u8) -> u8 {
+        match c {
+            b'0'..=b'9' => c - b'0',
+            _ => c - b'a' + 10,
+        }
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         // Only ever built from ALPHABET bytes.
@@ -111,6 +147,13 @@ mod tests {
             .bytes()
             .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()));
         assert_ne!(a, JobId::random());
+        for shards in [1, 2, 3, 7, 36] {
+            for shard in 0..shards {
+                let id = JobId::random_in(shard, shards);
+                assert_eq!(id.shard(shards), shard, "{id} of {shards}");
+                assert_eq!(id.as_str().parse::<JobId>().unwrap(), id);
+            }
+        }
         for bad in [
             "",
             "abc",

@@ -30,11 +30,53 @@
 //! [`connect`](RedisStoreBuilder::connect) fails with a message that says so
 //! on an older server.
 //!
+//! # Shards and Redis Cluster
+//!
+//! A namespace is one queue on one hash tag unless
+//! [`shards`](RedisStoreBuilder::shards) says otherwise: then it spreads
+//! over that many shards, each a queue of its own in the layout below,
+//! under a tag of its own. On a Redis Cluster
+//! ([`RedisStore::cluster`]) each shard's keys live on the master of its
+//! tag's slot, so the shards share the masters' work. Shard `i` of `S` has
+//! the tag `ns/i/n`, `n` the least number that puts it in the `i`-th
+//! `S`-th of the slots: on a cluster whose masters hold equal runs of slots,
+//! as `redis-cli --cluster create` makes them, `S` shards on `S` masters
+//! are one per master. (One shard keeps the tag `ns`.)
+//!
+//! A job's id names its shard (its first character, modulo `S`), so a
+//! lookup, a cancel, a long-poll or a result is one round trip to the one
+//! node that holds the job. A submission with an idempotency key goes to
+//! the shard the key hashes to, so every replica finds the key's job; one
+//! without goes to the next shard in turn. The queue limit is the
+//! namespace's: each shard holds its share, and a submission without a key
+//! that finds its shard at its share is passed to the next, so the
+//! namespace refuses work only when every shard is full (a keyed one
+//! whose shard is full is refused then). The stats, the sweep and
+//! [`wake_unavailable`](crate::Store::wake_unavailable) ask every shard at
+//! once.
+//!
+//! What holds across shards: every claim starts at the next shard in turn
+//! and takes the job that runs next on the first shard that has one, so
+//! each shard gets its share of the claims and none waits behind the
+//! others. Priority, aging and first-in-first-out order the jobs of one
+//! shard; across shards a job of priority 2 may run before one of priority
+//! 0, and a later job before an earlier one. A client that needs one job
+//! to run before another must not submit both at once to a sharded
+//! namespace. Every store of a namespace must give the same shard count:
+//! the first records it (`{ns}:shards`) and [`connect`](RedisStoreBuilder::connect)
+//! refuses another.
+//!
+//! Pub/sub messages are published as usual; on a cluster each reaches
+//! every node, so the store subscribes on one node (the next of its seeds
+//! when that one goes).
+//!
 //! # Layout
 //!
-//! Every key shares one hash tag, `{ns}` (namespace `tower-defer` unless
-//! [`namespace`](RedisStoreBuilder::namespace) says otherwise), so every key
-//! a script touches lives in one hash slot, as Redis Cluster requires.
+//! Every key of a shard shares one hash tag, written `{ns}` below (the
+//! namespace, `tower-defer` unless
+//! [`namespace`](RedisStoreBuilder::namespace) says otherwise, when there
+//! is one shard), so every key a script touches lives in one hash slot, as
+//! Redis Cluster requires.
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -150,6 +192,9 @@
 //! ACL SETUSER tower-defer on >PASSWORD ~{my-app}:* &{my-app}:* +@read +@write +@pubsub +@connection -@dangerous +fcall +function|load
 //! ```
 //!
+//! A namespace of several shards also needs the keys and channels of its
+//! shards' tags, `~{my-app/* &{my-app/*`.
+//!
 //! [`connect`](RedisStoreBuilder::connect) fails within its timeouts,
 //! naming the cause when it is one of these: authentication failed
 //! (`WRONGPASS`), authentication required (`NOAUTH`), a permission missing
@@ -160,7 +205,9 @@
 //!
 //! # Durability
 //!
-//! Run Redis with `appendonly yes` so queued jobs survive a restart, and
+//! A submission is acknowledged (`201`) once the master that holds its
+//! shard has written it; with [`Durability::Replicated`], once a replica has
+//! it too (`WAIT`), so that a failover loses no acknowledged job. Run Redis with `appendonly yes` so queued jobs survive a restart, and
 //! `appendfsync always` to lose nothing acknowledged when Redis crashes or
 //! is killed: with `everysec`, Redis may hold writes back while a sync runs,
 //! and a crash of the process loses the last second or two of them. With
@@ -187,6 +234,7 @@
 mod batch;
 mod builder;
 mod codec;
+mod conn;
 mod diagnose;
 mod functions;
 mod io;
@@ -197,18 +245,20 @@ mod operations;
 mod pubsub;
 mod wire;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
 use tokio::runtime::Handle;
 
 use self::batch::Batcher;
-pub use self::builder::RedisStoreBuilder;
+pub use self::builder::{Durability, RedisStoreBuilder};
+use self::conn::Conn;
 use self::io::IoThread;
 use self::keys::Keys;
 use self::lines::{ClaimCall, Claimed, CompleteCall, Completed, EnqueueCall, Submitted};
 use self::pubsub::Hub;
+use crate::job::JobId;
 
 /// How many due items one `claim` applies before choosing (the rest wait for
 /// the next claim or sweep), and how many one `sweep` applies: a script
@@ -223,28 +273,68 @@ pub struct RedisStore {
     inner: Arc<Inner>,
 }
 
-// Fields drop in order: the connection and the lines' tasks before the I/O
-// thread they run on.
+// Fields drop in order: the connections and the lines' tasks before the
+// I/O thread they run on.
 struct Inner {
-    conn: ConnectionManager,
-    keys: Arc<Keys>,
+    conn: Conn,
+    shards: Box<[Shard]>,
     hub: Arc<Hub>,
-    /// Submissions, coalesced (see `batch.rs`).
-    submissions: Batcher<EnqueueCall, Submitted>,
-    /// Claims, coalesced.
-    claims: Batcher<ClaimCall, Claimed>,
-    /// Completions, coalesced.
-    completions: Batcher<CompleteCall, Completed>,
+    /// Where the next submission without an idempotency key, the next claim
+    /// and the next delivery claim start among the shards: each goes round.
+    turns: [AtomicUsize; 3],
     io: Handle,
     timeout: Duration,
     hold_clock: bool,
     _io_thread: IoThread,
 }
 
+/// One shard of the namespace: its keys (one hash tag) and its lines.
+struct Shard {
+    keys: Arc<Keys>,
+    /// Submissions, coalesced (see `batch.rs`).
+    submissions: Batcher<EnqueueCall, Submitted>,
+    /// Claims, coalesced.
+    claims: Batcher<ClaimCall, Claimed>,
+    /// Completions, coalesced.
+    completions: Batcher<CompleteCall, Completed>,
+}
+
+/// Which of the rounds in [`Inner::turns`].
+#[derive(Clone, Copy)]
+enum Turn {
+    Submit = 0,
+    Claim = 1,
+    Deliver = 2,
+}
+
+impl Inner {
+    /// The shard that holds job `id`.
+    fn shard_of(&self, id: JobId) -> &Shard {
+        &self.shards[id.shard(self.shards.len())]
+    }
+
+    /// The shards in the order this turn of `round` visits them: each turn
+    /// starts one further on, so no shard waits behind the others.
+    fn in_turn(&self, round: Turn) -> impl Iterator<Item = (usize, &Shard)> {
+        let n = self.shards.len();
+        let start = if n == 1 {
+            0
+        } else {
+            self.turns[round as usize].fetch_add(1, Ordering::Relaxed) % n
+        };
+        (0..n).map(move |k| {
+            let i = (start + k) % n;
+            (i, &self.shards[i])
+        })
+    }
+}
+
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("prefix", &self.inner.keys.prefix)
+            .field("prefix", &self.inner.shards[0].keys.prefix)
+            .field("shards", &self.inner.shards.len())
+            .field("cluster", &matches!(self.inner.conn, Conn::Cluster(_)))
             .field("timeout", &self.inner.timeout)
             .finish_non_exhaustive()
     }

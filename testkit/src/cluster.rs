@@ -188,6 +188,39 @@ impl RedisCluster {
         Some(cluster)
     }
 
+    /// One cluster (three masters, each with a replica) that every caller
+    /// in this process shares, started by the first; `None` to skip, as
+    /// [`start`](Self::start). For tests that only use a cluster: one that
+    /// kills nodes starts its own. libtest runs each test on a thread of
+    /// its own, so a cluster per thread would be a cluster per test.
+    ///
+    /// A static is never dropped, so a reaper outlives it: a shell that
+    /// reads its standard input, a pipe this process holds open until it
+    /// ends (however it ends), and then kills the nodes and removes their
+    /// directories.
+    pub fn shared() -> Option<&'static RedisCluster> {
+        use std::process::{Child, Stdio};
+        use std::sync::OnceLock;
+        static SHARED: OnceLock<Option<(RedisCluster, Child)>> = OnceLock::new();
+        let shared = SHARED.get_or_init(|| {
+            let cluster = RedisCluster::start(3, 1)?;
+            let mut script = String::from("cat >/dev/null;");
+            for node in cluster.nodes() {
+                if let Some(pid) = node.pid() {
+                    script.push_str(&format!(" kill -9 {pid};"));
+                }
+                script.push_str(&format!(" rm -rf '{}';", node.dir().display()));
+            }
+            let reaper = Command::new("sh")
+                .args(["-c", &script])
+                .stdin(Stdio::piped())
+                .spawn()
+                .expect("sh starts");
+            Some((cluster, reaper))
+        });
+        shared.as_ref().map(|(cluster, _)| cluster)
+    }
+
     /// Every node, by index: its port, pid and directory.
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes

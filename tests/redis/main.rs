@@ -6,6 +6,7 @@
 //! timeouts, and the errors of connecting.
 
 mod production;
+mod shards;
 
 use std::collections::HashMap;
 use std::io;

@@ -44,3 +44,26 @@ async fn redis_store() -> Option<tower_defer::RedisStore> {
 
 #[cfg(feature = "redis")]
 conformance_tests!(redis, redis_store());
+
+/// The same suite on a Redis Cluster (three masters, each with a replica,
+/// shared by every case of this process), a fresh namespace per case.
+#[cfg(feature = "redis")]
+async fn redis_cluster_store() -> Option<tower_defer::RedisStore> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower_defer_testkit::cluster::RedisCluster;
+    static NAMESPACE: AtomicUsize = AtomicUsize::new(0);
+    let cluster = RedisCluster::shared()?;
+    let store = tower_defer::RedisStore::cluster(cluster.urls())
+        .namespace(format!(
+            "conformance{}",
+            NAMESPACE.fetch_add(1, Ordering::SeqCst)
+        ))
+        .hold_paused_clock(true)
+        .connect()
+        .await
+        .expect("connects to the test's Redis Cluster");
+    Some(store)
+}
+
+#[cfg(feature = "redis")]
+conformance_tests!(redis_cluster, redis_cluster_store());

@@ -151,8 +151,6 @@ fn a_lease_that_lapses_after_the_deadline_expires_the_job() {
 #[cfg(feature = "redis")]
 #[test]
 fn redis_store_agrees_with_the_model() {
-    use proptest::test_runner::TestRunner;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use tower_defer::RedisStore;
     use tower_defer_testkit::redis::RedisServer;
 
@@ -160,6 +158,29 @@ fn redis_store_agrees_with_the_model() {
         return;
     };
     let url = server.url();
+    agrees_on_redis(|| RedisStore::builder(url.clone()));
+}
+
+/// The same model on a Redis Cluster (the testkit's shared one): the
+/// cluster client's routing changes nothing a store does.
+#[cfg(feature = "redis")]
+#[test]
+fn redis_cluster_store_agrees_with_the_model() {
+    use tower_defer::RedisStore;
+    use tower_defer_testkit::cluster::RedisCluster;
+
+    let Some(cluster) = RedisCluster::shared() else {
+        return;
+    };
+    agrees_on_redis(|| RedisStore::cluster(cluster.urls()));
+}
+
+/// Runs the model's cases on stores `builder` makes, a fresh namespace each.
+#[cfg(feature = "redis")]
+fn agrees_on_redis(builder: impl Fn() -> tower_defer::RedisStoreBuilder) {
+    use proptest::test_runner::TestRunner;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     let n = AtomicUsize::new(0);
     let mut config = config();
     // Every step is a few round trips: fewer cases than in memory.
@@ -170,18 +191,17 @@ fn redis_store_agrees_with_the_model() {
     let mut runner = TestRunner::new(config);
     let result = runner.run(&ops(), |ops| {
         let namespace = format!("model-{}", n.fetch_add(1, Ordering::Relaxed));
-        let url = url.clone();
+        let builder = builder();
         let make = || async move {
-            RedisStore::builder(url)
+            builder
                 .namespace(namespace)
                 .hold_paused_clock(true)
                 .connect()
                 .await
-                .expect("connects to the test's redis-server")
+                .expect("connects to the test's Redis")
         };
         case(make, &ops)
     });
-    drop(server);
     if let Err(e) = result {
         panic!("{e}");
     }

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::future::Future;
+
 use ::redis::{Client, ConnectionAddr, ErrorKind, RedisError};
 
 use crate::store::StoreError;
@@ -48,20 +49,18 @@ impl Target {
         }
     }
 
-    /// Opens the command connection within `limit`, naming the cause of a
+    /// Opens the command connection (`connecting`) within `limit`, naming the cause of a
     /// failure. Past half the limit, a plain TCP connection to the server is
     /// opened (and at once closed) beside it: should connecting then time
     /// out, whether that one got through tells a server that never answered
     /// from one never reached. A connection that opens in time is not
     /// probed, so a TLS server does not log an aborted handshake per start.
-    pub(super) async fn connect(
+    pub(super) async fn connect<C>(
         &self,
-        client: Client,
-        config: ConnectionManagerConfig,
+        connecting: impl Future<Output = Result<C, RedisError>>,
         limit: Duration,
-    ) -> Result<ConnectionManager, StoreError> {
+    ) -> Result<C, StoreError> {
         let reached = Arc::new(AtomicBool::new(false));
-        let connecting = ConnectionManager::new_with_config(client, config);
         tokio::pin!(connecting);
         let outcome = tokio::time::timeout(limit, async {
             tokio::select! {

@@ -1,12 +1,13 @@
 //! The names of the store's keys and channels (the layout is in the
-//! [module docs](super)).
+//! [module docs](super)), and the hash tag of each shard.
 
 use super::functions::{Function, Invocation};
 use crate::job::JobId;
 use crate::time::Timestamp;
 
+/// The keys of one shard: every one carries the shard's hash tag.
 pub(super) struct Keys {
-    /// `{ns}:`
+    /// `{tag}:`
     pub(super) prefix: String,
     /// The keys every script takes first, in the order `prelude.lua` reads them.
     common: [String; 8],
@@ -26,8 +27,9 @@ impl Keys {
         inv
     }
 
-    pub(super) fn new(namespace: &str) -> Self {
-        let prefix = format!("{{{namespace}}}:");
+    /// The keys of the shard whose hash tag is `tag` (see [`shard_tags`]).
+    pub(super) fn new(tag: &str) -> Self {
+        let prefix = format!("{{{tag}}}:");
         let k = |name: &str| format!("{prefix}{name}");
         Keys {
             common: [
@@ -47,6 +49,12 @@ impl Keys {
         }
     }
 
+    /// A key of this shard, to route a command that names none (`WAIT`) to
+    /// the node that holds the shard.
+    pub(super) fn anchor(&self) -> &str {
+        &self.common[0]
+    }
+
     pub(super) fn job(&self, id: JobId) -> String {
         format!("{}job:{id}", self.prefix)
     }
@@ -55,6 +63,81 @@ impl Keys {
         match owner {
             None => format!("{}idem:-:{key}", self.prefix),
             Some(o) => format!("{}idem:{}:{o}:{key}", self.prefix, o.len()),
+        }
+    }
+}
+
+/// The most shards a namespace may have: a job id's first character (one
+/// of 36) names its shard.
+pub(super) const MAX_SHARDS: usize = 36;
+
+/// Redis Cluster's slots, which keys hash into.
+const SLOTS: u32 = 16_384;
+
+/// The hash tag of each of the `count` shards of `namespace`.
+///
+/// One shard keeps the layout of a store without shards: the tag is the
+/// namespace. With more, shard `i`'s tag is `namespace/i/n`, `n` the
+/// smallest number that puts its slot in the `i`-th `count`-th of the
+/// slot space: on a cluster whose masters hold equal runs of slots (what
+/// `redis-cli --cluster create` makes), as many shards as masters put one
+/// shard on each. Every replica computes the same tags from the same two
+/// values.
+pub(super) fn shard_tags(namespace: &str, count: usize) -> Vec<String> {
+    if count <= 1 {
+        return vec![namespace.to_owned()];
+    }
+    (0..count)
+        .map(|i| {
+            let span = (i as u32 * SLOTS / count as u32)..((i as u32 + 1) * SLOTS / count as u32);
+            (0u32..)
+                .map(|n| format!("{namespace}/{i}/{n}"))
+                .find(|tag| span.contains(&u32::from(slot(tag.as_bytes()))))
+                .expect("some n lands in every span")
+        })
+        .collect()
+}
+
+/// The cluster slot of a hash tag's text: CRC16 (XMODEM) modulo 16384,
+/// as Redis computes it.
+fn slot(tag: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in tag {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % SLOTS as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_redis_clusters() {
+        // Redis Cluster's specification gives CRC16("123456789") = 0x31C3.
+        assert_eq!(slot(b"123456789"), 0x31C3);
+        assert_eq!(slot(b"foo"), 12_182);
+    }
+
+    #[test]
+    fn one_shard_keeps_the_namespace_and_more_spread_over_the_slots() {
+        assert_eq!(shard_tags("ns", 1), ["ns"]);
+        for count in [2, 3, 5, MAX_SHARDS] {
+            let tags = shard_tags("my-app", count);
+            assert_eq!(tags.len(), count);
+            for (i, tag) in tags.iter().enumerate() {
+                assert!(tag.starts_with(&format!("my-app/{i}/")), "{tag}");
+                let (i, count) = (i as u32, count as u32);
+                let span = (i * SLOTS / count)..((i + 1) * SLOTS / count);
+                assert!(span.contains(&u32::from(slot(tag.as_bytes()))), "{tag}");
+            }
         }
     }
 }

@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
 use tokio::runtime::Handle;
 
 use super::batch::Batcher;
 use super::codec;
+use super::conn::Conn;
 use super::functions::{Function, Invocation};
 use super::io::{bounded, failed};
 use super::keys::Keys;
@@ -47,11 +47,18 @@ pub(super) type Submitted = Vec<Vec<u8>>;
 /// A submission costs Redis little beyond the call itself (the keys and
 /// the function's start, counting the queue, writing the ready lists, the
 /// due index and the work channel), which a batch pays once.
+///
+/// With `replicated` (durability [`Replicated`](super::Durability::Replicated)),
+/// `conn` is the submissions' own connection, and a batch is answered only
+/// once a replica has it (`WAIT`, for at most that long); when none has it
+/// in time, every submission of the batch fails as unavailable (the client
+/// is told 503, and may submit again: its job may or may not be kept).
 pub(super) fn enqueue_line(
     io: &Handle,
-    conn: &ConnectionManager,
+    conn: &Conn,
     keys: &Arc<Keys>,
     timeout: Duration,
+    replicated: Option<Duration>,
 ) -> Batcher<EnqueueCall, Submitted> {
     let add = |keys: &Keys, inv: &mut Invocation, c: &EnqueueCall| {
         inv.key(keys.job(c.id));
@@ -79,7 +86,7 @@ pub(super) fn enqueue_line(
         add,
         answer: |v| ::redis::from_redis_value(v).map_err(|e| undecodable("enqueue", e)),
     };
-    line.start(io, conn, keys, timeout)
+    line.start(io, conn, keys, timeout, replicated)
 }
 
 /// A line whose batch is one call of a function that takes its calls in
@@ -95,12 +102,15 @@ struct FunctionLine<Req, Resp> {
 }
 
 impl<Req: Send + 'static, Resp: Send + 'static> FunctionLine<Req, Resp> {
+    /// Starts the line; with `replicated`, each batch waits for a replica
+    /// to have it (see [`enqueue_line`]).
     fn start(
         self,
         io: &Handle,
-        conn: &ConnectionManager,
+        conn: &Conn,
         keys: &Arc<Keys>,
         timeout: Duration,
+        replicated: Option<Duration>,
     ) -> Batcher<Req, Resp> {
         let (conn, keys) = (conn.clone(), keys.clone());
         let line = Arc::new(self);
@@ -118,6 +128,24 @@ impl<Req: Send + 'static, Resp: Send + 'static> FunctionLine<Req, Resp> {
                 }
                 let run = async { inv.invoke_async(&mut conn).await.map_err(failed(line.what)) };
                 let out: Vec<::redis::Value> = bounded(timeout, line.what, run).await?;
+                if let Some(within) = replicated {
+                    let wait = async {
+                        conn.wait_for_replica(keys.anchor(), within)
+                            .await
+                            .map_err(failed("WAIT"))
+                    };
+                    let replicas = bounded(timeout, "WAIT", wait).await?;
+                    if replicas == 0 {
+                        return Err(StoreError::unavailable(
+                            format!(
+                                "redis: no replica acknowledged the write within {} ms \
+                                 (durability replicated)",
+                                within.as_millis()
+                            ),
+                            "WAIT answered 0",
+                        ));
+                    }
+                }
                 if out.len() != calls.len() {
                     return Err(undecodable(line.what, "not one answer per job"));
                 }
@@ -128,6 +156,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> FunctionLine<Req, Resp> {
 }
 
 /// One worker's claim, waiting for its batch.
+#[derive(Clone, Copy)]
 pub(super) struct ClaimCall {
     pub(super) now: Timestamp,
     pub(super) lease_ms: u64,
@@ -148,9 +177,10 @@ pub(super) struct ClaimedJob(pub(super) Vec<Option<Vec<u8>>>);
 /// its calls, the one closest to when the script runs.
 pub(super) fn claim_line(
     io: &Handle,
-    conn: &ConnectionManager,
+    conn: &Conn,
     keys: &Arc<Keys>,
     hub: &Arc<Hub>,
+    shard: usize,
     timeout: Duration,
 ) -> Batcher<ClaimCall, Claimed> {
     let (conn, keys, hub) = (conn.clone(), keys.clone(), hub.clone());
@@ -193,7 +223,8 @@ pub(super) fn claim_line(
                 if out.len() < group.len() {
                     // Some claim found no job: idle workers wait at most
                     // until the next due time, which may make work.
-                    hub.set_next_due(parse_u64("claim", &next_due)?.map(Timestamp::from_millis));
+                    let next_due = parse_u64("claim", &next_due)?.map(Timestamp::from_millis);
+                    hub.set_next_due(shard, next_due);
                 }
                 for i in group {
                     answers[i] = match out.next() {
@@ -228,7 +259,7 @@ pub(super) type Completed = Option<Vec<Vec<u8>>>;
 /// `complete` script call, each at its own "now".
 pub(super) fn complete_line(
     io: &Handle,
-    conn: &ConnectionManager,
+    conn: &Conn,
     keys: &Arc<Keys>,
     timeout: Duration,
 ) -> Batcher<CompleteCall, Completed> {
@@ -272,5 +303,5 @@ pub(super) fn complete_line(
         add,
         answer,
     };
-    line.start(io, conn, keys, timeout)
+    line.start(io, conn, keys, timeout, None)
 }

@@ -1,10 +1,15 @@
 //! The [`Store`] operations of [`RedisStore`]: each one function call
 //! (`FCALL`), or a call queued on one of the batched lines (`lines.rs`), and
 //! the decoding of its answer.
+//!
+//! An operation on one job goes to the shard its id names. A submission
+//! goes to the shard its idempotency key hashes to, or else to the next
+//! shard in turn; claims go round the shards, each starting one further on;
+//! what concerns the whole queue (stats, the sweep, waking jobs) asks every
+//! shard.
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ::redis::RedisError;
@@ -16,7 +21,7 @@ use super::lines::{ClaimCall, CompleteCall, EnqueueCall};
 use super::wire::{
     decode, first_id, millis, outcome_args, parse_id, parse_u64, split_tag, undecodable,
 };
-use super::{RedisStore, CLAIM_DUE_BATCH, SWEEP_DUE_BATCH};
+use super::{RedisStore, Shard, Turn, CLAIM_DUE_BATCH, SWEEP_DUE_BATCH};
 use crate::job::{
     CancelOutcome, DeliveryAttempt, Job, JobId, JobStatus, Lease, LeaseToken, NewJob, Outcome,
     Priority, Retry,
@@ -55,7 +60,8 @@ impl RedisStore {
             outcome,
             send_job,
         };
-        let done = self.batched("complete", self.inner.completions.call(call));
+        let shard = self.inner.shard_of(id);
+        let done = self.batched("complete", shard.completions.call(call));
         let fields = done.await?.ok_or_else(StoreError::stale_lease)?;
         self.inner.hub.changed(id);
         Ok(fields)
@@ -78,8 +84,27 @@ impl RedisStore {
         }
     }
 
-    fn invocation(&self, function: Function, now: Timestamp) -> Invocation {
-        self.inner.keys.invocation(function, now)
+    /// A call of `function` on the shard that holds job `id`.
+    fn invocation(&self, function: Function, id: JobId, now: Timestamp) -> Invocation {
+        self.inner.shard_of(id).keys.invocation(function, now)
+    }
+
+    /// Calls `function` on every shard (its arguments after the common ones
+    /// from `args`), at once, and answers in the order of the shards.
+    async fn on_every_shard<T: ::redis::FromRedisValue + Send + 'static>(
+        &self,
+        what: &'static str,
+        function: Function,
+        args: impl Fn(&mut Invocation),
+    ) -> Result<Vec<T>, StoreError> {
+        let now = Timestamp::now();
+        let calls = self.inner.shards.iter().map(|shard| {
+            let mut inv = shard.keys.invocation(function, now);
+            args(&mut inv);
+            let mut conn = self.inner.conn.clone();
+            self.exec(what, async move { inv.invoke_async::<T>(&mut conn).await })
+        });
+        futures_util::future::try_join_all(calls).await
     }
 
     /// The cancel function, for both cancels: its answer tag, and the job
@@ -91,7 +116,7 @@ impl RedisStore {
         queued_only: bool,
     ) -> Result<(String, Option<Job>), StoreError> {
         let now = Timestamp::now();
-        let mut inv = self.invocation(Function::Cancel, now);
+        let mut inv = self.invocation(Function::Cancel, id, now);
         inv.key(self.job_key(id))
             .arg(id.as_str())
             .arg(if owner.is_some() { "1" } else { "0" })
@@ -124,41 +149,86 @@ impl RedisStore {
     }
 
     fn job_key(&self, id: JobId) -> String {
-        self.inner.keys.job(id)
+        self.inner.shard_of(id).keys.job(id)
     }
 
-    fn set_next_due(&self, at: Option<Timestamp>) {
-        self.inner.hub.set_next_due(at);
+    /// Makes a submission on `shard` (its index `i`), with an id of that
+    /// shard.
+    async fn enqueue_on(
+        &self,
+        (i, shard): (usize, &Shard),
+        job: &mut Job,
+        idempotency: Option<(Option<&str>, &str)>,
+        max_queued: usize,
+        now: Timestamp,
+    ) -> Result<(String, Vec<Vec<u8>>), StoreError> {
+        let shards = self.inner.shards.len();
+        job.id = JobId::random_in(i, shards);
+        // The queue limit is the namespace's: each shard holds its share.
+        let share = max_queued / shards + usize::from(i < max_queued % shards);
+        let call = EnqueueCall {
+            now,
+            id: job.id,
+            priority: job.options.priority.level(),
+            next_due: job.next_due().map_or(0, Timestamp::as_millis),
+            fields: codec::new_job_fields(job),
+            slot: idempotency.map(|(owner, key)| shard.keys.idempotency(owner, key)),
+            max_queued: share,
+        };
+        let answer = self
+            .batched("enqueue", shard.submissions.call(call))
+            .await?;
+        split_tag("enqueue", answer)
     }
+}
+
+/// The shard an idempotency key belongs to: FNV-1a of its owner and key, so
+/// every replica sends a resubmission where the first one went.
+fn idempotency_shard(owner: Option<&str>, key: &str, shards: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let owner = owner.map_or(&[0xff][..], str::as_bytes);
+    for &byte in owner.iter().chain(&[0]).chain(key.as_bytes()) {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % shards as u64) as usize
 }
 
 impl Store for RedisStore {
     async fn enqueue(&self, new: NewJob, max_queued: usize) -> Result<Enqueued, EnqueueError> {
         let now = Timestamp::now();
-        let id = JobId::random();
-        let keys = &self.inner.keys;
-        let slot = new
-            .options
-            .idempotency_key
-            .as_deref()
-            .map(|k| keys.idempotency(new.options.owner.as_deref(), k));
-        let job = Job::new(id, new, now);
-        let call = EnqueueCall {
-            now,
-            id,
-            priority: job.options.priority.level(),
-            next_due: job.next_due().map_or(0, Timestamp::as_millis),
-            fields: codec::new_job_fields(&job),
-            slot,
-            max_queued,
+        let i = &self.inner;
+        let mut job = Job::new(JobId::random(), new, now);
+        let owner = job.options.owner.clone();
+        let key = job.options.idempotency_key.clone();
+        let idempotency = key.as_deref().map(|k| (owner.as_deref(), k));
+        let (tag, rest) = match idempotency {
+            // A key's job lives on the key's shard, so a resubmission finds it.
+            Some((owner, key)) => {
+                let at = idempotency_shard(owner, key, i.shards.len());
+                let shard = (at, &i.shards[at]);
+                self.enqueue_on(shard, &mut job, idempotency, max_queued, now)
+                    .await?
+            }
+            // Else the next shard in turn; one at its share of the limit
+            // passes the job on, so the namespace is full only when all are.
+            None => {
+                let mut answer = None;
+                for shard in i.in_turn(Turn::Submit) {
+                    let (tag, rest) = self
+                        .enqueue_on(shard, &mut job, None, max_queued, now)
+                        .await?;
+                    let full = tag == "full";
+                    answer = Some((tag, rest));
+                    if !full {
+                        break;
+                    }
+                }
+                answer.expect("a store has a shard")
+            }
         };
-        let answer = self
-            .batched("enqueue", self.inner.submissions.call(call))
-            .await?;
-        let (tag, rest) = split_tag("enqueue", answer)?;
         match tag.as_str() {
             "created" => {
-                self.inner.hub.work.notify_one();
+                i.hub.work.notify_one();
                 Ok(Enqueued { job, created: true })
             }
             "existing" => {
@@ -215,7 +285,7 @@ impl Store for RedisStore {
             if now >= until {
                 return self.get(id).await;
             }
-            let mut inv = self.invocation(Function::Peek, now);
+            let mut inv = self.invocation(Function::Peek, id, now);
             inv.key(self.job_key(id)).arg(seen);
             let (tag, rest) = self.run("wait", inv).await?;
             match tag.as_str() {
@@ -238,7 +308,14 @@ impl Store for RedisStore {
             aging_ms: priority_aging.map(millis),
         };
         let i = &self.inner;
-        let Some(claimed) = self.batched("claim", i.claims.call(call)).await? else {
+        let mut claimed = None;
+        for (_, shard) in i.in_turn(Turn::Claim) {
+            claimed = self.batched("claim", shard.claims.call(call)).await?;
+            if claimed.is_some() {
+                break;
+            }
+        }
+        let Some(claimed) = claimed else {
             return Ok(None);
         };
         let fields = codec::changed_pairs(claimed.0).map_err(|e| undecodable("claim", e))?;
@@ -262,28 +339,41 @@ impl Store for RedisStore {
         lease: Duration,
         priority_aging: Option<Duration>,
     ) -> Result<Vec<Claim>, StoreError> {
-        let mut inv = self.invocation(Function::ClaimBatch, Timestamp::now());
-        inv.arg(millis(lease))
-            .arg(priority_aging.map_or(String::new(), |a| millis(a).to_string()))
-            .arg(key)
-            .arg(max_items)
-            .arg(max_bytes)
-            .arg(BATCH_SCAN);
-        let mut conn = self.inner.conn.clone();
-        let jobs = self
-            .exec("claim_batch", async move {
-                inv.invoke_async::<Vec<Vec<Vec<u8>>>>(&mut conn).await
-            })
-            .await?;
-        let mut claims = Vec::with_capacity(jobs.len());
-        for flat in jobs {
-            let id = first_id(&flat).ok_or_else(|| undecodable("claim_batch", "no id"))?;
-            let job = decode("claim_batch", id, flat)?;
-            let lease = job
-                .lease
-                .ok_or_else(|| undecodable("claim_batch", "a claimed job without lease"))?;
-            self.inner.hub.changed(id);
-            claims.push(Claim { job, lease });
+        // Jobs of one batch key spread over the shards: take from each in
+        // turn what is left of the budget.
+        let (mut items, mut bytes) = (max_items, max_bytes);
+        let mut claims = Vec::new();
+        for (_, shard) in self.inner.in_turn(Turn::Claim) {
+            if items == 0 {
+                break;
+            }
+            let mut inv = shard
+                .keys
+                .invocation(Function::ClaimBatch, Timestamp::now());
+            inv.arg(millis(lease))
+                .arg(priority_aging.map_or(String::new(), |a| millis(a).to_string()))
+                .arg(key)
+                .arg(items)
+                .arg(bytes)
+                .arg(BATCH_SCAN);
+            let mut conn = self.inner.conn.clone();
+            let jobs = self
+                .exec("claim_batch", async move {
+                    inv.invoke_async::<Vec<Vec<Vec<u8>>>>(&mut conn).await
+                })
+                .await?;
+            for flat in jobs {
+                let id = first_id(&flat).ok_or_else(|| undecodable("claim_batch", "no id"))?;
+                let job = decode("claim_batch", id, flat)?;
+                let lease = job
+                    .lease
+                    .ok_or_else(|| undecodable("claim_batch", "a claimed job without lease"))?;
+                let weight = job.options.batch.as_ref().map_or(1, |tag| tag.items);
+                items = items.saturating_sub(weight);
+                bytes = bytes.saturating_sub(job.request.body.len() as u64);
+                self.inner.hub.changed(id);
+                claims.push(Claim { job, lease });
+            }
         }
         Ok(claims)
     }
@@ -291,10 +381,9 @@ impl Store for RedisStore {
     async fn work_available(&self, until: Timestamp) {
         // Something coming due (a retry's backoff ending) may make work too:
         // wake then, and let `claim` apply it.
-        let next_due = self.inner.hub.next_due.load(Ordering::Relaxed);
-        let until = match next_due {
-            0 => until,
-            at => until.min(Timestamp::from_millis(at)),
+        let until = match self.inner.hub.next_due() {
+            None => until,
+            Some(at) => until.min(at),
         };
         let _ = tokio::time::timeout_at(until.to_instant(), self.inner.hub.work.notified()).await;
     }
@@ -306,7 +395,7 @@ impl Store for RedisStore {
         lease: Duration,
     ) -> Result<Lease, StoreError> {
         let now = Timestamp::now();
-        let mut inv = self.invocation(Function::Extend, now);
+        let mut inv = self.invocation(Function::Extend, id, now);
         inv.key(self.job_key(id))
             .arg(id.as_str())
             .arg(token.0)
@@ -352,7 +441,7 @@ impl Store for RedisStore {
         retry: Retry,
     ) -> Result<Job, StoreError> {
         let now = Timestamp::now();
-        let mut inv = self.invocation(Function::RetryLater, now);
+        let mut inv = self.invocation(Function::RetryLater, id, now);
         inv.key(self.job_key(id))
             .arg(id.as_str())
             .arg(token.0)
@@ -369,9 +458,14 @@ impl Store for RedisStore {
     }
 
     async fn wake_unavailable(&self) -> Result<u64, StoreError> {
-        let inv = self.invocation(Function::WakeUnavailable, Timestamp::now());
-        let (tag, _) = self.run("wake_unavailable", inv).await?;
-        let woken = parse_u64("wake_unavailable", tag.as_bytes())?.unwrap_or(0);
+        let answers: Vec<Vec<Vec<u8>>> = self
+            .on_every_shard("wake_unavailable", Function::WakeUnavailable, |_| {})
+            .await?;
+        let mut woken = 0;
+        for out in answers {
+            let (tag, _) = split_tag("wake_unavailable", out)?;
+            woken += parse_u64("wake_unavailable", tag.as_bytes())?.unwrap_or(0);
+        }
         if woken > 0 {
             // This replica's idle workers, at once (others hear the
             // function's message on the work channel).
@@ -403,27 +497,28 @@ impl Store for RedisStore {
     }
 
     async fn claim_delivery(&self, lease: Duration) -> Result<Option<DeliveryClaim>, StoreError> {
-        let now = Timestamp::now();
-        let mut inv = self.invocation(Function::ClaimDelivery, now);
-        inv.arg(millis(lease)).arg(CLAIM_DUE_BATCH);
-        let (tag, rest) = self.run("claim_delivery", inv).await?;
-        if tag == "claimed" {
-            let id = first_id(&rest).ok_or_else(|| undecodable("claim_delivery", "no id"))?;
-            let job = decode("claim_delivery", id, rest)?;
-            let lease =
-                job.webhook.as_ref().and_then(|w| w.lease).ok_or_else(|| {
+        for (i, shard) in self.inner.in_turn(Turn::Deliver) {
+            let mut inv = shard
+                .keys
+                .invocation(Function::ClaimDelivery, Timestamp::now());
+            inv.arg(millis(lease)).arg(CLAIM_DUE_BATCH);
+            let (tag, rest) = self.run("claim_delivery", inv).await?;
+            if tag == "claimed" {
+                let id = first_id(&rest).ok_or_else(|| undecodable("claim_delivery", "no id"))?;
+                let job = decode("claim_delivery", id, rest)?;
+                let lease = job.webhook.as_ref().and_then(|w| w.lease).ok_or_else(|| {
                     undecodable("claim_delivery", "a claimed delivery without lease")
                 })?;
-            return Ok(Some(DeliveryClaim { job, lease }));
+                return Ok(Some(DeliveryClaim { job, lease }));
+            }
+            let next = parse_u64(
+                "claim_delivery",
+                rest.first().map_or(&[][..], Vec::as_slice),
+            )?;
+            self.inner
+                .hub
+                .set_next_delivery(i, next.map(Timestamp::from_millis));
         }
-        let next = parse_u64(
-            "claim_delivery",
-            rest.first().map_or(&[][..], Vec::as_slice),
-        )?;
-        self.inner
-            .hub
-            .next_delivery
-            .store(next.unwrap_or(0), Ordering::Relaxed);
         Ok(None)
     }
 
@@ -434,7 +529,7 @@ impl Store for RedisStore {
         attempt: DeliveryAttempt,
     ) -> Result<Job, StoreError> {
         let now = Timestamp::now();
-        let mut inv = self.invocation(Function::RecordDelivery, now);
+        let mut inv = self.invocation(Function::RecordDelivery, id, now);
         inv.key(self.job_key(id))
             .arg(id.as_str())
             .arg(token.0)
@@ -457,46 +552,55 @@ impl Store for RedisStore {
     }
 
     async fn delivery_available(&self, until: Timestamp) {
-        let next = self.inner.hub.next_delivery.load(Ordering::Relaxed);
-        let until = match next {
-            0 => until,
-            at => until.min(Timestamp::from_millis(at)),
+        let until = match self.inner.hub.next_delivery() {
+            None => until,
+            Some(at) => until.min(at),
         };
         let _ =
             tokio::time::timeout_at(until.to_instant(), self.inner.hub.deliveries.notified()).await;
     }
 
     async fn stats(&self) -> Result<QueueStats, StoreError> {
-        let inv = self.invocation(Function::Stats, Timestamp::now());
-        let mut conn = self.inner.conn.clone();
-        let out = self
-            .exec("stats", async move {
-                inv.invoke_async::<Vec<Vec<u8>>>(&mut conn).await
-            })
+        let answers: Vec<Vec<Vec<u8>>> = self
+            .on_every_shard("stats", Function::Stats, |_| {})
             .await?;
-        if out.len() != 6 {
-            return Err(undecodable("stats", "not six numbers"));
-        }
-        let n = |i: usize| parse_u64("stats", &out[i]).map(Option::unwrap_or_default);
-        let mut stats = QueueStats {
-            retrying: n(3)?,
-            in_progress: n(4)?,
-            oldest_queued_at: parse_u64("stats", &out[5])?.map(Timestamp::from_millis),
-            ..QueueStats::default()
-        };
-        for level in 0..Priority::LEVELS {
-            stats.queued_by_priority[level] = n(level)?;
+        let mut stats = QueueStats::default();
+        for out in answers {
+            if out.len() != 6 {
+                return Err(undecodable("stats", "not six numbers"));
+            }
+            let n = |i: usize| parse_u64("stats", &out[i]).map(Option::unwrap_or_default);
+            stats.retrying += n(3)?;
+            stats.in_progress += n(4)?;
+            for level in 0..Priority::LEVELS {
+                stats.queued_by_priority[level] += n(level)?;
+            }
+            let oldest = parse_u64("stats", &out[5])?.map(Timestamp::from_millis);
+            stats.oldest_queued_at = match (stats.oldest_queued_at, oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
         stats.queued = stats.queued_by_priority.iter().sum::<u64>() + stats.retrying;
         Ok(stats)
     }
 
     async fn sweep(&self) -> Result<Option<Timestamp>, StoreError> {
-        let mut inv = self.invocation(Function::Sweep, Timestamp::now());
-        inv.arg(SWEEP_DUE_BATCH);
-        let (tag, _) = self.run("sweep", inv).await?;
-        let next = parse_u64("sweep", tag.as_bytes())?.map(Timestamp::from_millis);
-        self.set_next_due(next);
-        Ok(next)
+        let answers: Vec<Vec<Vec<u8>>> = self
+            .on_every_shard("sweep", Function::Sweep, |inv| {
+                inv.arg(SWEEP_DUE_BATCH);
+            })
+            .await?;
+        let mut earliest: Option<Timestamp> = None;
+        for (i, out) in answers.into_iter().enumerate() {
+            let (tag, _) = split_tag("sweep", out)?;
+            let next = parse_u64("sweep", tag.as_bytes())?.map(Timestamp::from_millis);
+            self.inner.hub.set_next_due(i, next);
+            earliest = match (earliest, next) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(earliest)
     }
 }

@@ -2,9 +2,16 @@
 //! it wakes.
 //!
 //! Long-polls wait on `{ns}:changed` for their job, idle workers on
-//! `{ns}:work`, idle deliverers on `{ns}:deliver`. When the subscription is
-//! lost it is made again (backing off from 50 ms to 2 s), and every local
-//! waiter is woken to read again, so no change is missed for long.
+//! `{ns}:work`, idle deliverers on `{ns}:deliver`, of every shard. When the
+//! subscription is lost it is made again (backing off from 50 ms to 2 s),
+//! and every local waiter is woken to read again, so no change is missed
+//! for long.
+//!
+//! On a Redis Cluster a message published on any node reaches the
+//! subscribers of every node (the channels are not sharded), so one
+//! subscription to one node hears every shard; when that node goes away,
+//! the next attempt subscribes on the next of the nodes the store was
+//! given.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +27,6 @@ use crate::job::JobId;
 use crate::time::Timestamp;
 
 /// Where pub/sub messages meet this process's waiters.
-#[derive(Default)]
 pub(super) struct Hub {
     /// Jobs somebody here waits on, with how many wait.
     waiters: Mutex<HashMap<JobId, (Arc<Notify>, usize)>>,
@@ -28,16 +34,42 @@ pub(super) struct Hub {
     pub(super) work: Notify,
     /// Wakes one idle deliverer per message.
     pub(super) deliveries: Notify,
-    /// The earliest due time the last claim or sweep saw (ms; 0: none).
-    pub(super) next_due: AtomicU64,
-    /// The earliest delivery time the last delivery claim saw (ms; 0: none).
-    pub(super) next_delivery: AtomicU64,
+    /// Per shard, the earliest due time the last claim or sweep saw (ms; 0:
+    /// none).
+    next_due: Box<[AtomicU64]>,
+    /// Per shard, the earliest delivery time the last delivery claim saw
+    /// (ms; 0: none).
+    next_delivery: Box<[AtomicU64]>,
 }
 
 impl Hub {
-    pub(super) fn set_next_due(&self, at: Option<Timestamp>) {
-        self.next_due
-            .store(at.map_or(0, Timestamp::as_millis), Ordering::Relaxed);
+    pub(super) fn new(shards: usize) -> Self {
+        let times = || (0..shards).map(|_| AtomicU64::new(0)).collect();
+        Hub {
+            waiters: Mutex::default(),
+            work: Notify::new(),
+            deliveries: Notify::new(),
+            next_due: times(),
+            next_delivery: times(),
+        }
+    }
+
+    pub(super) fn set_next_due(&self, shard: usize, at: Option<Timestamp>) {
+        self.next_due[shard].store(at.map_or(0, Timestamp::as_millis), Ordering::Relaxed);
+    }
+
+    pub(super) fn set_next_delivery(&self, shard: usize, at: Option<Timestamp>) {
+        self.next_delivery[shard].store(at.map_or(0, Timestamp::as_millis), Ordering::Relaxed);
+    }
+
+    /// The earliest due time any shard has told of.
+    pub(super) fn next_due(&self) -> Option<Timestamp> {
+        earliest(&self.next_due)
+    }
+
+    /// The earliest delivery time any shard has told of.
+    pub(super) fn next_delivery(&self) -> Option<Timestamp> {
+        earliest(&self.next_delivery)
     }
 
     fn waiters(&self) -> MutexGuard<'_, HashMap<JobId, (Arc<Notify>, usize)>> {
@@ -77,6 +109,23 @@ impl Hub {
     }
 }
 
+fn earliest(times: &[AtomicU64]) -> Option<Timestamp> {
+    times
+        .iter()
+        .map(|t| t.load(Ordering::Relaxed))
+        .filter(|&t| t != 0)
+        .min()
+        .map(Timestamp::from_millis)
+}
+
+/// The channels one subscription listens on: each shard's `changed`,
+/// `work` and `deliver`.
+pub(super) struct Channels {
+    pub(super) changed: Vec<String>,
+    pub(super) work: Vec<String>,
+    pub(super) deliver: Vec<String>,
+}
+
 /// One waiter's registration; unregisters on drop.
 pub(super) struct Watch {
     hub: Arc<Hub>,
@@ -98,24 +147,31 @@ impl Drop for Watch {
 
 /// Keeps one subscription to the store's channels, making it again when it
 /// is lost, until the store is dropped; each attempt (connecting, then
-/// subscribing) is bounded by `within`. Signals `ready` once first
+/// subscribing) is bounded by `within`, and goes to the next of `nodes`
+/// (one for a single Redis; a cluster's seeds). Signals `ready` once first
 /// subscribed, or with the error of a first attempt that failed, so that
 /// `connect` names it.
 pub(super) async fn listen(
-    client: Client,
-    [changed, work, deliver]: [String; 3],
+    nodes: Vec<Client>,
+    channels: Channels,
     within: Duration,
     hub: Weak<Hub>,
     ready: oneshot::Sender<Result<(), RedisError>>,
 ) {
     let mut ready = Some(ready);
     let mut backoff = Duration::from_millis(50);
-    loop {
+    let all: Vec<&str> = [&channels.changed, &channels.work, &channels.deliver]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    for attempt in 0.. {
+        let client = &nodes[attempt % nodes.len()];
         let subscribe = async {
             let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(changed.as_str()).await?;
-            pubsub.subscribe(work.as_str()).await?;
-            pubsub.subscribe(deliver.as_str()).await?;
+            for channel in &all {
+                pubsub.subscribe(*channel).await?;
+            }
             Ok::<_, RedisError>(pubsub)
         };
         match tokio::time::timeout(within, subscribe).await {
@@ -132,17 +188,18 @@ pub(super) async fn listen(
                 while let Some(msg) = messages.next().await {
                     let Some(hub) = hub.upgrade() else { return };
                     let channel = msg.get_channel_name();
+                    let is = |names: &[String]| names.iter().any(|n| n == channel);
                     // A message names the jobs it is about, separated by
                     // spaces (a script that changes several sends one).
                     let ids = msg
                         .get_payload_bytes()
                         .split(|&b| b == b' ')
                         .filter(|id| !id.is_empty());
-                    if channel == work {
+                    if is(&channels.work) {
                         ids.for_each(|_| hub.work.notify_one());
-                    } else if channel == deliver {
+                    } else if is(&channels.deliver) {
                         ids.for_each(|_| hub.deliveries.notify_one());
-                    } else if channel == changed {
+                    } else if is(&channels.changed) {
                         let ids = ids.filter_map(parse_id);
                         for id in ids {
                             hub.changed(id);
@@ -151,12 +208,13 @@ pub(super) async fn listen(
                 }
                 tracing::warn!("the Redis subscription was lost; making it again");
             }
-            Ok(Err(e)) => match ready.take() {
-                Some(tx) => {
+            // A first attempt fails `connect` once every node has failed it.
+            Ok(Err(e)) if ready.is_some() && attempt + 1 >= nodes.len() => {
+                if let Some(tx) = ready.take() {
                     let _ = tx.send(Err(e));
                 }
-                None => tracing::debug!(error = %e, "subscribing to Redis failed"),
-            },
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "subscribing to Redis failed"),
             Err(_) => tracing::debug!("subscribing to Redis timed out"),
         }
         if hub.strong_count() == 0 {
