@@ -315,3 +315,40 @@ fn redis_flags_that_do_not_fit_the_store_exit_2() {
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--redis-namespace"), "{stderr}");
 }
+
+/// On a Redis Cluster: the nodes in `--store`, `--redis-cluster`, three
+/// shards and replicated durability; jobs run, and the summary says so.
+#[test]
+fn the_program_runs_on_a_redis_cluster_with_shards() {
+    use tower_defer_testkit::cluster::RedisCluster;
+    let Some(cluster) = RedisCluster::shared() else {
+        return;
+    };
+    let urls = cluster.urls();
+    let seeds = urls[..3].join(",");
+    let proxy = Proxy::start(&[
+        "--store",
+        &seeds,
+        "--redis-cluster",
+        "--redis-namespace",
+        "program",
+        "--redis-shards",
+        "3",
+        "--redis-durability",
+        "replicated",
+    ]);
+    let ids: Vec<String> = (0..6)
+        .map(|i| proxy.submit(None, json!({ "demo_delay_ms": 0, "n": i })))
+        .collect();
+    for id in &ids {
+        assert_eq!(proxy.wait_done(None, id)["status"], "succeeded");
+    }
+    assert_eq!(
+        summary_line(&proxy.stdout(), "store"),
+        format!(
+            "{} (plain text; cluster; namespace program, 3 shards; durability replicated; \
+             connect timeout 2s, timeout 2s)",
+            seeds
+        )
+    );
+}

@@ -43,9 +43,23 @@ fn a_stopped_upstream_shows_a_backlog_without_capacity_until_it_answers() {
         d["backlog_without_capacity"] == 1 && d["queued"] == 6
     });
     assert_eq!(doc["backlog_per_slot"], 1.5, "6 jobs over 4 slots: {doc}");
-    let scrape = proxy.get("/metrics", None).text();
-    assert_eq!(sample(&scrape, "tower_defer_backlog_per_slot"), 1.5);
-    assert_eq!(sample(&scrape, "tower_defer_backlog_without_capacity"), 1.0);
+    // The jobs are tried again each second, and one being tried is in
+    // progress for that moment, not queued: a scrape then reads 1.25. So
+    // the scrape is read until it shows the state the document showed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let scrape = proxy.get("/metrics", None).text();
+        let per_slot = sample(&scrape, "tower_defer_backlog_per_slot");
+        let without = sample(&scrape, "tower_defer_backlog_without_capacity");
+        if (per_slot, without) == (1.5, 1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/metrics never showed six jobs without capacity: {per_slot}, {without}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // The model comes up where the proxy points: the jobs run, the flag drops.
     let _model = ScriptedUpstream::start_on(port, Vec::new());

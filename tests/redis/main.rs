@@ -5,6 +5,7 @@
 //! model test, on a paused clock). `production.rs`: TLS, ACL users,
 //! timeouts, and the errors of connecting.
 
+mod failover;
 mod production;
 mod shards;
 

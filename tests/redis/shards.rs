@@ -254,7 +254,7 @@ async fn an_idle_worker_wakes_for_work_on_any_shard() {
 /// The hash tag of shard `i` of `count` as the module docs give it:
 /// `ns/i/n`, `n` the least that puts its slot in the `i`-th `count`-th of
 /// the slots.
-fn tag_of(ns: &str, i: usize, count: usize) -> String {
+pub(super) fn tag_of(ns: &str, i: usize, count: usize) -> String {
     let slots = usize::from(tower_defer_testkit::cluster::SLOTS);
     let span = (i * slots / count)..((i + 1) * slots / count);
     (0..)

@@ -61,13 +61,30 @@ pub(crate) struct Args {
     #[arg(long, env = "TOWER_DEFER_CONCURRENCY", default_value = "16", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) concurrency: u32,
 
-    /// `memory`, or `redis://[user:password@]host:port/db` (`rediss://` for TLS) to share one queue between proxies; a password holding `@`, `:` or `/` is percent-encoded.
+    /// `memory`, or `redis://[user:password@]host:port/db` (`rediss://` for TLS) to share one queue between proxies; a password holding `@`, `:` or `/` is percent-encoded. With --redis-cluster, the URLs of some of the cluster's nodes, separated by commas.
     #[arg(long, env = "TOWER_DEFER_STORE", default_value = "memory", value_parser = store)]
     pub(crate) store: StoreUrl,
 
     /// The Redis password, when it is not in the --store URL (set TOWER_DEFER_REDIS_PASSWORD rather than the flag, which others can read in the process list).
     #[arg(long, env = "TOWER_DEFER_REDIS_PASSWORD", hide_env_values = true)]
     pub(crate) redis_password: Option<String>,
+
+    /// The --store URLs are nodes of a Redis Cluster: commands go to the master of each shard's slot, following the cluster as slots move and masters fail over.
+    #[arg(long, env = "TOWER_DEFER_REDIS_CLUSTER", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    pub(crate) redis_cluster: bool,
+
+    /// How many shards the namespace spreads over, 1 to 36 (on a Redis Cluster, one per master spreads the work over them); every proxy of a namespace gives the same number.
+    #[arg(long, env = "TOWER_DEFER_REDIS_SHARDS", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=36))]
+    pub(crate) redis_shards: u32,
+
+    /// When a submission is acknowledged (201): once the Redis master that holds it has it (primary), or once a replica has it too (replicated: WAIT; no acknowledged job is lost at a failover, and a submission no replica confirms within half the --redis-timeout answers 503).
+    #[arg(
+        long,
+        env = "TOWER_DEFER_REDIS_DURABILITY",
+        value_enum,
+        default_value = "primary"
+    )]
+    pub(crate) redis_durability: RedisDurability,
 
     /// A PEM file of the root certificates to trust for a rediss:// store, in place of Mozilla's (its private CA's certificate).
     #[arg(long, env = "TOWER_DEFER_REDIS_CA")]
@@ -267,6 +284,22 @@ pub(crate) enum LogFormat {
     Json,
 }
 
+/// `--redis-durability`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RedisDurability {
+    Primary,
+    Replicated,
+}
+
+impl From<RedisDurability> for tower_defer::store::redis::Durability {
+    fn from(d: RedisDurability) -> Self {
+        match d {
+            RedisDurability::Primary => Self::Primary,
+            RedisDurability::Replicated => Self::Replicated,
+        }
+    }
+}
+
 /// Where jobs are kept.
 #[derive(Clone, Debug)]
 pub(crate) enum StoreUrl {
@@ -319,22 +352,47 @@ impl Args {
         connection_cap(self.max_connections, open_file_limit())
     }
 
-    /// The Redis URL to connect to, `--redis-password` in it; `None` for the
-    /// memory store; `Err` when the Redis flags do not fit the store.
-    pub(crate) fn redis_url(&self) -> Result<Option<String>, String> {
-        let url = match &self.store {
-            StoreUrl::Redis(url) => url,
+    /// The Redis URLs to connect to (one, or a cluster's nodes),
+    /// `--redis-password` in each; `None` for the memory store; `Err` when
+    /// the Redis flags do not fit the store.
+    pub(crate) fn redis_urls(&self) -> Result<Option<Vec<String>>, String> {
+        let list = match &self.store {
+            StoreUrl::Redis(list) => list,
             StoreUrl::Memory => {
-                return match (&self.redis_ca, &self.redis_password) {
-                    (Some(path), _) => Err(format!(
+                let misfit = if let Some(path) = &self.redis_ca {
+                    format!(
                         "--redis-ca {}: the store is memory, not rediss://",
                         path.display()
-                    )),
-                    (None, Some(_)) => Err("--redis-password: the store is memory".into()),
-                    (None, None) => Ok(None),
+                    )
+                } else if self.redis_password.is_some() {
+                    "--redis-password: the store is memory".to_owned()
+                } else if self.redis_cluster {
+                    "--redis-cluster: the store is memory".to_owned()
+                } else if self.redis_shards != 1 {
+                    format!("--redis-shards {}: the store is memory", self.redis_shards)
+                } else if self.redis_durability != RedisDurability::Primary {
+                    "--redis-durability replicated: the store is memory".to_owned()
+                } else {
+                    return Ok(None);
                 };
+                return Err(misfit);
             }
         };
+        let urls: Vec<&str> = list.split(',').collect();
+        if urls.len() > 1 && !self.redis_cluster {
+            return Err(format!(
+                "--store: {} URLs are the nodes of a Redis Cluster; say so with --redis-cluster",
+                urls.len()
+            ));
+        }
+        urls.into_iter()
+            .map(|url| self.redis_url(url))
+            .collect::<Result<_, _>>()
+            .map(Some)
+    }
+
+    /// One Redis URL to connect to, `--redis-password` in it.
+    fn redis_url(&self, url: &str) -> Result<String, String> {
         if let Some(path) = &self.redis_ca {
             if !url.starts_with("rediss://") {
                 return Err(format!(
@@ -345,7 +403,7 @@ impl Args {
             }
         }
         let Some(password) = &self.redis_password else {
-            return Ok(Some(url.clone()));
+            return Ok(url.to_owned());
         };
         let mut parsed =
             url::Url::parse(url).map_err(|e| format!("--store {}: {e}", mask_url(url)))?;
@@ -357,21 +415,33 @@ impl Args {
         parsed
             .set_password(Some(&percent_encoded(password)))
             .map_err(|()| format!("--store {}: a URL with a host", mask_url(url)))?;
-        Ok(Some(parsed.to_string()))
+        Ok(parsed.to_string())
     }
 
     /// The configuration in force, one `name value` line each, secrets masked.
     pub(crate) fn effective(&self, tokens: &Tokens) -> Vec<(&'static str, String)> {
-        let store = match self.redis_url() {
-            Ok(Some(url)) => format!(
-                "{} ({}; namespace {}; connect timeout {}, timeout {})",
-                mask_url(&url),
-                match (url.starts_with("rediss://"), &self.redis_ca) {
+        let store = match self.redis_urls() {
+            Ok(Some(urls)) => format!(
+                "{} ({}; {}namespace {}{}{}; connect timeout {}, timeout {})",
+                urls.iter()
+                    .map(|u| mask_url(u))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                match (urls[0].starts_with("rediss://"), &self.redis_ca) {
                     (false, _) => "plain text".to_owned(),
                     (true, None) => "TLS, Mozilla's roots".to_owned(),
                     (true, Some(path)) => format!("TLS, trusting only {}", path.display()),
                 },
+                if self.redis_cluster { "cluster; " } else { "" },
                 self.redis_namespace,
+                match self.redis_shards {
+                    1 => String::new(),
+                    n => format!(", {n} shards"),
+                },
+                match self.redis_durability {
+                    RedisDurability::Primary => "",
+                    RedisDurability::Replicated => "; durability replicated",
+                },
                 human(self.redis_connect_timeout),
                 human(self.redis_timeout)
             ),
@@ -379,7 +449,9 @@ impl Args {
             // Refused before this is printed; masked all the same.
             Err(_) => match &self.store {
                 StoreUrl::Memory => "memory".to_owned(),
-                StoreUrl::Redis(url) => mask_url(url),
+                StoreUrl::Redis(list) => {
+                    list.split(',').map(mask_url).collect::<Vec<_>>().join(",")
+                }
             },
         };
         let upstream = match &self.upstream {
@@ -537,14 +609,57 @@ mod tests {
             Args::try_parse_from(argv).unwrap()
         };
         assert_eq!(
-            args(&["--redis-password", "p@ss:w/rd%"]).redis_url(),
-            Ok(Some(
+            args(&["--redis-password", "p@ss:w/rd%"]).redis_urls(),
+            Ok(Some(vec![
                 "rediss://app:p%40ss%3Aw%2Frd%25@redis:6380/0".to_owned()
-            ))
+            ]))
         );
         assert_eq!(
-            args(&[]).redis_url(),
-            Ok(Some("rediss://app@redis:6380/0".to_owned()))
+            args(&[]).redis_urls(),
+            Ok(Some(vec!["rediss://app@redis:6380/0".to_owned()]))
         );
+    }
+
+    #[test]
+    fn a_cluster_takes_several_urls_each_with_the_password() {
+        let args = |argv: &[&str]| Args::try_parse_from([&["tower-defer"], argv].concat()).unwrap();
+        let two = "redis://a:6379,redis://b:6379";
+        assert_eq!(
+            args(&[
+                "--store",
+                two,
+                "--redis-cluster",
+                "--redis-password",
+                "p@ss"
+            ])
+            .redis_urls(),
+            Ok(Some(vec![
+                "redis://:p%40ss@a:6379".to_owned(),
+                "redis://:p%40ss@b:6379".to_owned()
+            ]))
+        );
+        assert_eq!(
+            args(&["--store", two]).redis_urls(),
+            Err(
+                "--store: 2 URLs are the nodes of a Redis Cluster; say so with --redis-cluster"
+                    .to_owned()
+            )
+        );
+        for (flag, message) in [
+            (
+                &["--redis-cluster"][..],
+                "--redis-cluster: the store is memory",
+            ),
+            (
+                &["--redis-shards", "3"],
+                "--redis-shards 3: the store is memory",
+            ),
+            (
+                &["--redis-durability", "replicated"],
+                "--redis-durability replicated: the store is memory",
+            ),
+        ] {
+            assert_eq!(args(flag).redis_urls(), Err(message.to_owned()), "{flag:?}");
+        }
     }
 }

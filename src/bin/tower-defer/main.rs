@@ -133,7 +133,7 @@ async fn start(mut args: Args) -> Result<(), Fail> {
         }
     });
 
-    let redis_url = args.redis_url().map_err(|e| Fail(2, e))?;
+    let redis_urls = args.redis_urls().map_err(|e| Fail(2, e))?;
     println!("tower-defer proxy {}", env!("CARGO_PKG_VERSION"));
     for (name, value) in args.effective(&tokens) {
         println!("  {name:<20} {value}");
@@ -143,9 +143,9 @@ async fn start(mut args: Args) -> Result<(), Fail> {
             "no --token or --tokens-file: serving openly, every client sees and cancels every job"
         );
     }
-    match redis_url {
+    match redis_urls {
         None => run(&args, tokens, prometheus, webhooks, MemoryStore::new()).await,
-        Some(url) => run_redis(&args, tokens, prometheus, webhooks, &url).await,
+        Some(urls) => run_redis(&args, tokens, prometheus, webhooks, urls).await,
     }
 }
 
@@ -196,10 +196,22 @@ async fn run_redis(
     tokens: Tokens,
     prometheus: PrometheusHandle,
     webhooks: Webhooks,
-    url: &str,
+    urls: Vec<String>,
 ) -> Result<(), Fail> {
-    let mut builder = tower_defer::RedisStore::builder(url)
+    let shown = urls
+        .iter()
+        .map(|u| config::mask_url(u))
+        .collect::<Vec<_>>()
+        .join(",");
+    let builder = if args.redis_cluster {
+        tower_defer::RedisStore::cluster(urls)
+    } else {
+        tower_defer::RedisStore::builder(urls.into_iter().next().unwrap_or_default())
+    };
+    let mut builder = builder
         .namespace(args.redis_namespace.clone())
+        .shards(args.redis_shards as usize)
+        .durability(args.redis_durability.into())
         .connect_timeout(args.redis_connect_timeout)
         .timeout(args.redis_timeout);
     if let Some(path) = &args.redis_ca {
@@ -208,7 +220,7 @@ async fn run_redis(
         builder = builder.root_certificates(pem);
     }
     let store = builder.connect().await.map_err(|e| {
-        let mut message = format!("--store {}: {e}", config::mask_url(url));
+        let mut message = format!("--store {shown}: {e}");
         // The library's advice, in the program's words.
         if message.ends_with("needs that CA's certificate as a root") {
             message.push_str(": give it with --redis-ca FILE");

@@ -88,10 +88,13 @@ pub(crate) fn batch_file(path: &std::path::Path) -> Result<Vec<Batch>, String> {
 pub(super) fn store(s: &str) -> Result<StoreUrl, String> {
     if s == "memory" || s.is_empty() {
         Ok(StoreUrl::Memory)
-    } else if s.starts_with("redis://") || s.starts_with("rediss://") {
+    } else if s
+        .split(',')
+        .all(|url| url.starts_with("redis://") || url.starts_with("rediss://"))
+    {
         Ok(StoreUrl::Redis(s.to_owned()))
     } else {
-        Err("must be memory or redis://host:port/db".into())
+        Err("must be memory or redis://host:port/db (a cluster's nodes: redis://a:6379,redis://b:6379)".into())
     }
 }
 
