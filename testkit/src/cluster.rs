@@ -276,8 +276,40 @@ impl RedisCluster {
 
     /// Kills a node with SIGKILL, as a crash would.
     pub fn kill(&mut self, node: usize) {
-        self.replicas_when_killed[node] = self.replicas_of(node);
+        // A replica that is paused does not answer: then the replicas seen
+        // when the node was last asked stand.
+        let replicas = self.replicas_of(node);
+        if !replicas.is_empty() {
+            self.replicas_when_killed[node] = replicas;
+        }
         self.nodes[node].kill();
+    }
+
+    /// Stops a node (SIGSTOP) without killing it: it holds its connections
+    /// but answers nothing, as a replica that lags would. [`resume`](Self::resume)
+    /// lets it go on.
+    pub fn pause(&mut self, node: usize) {
+        // Asked now, while every node answers (see `kill`).
+        for master in self.masters() {
+            self.replicas_when_killed[master] = self.replicas_of(master);
+        }
+        self.signal(node, "-STOP");
+    }
+
+    /// Lets a [`pause`](Self::pause)d node go on (SIGCONT).
+    pub fn resume(&self, node: usize) {
+        self.signal(node, "-CONT");
+    }
+
+    fn signal(&self, node: usize, signal: &str) {
+        let pid = self.nodes[node]
+            .pid()
+            .unwrap_or_else(|| panic!("node {node} is not running"));
+        let sent = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill {signal} {pid} failed");
     }
 
     /// Starts a node again on its port and directory, and waits until the

@@ -4,20 +4,20 @@
 //! `Replicated` no acknowledged job is lost across repeated kills.
 //!
 //! Each test starts its own cluster (three masters, each with a replica,
-//! a one-second node timeout), since it kills nodes of it.
+//! a one-second node timeout), since it kills nodes of it. Each prints what
+//! it saw (`cargo test --test redis failover -- --nocapture`): submissions
+//! accepted, refused, and accepted jobs lost, which only `Primary` may lose.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::task::JoinSet;
-use tower::Layer;
 use tower_defer::store::redis::Durability;
 use tower_defer::store::Store;
 use tower_defer::{DeferLayer, JobId, RedisStore};
 use tower_defer_testkit::cluster::{slot_of, RedisCluster};
 use tower_defer_testkit::inproc::{call, envelope};
-use tower_defer_testkit::redis_cluster_or_skip;
 
 use super::shards::tag_of;
 use super::Counter;
@@ -139,52 +139,20 @@ where
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_master_fails_over_and_every_request_is_answered() {
-    let cluster = redis_cluster_or_skip!(3, 1);
-    let store = cluster_store(&cluster, Durability::Primary).await;
-    let counter = Counter::default();
-    let (app, _worker) = DeferLayer::new(store.clone()).pair(counter.service("a"));
-    let cluster = Arc::new(Mutex::new(cluster));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let mut tasks = load(&app, 8, &stop, &seen);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    kill_the_master_of(&cluster, 0).await;
-    // Load goes on across the failover's end.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    while let Some(done) = tasks.join_next().await {
-        done.unwrap();
-    }
-    accepted_again(&app).await;
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
-    assert!(
-        seen.accepted.len() > 20,
-        "load ran: {}",
-        seen.accepted.len()
-    );
-    // Lookups of what was accepted are answered too (a job may be gone:
-    // without Replicated, a write the replica had not received is lost).
-    let reader = DeferLayer::new(store).layer(counter.service("b"));
-    for id in seen.accepted.iter().step_by(7) {
-        let answer = call(
-            &reader,
-            tower_defer_testkit::inproc::get(&format!("/async/{id}")),
-        )
-        .await;
-        assert!(
-            matches!(answer.status.as_u16(), 200 | 202 | 404),
-            "{id}: {}",
-            answer.status
-        );
-    }
+/// What a run of [`kills_under_load`] saw: the submissions accepted and
+/// refused, and the accepted jobs the store no longer has.
+struct Outcome {
+    seen: Seen,
+    lost: Vec<JobId>,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_replicated_durability_no_acknowledged_job_is_lost_across_kills() {
-    let cluster = redis_cluster_or_skip!(3, 1);
-    let store = cluster_store(&cluster, Durability::Replicated).await;
+/// Eight submitters while the master of each shard in turn is killed, its
+/// replica takes over, and the old master comes back as the new one's
+/// replica (so that a replicated shard can acknowledge again); then checks
+/// that the store carries on and looks up every accepted job.
+async fn kills_under_load(durability: Durability) -> Option<Outcome> {
+    let cluster = RedisCluster::start(3, 1)?;
+    let store = cluster_store(&cluster, durability).await;
     let counter = Counter::default();
     let (app, _worker) = DeferLayer::new(store.clone()).pair(counter.service("a"));
     let cluster = Arc::new(Mutex::new(cluster));
@@ -194,8 +162,6 @@ async fn with_replicated_durability_no_acknowledged_job_is_lost_across_kills() {
     for shard in 0..3 {
         tokio::time::sleep(Duration::from_millis(400)).await;
         let victim = kill_the_master_of(&cluster, shard).await;
-        // The old master comes back as the new one's replica, so the
-        // shard can acknowledge submissions again.
         let c = cluster.clone();
         tokio::task::spawn_blocking(move || c.lock().unwrap().restart(victim))
             .await
@@ -234,10 +200,99 @@ async fn with_replicated_durability_no_acknowledged_job_is_lost_across_kills() {
             lost.push(id);
         }
     }
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged jobs lost: {lost:?}",
-        lost.len(),
-        seen.accepted.len()
+    eprintln!(
+        "durability {durability:?}: {} accepted, {} refused (503), {} of the accepted lost",
+        seen.accepted.len(),
+        seen.refused,
+        lost.len()
     );
+    Some(Outcome { seen, lost })
+}
+
+/// Every request is answered and the store carries on, whatever the
+/// durability. How many acknowledged jobs a kill took with it is printed
+/// (`--nocapture`), not asserted: it is what `Replicated` is for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_masters_fail_over_and_every_request_is_answered() {
+    let Some(outcome) = kills_under_load(Durability::Primary).await else {
+        return;
+    };
+    assert!(outcome.seen.refused > 0, "a kill refused some submissions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replicated_durability_no_acknowledged_job_is_lost_across_kills() {
+    let Some(outcome) = kills_under_load(Durability::Replicated).await else {
+        return;
+    };
+    assert!(
+        outcome.lost.is_empty(),
+        "{} of {} acknowledged jobs lost: {:?}",
+        outcome.lost.len(),
+        outcome.seen.accepted.len(),
+        outcome.lost
+    );
+}
+
+/// The loss `Replicated` prevents, made certain rather than left to the
+/// timing of a kill: the replica of the namespace's master is paused and
+/// its link to the master cut (`CLIENT KILL TYPE replica`), so it receives
+/// nothing while jobs are submitted; the master is then killed and the
+/// replica, resumed, takes over. With `Primary` the jobs
+/// were acknowledged and are gone; with `Replicated` none was
+/// acknowledged (each answered 503 when no replica confirmed it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_replica_loses_acknowledged_jobs_unless_replicated() {
+    for durability in [Durability::Primary, Durability::Replicated] {
+        let Some(mut cluster) = RedisCluster::start(3, 1) else {
+            return;
+        };
+        let store = RedisStore::cluster(cluster.urls())
+            .namespace("lag")
+            .durability(durability)
+            .timeout(TIMEOUT)
+            .connect_timeout(TIMEOUT)
+            .connect()
+            .await
+            .expect("connects to the test's Redis Cluster");
+        let master = cluster.master_for_slot(slot_of("lag"));
+        let replica = cluster.replicas_of(master)[0];
+        cluster.pause(replica);
+        cluster.ask(master, "CLIENT KILL TYPE replica");
+        let mut accepted = Vec::new();
+        for n in 0..5 {
+            let new = super::post(format!("job {n}").into(), Default::default());
+            match store.enqueue(new, 100).await {
+                Ok(made) => accepted.push(made.job.id),
+                Err(e) => assert!(e.to_string().contains("no replica acknowledged"), "{e}"),
+            }
+        }
+        cluster.kill(master);
+        cluster.resume(replica);
+        let cluster = tokio::task::spawn_blocking(move || {
+            cluster.wait_for_failover(master);
+            cluster
+        })
+        .await
+        .unwrap();
+        let mut lost = 0;
+        for id in &accepted {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let found = loop {
+                match store.get(*id).await {
+                    Ok(found) => break found,
+                    Err(e) => assert!(Instant::now() < deadline, "{id}: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            lost += usize::from(found.is_none());
+        }
+        match durability {
+            Durability::Primary => {
+                assert_eq!((accepted.len(), lost), (5, 5), "acknowledged, then lost")
+            }
+            _ => assert_eq!((accepted.len(), lost), (0, 0), "none acknowledged"),
+        }
+        drop(cluster);
+    }
 }

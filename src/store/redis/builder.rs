@@ -342,7 +342,7 @@ impl RedisStoreBuilder {
             .await;
         }
         let infos = nodes.iter().map(|c| c.get_connection_info().clone());
-        let mut cluster = ClusterClientBuilder::new(infos)
+        let cluster = ClusterClientBuilder::new(infos)
             .connection_timeout(connect_timeout)
             .response_timeout(timeout)
             // Slots move at a failover: MOVED, ASK and a refused
@@ -352,12 +352,13 @@ impl RedisStoreBuilder {
             .min_retry_wait(50)
             .max_retry_wait(500);
         #[cfg(feature = "tls")]
-        if let Some(pem) = &self.root_certificates {
-            cluster = cluster.certs(::redis::TlsCertificates {
+        let cluster = match &self.root_certificates {
+            Some(pem) => cluster.certs(::redis::TlsCertificates {
                 client_tls: None,
                 root_cert: Some(pem.clone()),
-            });
-        }
+            }),
+            None => cluster,
+        };
         let client = cluster
             .build()
             .map_err(|e| StoreError::unavailable("redis: the cluster's URLs are not valid", e))?;
