@@ -19,9 +19,12 @@
 //! (reset before each phase): the functions (`fcall`, whose time includes
 //! the commands they run) beside the commands the functions ran, and the
 //! client's round trips per job (the calls no function made; the run phase
-//! includes the bench's own `stats` polls, one per 5 ms).
+//! includes the bench's own `stats` polls, one per millisecond once every
+//! job has been called).
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -38,8 +41,14 @@ async fn bench<St: Store + Clone>(
     concurrency: usize,
     mut probe: Option<MultiplexedConnection>,
 ) {
-    let inner = tower::service_fn(|_req: Request<Body>| async {
-        Ok::<_, Infallible>(Response::new(Body::from("{}")))
+    // Counts the calls, so that the run phase asks the store whether it is
+    // done only once every job has been called, rather than polling it
+    // (and so adding to Redis's work) all along.
+    let called = Arc::new(AtomicUsize::new(0));
+    let calls = called.clone();
+    let inner = tower::service_fn(move |_req: Request<Body>| {
+        calls.fetch_add(1, Ordering::Relaxed);
+        async { Ok::<_, Infallible>(Response::new(Body::from("{}"))) }
     });
     let (app, worker) = DeferLayer::new(store.clone())
         .concurrency(concurrency)
@@ -63,12 +72,15 @@ async fn bench<St: Store + Clone>(
     let submit = phase.end(&mut probe).await;
     let phase = Phase::start(&mut probe).await;
     let running = tokio::spawn(worker);
+    while called.load(Ordering::Relaxed) < jobs {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     loop {
         let stats = store.stats().await.unwrap();
         if stats.queued == 0 && stats.in_progress == 0 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let run = phase.end(&mut probe).await;
     running.abort();

@@ -11,6 +11,7 @@
 //! | [`claim_batch`](Store::claim_batch) | more `queued` jobs of one batch key -> `in_progress`, each with its own lease |
 //! | [`extend`](Store::extend) | renews the lease (fenced) |
 //! | [`complete`](Store::complete), [`complete_status`](Store::complete_status) | `in_progress` -> `succeeded` \| `failed` (fenced) |
+//! | [`complete_and_claim`](Store::complete_and_claim) | `complete_status`, then `claim`, in one call where the store can |
 //! | [`retry_later`](Store::retry_later) | `in_progress` -> `queued`, runnable later (fenced) |
 //! | [`wake_unavailable`](Store::wake_unavailable) | `queued` waiting out a backoff for an unavailable upstream -> runnable now |
 //! | [`cancel`](Store::cancel) | `queued` \| `in_progress` -> `canceled` |
@@ -70,6 +71,17 @@ impl Claim {
     pub fn token(&self) -> LeaseToken {
         self.lease.token
     }
+}
+
+/// The answer to [`Store::complete_and_claim`]: the completion's, then
+/// the claim's.
+#[derive(Debug)]
+pub struct CompletedAndClaimed {
+    /// What [`complete_status`](Store::complete_status) answers.
+    pub status: Result<JobStatus, StoreError>,
+    /// What [`claim`](Store::claim) answers (`None` may also mean that the
+    /// store did not look everywhere: see the method).
+    pub next: Result<Option<Claim>, StoreError>,
 }
 
 /// A webhook delivery handed to a deliverer, with the lease that fences it.
@@ -344,6 +356,30 @@ pub trait Store: Send + Sync + 'static {
         outcome: Outcome,
     ) -> impl Future<Output = Result<JobStatus, StoreError>> + Send {
         async move { Ok(self.complete(id, token, outcome).await?.status) }
+    }
+
+    /// [`complete_status`](Store::complete_status), then
+    /// [`claim`](Store::claim) with `lease` and `priority_aging`, for a
+    /// worker that has a slot for its next job once this one is recorded.
+    /// A store may make both in one call (Redis: one round trip and one
+    /// script call rather than two of each); by default it makes one after
+    /// the other. The claim is made whatever the completion answers, and
+    /// may find no job where `claim` would have found one (Redis: when the
+    /// job's shard has none, or the claim is not that shard's turn): a
+    /// worker answered `None` claims as usual. Fenced.
+    fn complete_and_claim(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        outcome: Outcome,
+        lease: Duration,
+        priority_aging: Option<Duration>,
+    ) -> impl Future<Output = CompletedAndClaimed> + Send {
+        async move {
+            let status = self.complete_status(id, token, outcome).await;
+            let next = self.claim(lease, priority_aging).await;
+            CompletedAndClaimed { status, next }
+        }
     }
 
     /// Hands the job back to the queue, runnable at `retry.at`. Fenced.

@@ -115,7 +115,7 @@
 //! from the `{ns}:` prefix, which stays in the same hash slot thanks to the tag.
 //! The functions' source is `src/store/redis/lua/`, one file per function
 //! (each headed by its `KEYS`, `ARGV` and answer) after the code they share
-//! (`prelude.lua`, `job.lua`, `bookkeeping.lua`), as `FUNCTION LIST
+//! (`prelude.lua`, `job.lua`, `bookkeeping.lua`, `claiming.lua`), as `FUNCTION LIST
 //! WITHCODE` shows them joined into one library.
 //!
 //! The client passes "now" ([`Timestamp::now`](crate::time::Timestamp::now), which follows tokio's clock)
@@ -132,6 +132,7 @@
 //! | submit ([`enqueue`](crate::Store::enqueue)) | at most 1 (`FCALL`) |
 //! | [`claim`](crate::Store::claim) | at most 1 (`FCALL`; also applies what came due) |
 //! | [`complete`](crate::Store::complete), [`complete_status`](crate::Store::complete_status) | at most 1 (`FCALL`; the worker's `complete_status` gets no job back) |
+//! | [`complete_and_claim`](crate::Store::complete_and_claim) | at most 1 (`FCALL`: the completion's, which then claims on the job's shard; with shards, when it is not that shard's turn, a completion and a claim at once) |
 //! | one lookup ([`get`](crate::Store::get)) | 1 (`HGETALL`) |
 //! | [`wake_unavailable`](crate::Store::wake_unavailable) | 1 (`FCALL`; the work of one transition per job woken) |
 //! | a long-poll ([`wait`](crate::Store::wait)) | 1 per change seen, plus 1 at its deadline |
@@ -142,6 +143,11 @@
 //! instead of taking one each, and so do the submissions of many clients.
 //! Such a script also writes each counter, index and channel once for all
 //! its jobs rather than once per job.
+//!
+//! A worker that has a slot for its next job records a result with
+//! [`complete_and_claim`](crate::Store::complete_and_claim): the
+//! completion's call claims that job too, so under load a job's run costs
+//! one share of a call rather than two.
 //!
 //! The worker also watches a running job (that is how a cancel on another
 //! replica reaches it): one small read when the call starts, then one read
@@ -313,15 +319,21 @@ impl Inner {
         &self.shards[id.shard(self.shards.len())]
     }
 
-    /// The shards in the order this turn of `round` visits them: each turn
-    /// starts one further on, so no shard waits behind the others.
-    fn in_turn(&self, round: Turn) -> impl Iterator<Item = (usize, &Shard)> {
+    /// The shard this turn of `round` starts at: each turn starts one
+    /// further on, so no shard waits behind the others.
+    fn turn(&self, round: Turn) -> usize {
         let n = self.shards.len();
-        let start = if n == 1 {
+        if n == 1 {
             0
         } else {
             self.turns[round as usize].fetch_add(1, Ordering::Relaxed) % n
-        };
+        }
+    }
+
+    /// The shards in the order this turn of `round` visits them.
+    fn in_turn(&self, round: Turn) -> impl Iterator<Item = (usize, &Shard)> {
+        let n = self.shards.len();
+        let start = self.turn(round);
         (0..n).map(move |k| {
             let i = (start + k) % n;
             (i, &self.shards[i])

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -17,7 +18,8 @@ use crate::context::Pool;
 use crate::error::error_chain;
 use crate::job::{ErrorCode, JobError, JobStatus, Outcome, Retry, StoredRequest, StoredResponse};
 use crate::policy::{self, Verdict};
-use crate::store::{Claim, Store};
+use crate::shutdown::Control;
+use crate::store::{Claim, Store, StoreError};
 use crate::time::Timestamp;
 use crate::trace::TraceContext;
 use crate::BoxError;
@@ -40,14 +42,51 @@ enum CallEnd {
 /// the claimers also pause this long when it is not ready before a claim.
 const NOT_READY_RETRY: Duration = Duration::from_secs(1);
 
+/// What a call needs to claim its worker's next job with its result
+/// ([`Store::complete_and_claim`]): the inner service, a clone of which
+/// must be ready before a job is claimed, and the pool's control, as a job
+/// is claimed only while the pool runs.
+pub(super) struct Chain<S> {
+    pub(super) inner: S,
+    pub(super) control: watch::Receiver<Control>,
+}
+
+impl<S: InnerService> Chain<S> {
+    /// A clone of the inner service that is ready now, while the pool runs
+    /// and keeps its jobs; `None` otherwise (the result is then recorded
+    /// alone, and the claimers claim as usual).
+    fn ready_now(&self, hand_back: &watch::Receiver<bool>) -> Option<S> {
+        let running = self.control.has_changed().is_ok() && *self.control.borrow() == Control::Run;
+        if !running || *hand_back.borrow() {
+            return None;
+        }
+        let mut svc = self.inner.clone();
+        let mut cx = Context::from_waker(Waker::noop());
+        match svc.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => Some(svc),
+            _ => None,
+        }
+    }
+}
+
+/// The job a call claimed for its worker with its result, to start at
+/// once: a ready clone of the inner service, the claim and the worker slot
+/// it keeps.
+pub(super) type Next<S> = (S, Claim, OwnedSemaphorePermit);
+
+/// Runs one job alone and records how it ended; with `chain`, when the job
+/// completes, claims the worker's next job in the same store call and
+/// hands it back with the slot.
 pub(super) async fn run_job<S, St>(
     svc: S,
     claim: Claim,
     trace: TraceContext,
     pool: Arc<Pool<St>>,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     mut hand_back: watch::Receiver<bool>,
-) where
+    chain: Option<Chain<S>>,
+) -> Option<Next<S>>
+where
     S: InnerService,
     St: Store,
 {
@@ -55,7 +94,31 @@ pub(super) async fn run_job<S, St>(
     let request = to_request(&claim.job.request, &trace);
     let claims = std::slice::from_ref(&claim);
     let end = call(svc, request, &pool, claims, &mut hand_back).await;
-    record(&pool, &claim, &end, None).await;
+    let w = verdict(&pool, &claim, &end, None).await?;
+    let outcome = match w {
+        Write::Complete(outcome) => outcome,
+        w => {
+            write(&pool, &claim, w).await;
+            return None;
+        }
+    };
+    let Some(svc) = chain.and_then(|c| c.ready_now(&hand_back)) else {
+        write(&pool, &claim, Write::Complete(outcome)).await;
+        return None;
+    };
+    let (lease, aging) = (pool.config.lease, pool.config.priority_aging);
+    let done = pool
+        .store
+        .complete_and_claim(claim.id(), claim.token(), outcome, lease, aging)
+        .await;
+    report(done.status);
+    match done.next {
+        Ok(next) => next.map(|next| (svc, next, permit)),
+        Err(e) => {
+            tracing::warn!(error = %e, "claiming a job failed");
+            None
+        }
+    }
 }
 
 /// Runs the jobs of one batch (`claims`, the first the one whose request
@@ -283,6 +346,19 @@ async fn keep_leases<St: Store>(pool: &Pool<St>, claims: &[Claim]) {
 /// Classifies how the call ended and writes it to the store (fenced by the
 /// lease), with the size of the batch it ran in, if any.
 async fn record<St: Store>(pool: &Pool<St>, claim: &Claim, end: &CallEnd, batch: Option<u32>) {
+    if let Some(w) = verdict(pool, claim, end, batch).await {
+        write(pool, claim, w).await;
+    }
+}
+
+/// Classifies how the call ended: what to write to the store, with the
+/// size of the batch it ran in, if any; `None` when the lease was lost.
+async fn verdict<St: Store>(
+    pool: &Pool<St>,
+    claim: &Claim,
+    end: &CallEnd,
+    batch: Option<u32>,
+) -> Option<Write> {
     let job = &claim.job;
     let retry = &job.options.retry;
     // Claims that spent no attempt and were no lapse: the upstream's refusals
@@ -300,7 +376,7 @@ async fn record<St: Store>(pool: &Pool<St>, claim: &Claim, end: &CallEnd, batch:
     let w = match end {
         CallEnd::LeaseLost => {
             tracing::debug!("lease lost (canceled or taken over): inner call dropped");
-            return;
+            return None;
         }
         CallEnd::Answered(response) => {
             let response = response.clone();
@@ -406,7 +482,7 @@ async fn record<St: Store>(pool: &Pool<St>, claim: &Claim, end: &CallEnd, batch:
             Write::Retry(requeue(Duration::ZERO, error, None, false))
         }
     };
-    write(pool, claim, w).await;
+    Some(w)
 }
 
 /// An outcome with the size of the batch it came from, if any.
@@ -442,6 +518,11 @@ async fn write<St: Store>(pool: &Pool<St>, claim: &Claim, write: Write) {
             })
         }
     };
+    report(result);
+}
+
+/// Reports how writing an attempt's end went.
+fn report(result: Result<JobStatus, StoreError>) {
     match result {
         Ok(JobStatus::Queued) => {}
         Ok(status) => {

@@ -90,7 +90,8 @@ pub(super) async fn run<S, St>(
     St: Store,
 {
     let Some(key) = claim.job.options.batch.as_ref().map(|t| t.key.clone()) else {
-        return call::run_job(inner, claim, trace, pool, permit, hand_back).await;
+        call::run_job(inner, claim, trace, pool, permit, hand_back, None).await;
+        return;
     };
     let deadline = claim.job.created_at.after(route.wait_limit());
     // 1. Join the open batch of this key, if it has room.

@@ -4,6 +4,10 @@
 //! One pool per wrapped service. Up to 16 claimer tasks share a semaphore of
 //! `concurrency` permits: each takes a permit, waits until a clone of the
 //! inner service is ready (`poll_ready`), claims a job and spawns its call.
+//! A call whose job completes, while the pool runs and a clone of the inner
+//! service is ready at once, claims its next job with the result
+//! ([`Store::complete_and_claim`]) and runs it in the same slot: a store
+//! that makes both in one call saves a round trip per job.
 //! A job waiting out a backoff sits in the store, not in a worker. A second
 //! loop sweeps the store (deadlines, lapsed leases, retries coming due, TTLs).
 //! With webhooks configured, a third loop delivers them, with permits of its
@@ -211,51 +215,17 @@ async fn claimer<S, St>(
         .await;
         match next {
             Some((svc, claim, permit)) => {
-                // Each attempt is a span of the job's trace, stored with the
-                // job at submission, with an id of its own that is sent
-                // upstream (trace.rs).
-                let trace = trace::Call::of(&claim.job.request.headers, claim.job.id);
-                let span = trace::job_span!(
-                    "job",
-                    tracing::field::display(claim.id()),
-                    trace.context,
-                    Some(&trace.parent),
-                    attempt = claim.job.attempts
-                );
-                let route = claim
-                    .job
-                    .options
-                    .batch
-                    .as_ref()
-                    .and_then(|_| batch::route_for(&pool.config.batches, &claim.job.request));
-                if let Some(route) = route {
-                    // The ready clone is not kept: a batch readies its own
-                    // when its company is gathered.
-                    drop(svc);
-                    let call = gather::run(
-                        inner.clone(),
-                        claim,
-                        route.clone(),
-                        trace.context,
-                        pool.clone(),
-                        gathering.clone(),
-                        permit,
-                        hand_back.clone(),
-                    );
-                    calls.spawn(Box::pin(call).instrument(span));
-                    continue;
-                }
-                let call = call::run_job(
-                    svc,
-                    claim,
-                    trace.context,
+                let serve = serve(
+                    inner.clone(),
                     pool.clone(),
-                    permit,
+                    gathering.clone(),
+                    control.clone(),
                     hand_back.clone(),
+                    (svc, claim, permit),
                 );
                 // Boxed: the call's future is a few kilobytes, and the task
                 // would otherwise copy it whole as it is spawned and run.
-                calls.spawn(Box::pin(call).instrument(span));
+                calls.spawn(Box::pin(serve));
             }
             // Stopping (or the inner service was not ready: try again).
             None if control.has_changed().is_err() || *control.borrow() != Control::Run => break,
@@ -263,6 +233,72 @@ async fn claimer<S, St>(
         }
     }
     while calls.join_next().await.is_some() {}
+}
+
+/// Runs a claimed job, then each job claimed with the result of the one
+/// before ([`Store::complete_and_claim`]) in the same worker slot, until a
+/// job ends without claiming the next.
+async fn serve<S, St>(
+    inner: S,
+    pool: Arc<Pool<St>>,
+    gathering: Arc<gather::Gathering>,
+    control: watch::Receiver<Control>,
+    hand_back: watch::Receiver<bool>,
+    first: call::Next<S>,
+) where
+    S: InnerService,
+    St: Store,
+{
+    let mut next = Some(first);
+    while let Some((svc, claim, permit)) = next.take() {
+        // Each attempt is a span of the job's trace, stored with the job at
+        // submission, with an id of its own that is sent upstream
+        // (trace.rs).
+        let trace = trace::Call::of(&claim.job.request.headers, claim.job.id);
+        let span = trace::job_span!(
+            "job",
+            tracing::field::display(claim.id()),
+            trace.context,
+            Some(&trace.parent),
+            attempt = claim.job.attempts
+        );
+        let route = claim
+            .job
+            .options
+            .batch
+            .as_ref()
+            .and_then(|_| batch::route_for(&pool.config.batches, &claim.job.request));
+        if let Some(route) = route {
+            // The ready clone is not kept: a batch readies its own when its
+            // company is gathered.
+            drop(svc);
+            let call = gather::run(
+                inner.clone(),
+                claim,
+                route.clone(),
+                trace.context,
+                pool.clone(),
+                gathering.clone(),
+                permit,
+                hand_back.clone(),
+            );
+            return call.instrument(span).await;
+        }
+        let chain = call::Chain {
+            inner: inner.clone(),
+            control: control.clone(),
+        };
+        let call = call::run_job(
+            svc,
+            claim,
+            trace.context,
+            pool.clone(),
+            permit,
+            hand_back.clone(),
+            Some(chain),
+        );
+        next = call.instrument(span).await;
+    }
 }
 
 /// How many claims one pool makes at once, at most.

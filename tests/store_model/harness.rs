@@ -15,7 +15,7 @@ use tower_defer::job::{
     CancelOutcome, ErrorCode, JobError, JobOptions, LeaseToken, NewJob, Outcome, Priority, Retry,
     RetryPolicy, StoredRequest, StoredResponse,
 };
-use tower_defer::store::{EnqueueError, QueueStats};
+use tower_defer::store::{Claim, EnqueueError, QueueStats};
 use tower_defer::time::Timestamp;
 use tower_defer::{Job, JobId, JobStatus, Store};
 
@@ -137,33 +137,15 @@ impl<S: Store> Harness<S> {
                     expect_stale("extend", got.map(|_| ()))?;
                 }
             }
-            Op::Complete { claim, how } => {
-                let Some(&(id, token)) = self.pick_claim(claim) else {
-                    return Ok(());
-                };
-                let (outcome, status, error) = match how {
-                    How::Ok2xx => (Outcome::response(response(200)), JobStatus::Succeeded, None),
-                    How::Non2xx => (Outcome::response(response(422)), JobStatus::Failed, None),
-                    How::Error => (
-                        Outcome::error(JobError::new(ErrorCode::UpstreamError, "boom")),
-                        JobStatus::Failed,
-                        Some(ErrorCode::UpstreamError),
-                    ),
-                };
-                let got = self.store.complete(id, token, outcome).await;
-                let now = self.model.now;
-                let j = self.model.job(id).expect("a claimed job is in the model");
-                if j.holds(token) {
-                    let job = got.map_err(|e| format!("complete refused: {e}"))?;
-                    ensure!(
-                        job.status == status,
-                        "completed as {}, expected {status}",
-                        job.status
-                    );
-                    j.end(status, error, now);
-                } else {
-                    expect_stale("complete", got.map(|_| ()))?;
-                }
+            Op::Complete { claim, how } => self.complete(claim, how, None).await?,
+            Op::CompleteAndClaim {
+                claim,
+                how,
+                lease_ms,
+                aging_ms,
+            } => {
+                let next = (ms(lease_ms), aging_ms.map(ms));
+                self.complete(claim, how, Some(next)).await?
             }
             Op::RetryLater {
                 claim,
@@ -341,12 +323,75 @@ impl<S: Store> Harness<S> {
         Ok(())
     }
 
+    /// Completes claim `claim` as `how` says; with `next` (a lease and an
+    /// aging period), with the claim of the next job in the same call
+    /// (`complete_and_claim`).
+    async fn complete(
+        &mut self,
+        claim: usize,
+        how: How,
+        next: Option<(Duration, Option<Duration>)>,
+    ) -> Result<(), String> {
+        let Some(&(id, token)) = self.pick_claim(claim) else {
+            return Ok(());
+        };
+        let (outcome, status, error) = match how {
+            How::Ok2xx => (Outcome::response(response(200)), JobStatus::Succeeded, None),
+            How::Non2xx => (Outcome::response(response(422)), JobStatus::Failed, None),
+            How::Error => (
+                Outcome::error(JobError::new(ErrorCode::UpstreamError, "boom")),
+                JobStatus::Failed,
+                Some(ErrorCode::UpstreamError),
+            ),
+        };
+        let (got, claimed) = match next {
+            None => {
+                let got = self.store.complete(id, token, outcome).await;
+                (got.map(|job| job.status), None)
+            }
+            Some((lease, aging)) => {
+                let done = self
+                    .store
+                    .complete_and_claim(id, token, outcome, lease, aging)
+                    .await;
+                (done.status, Some((done.next, lease, aging)))
+            }
+        };
+        let now = self.model.now;
+        let j = self.model.job(id).expect("a claimed job is in the model");
+        if j.holds(token) {
+            let got = got.map_err(|e| format!("complete refused: {e}"))?;
+            ensure!(got == status, "completed as {got}, expected {status}");
+            j.end(status, error, now);
+        } else {
+            expect_stale("complete", got.map(|_| ()))?;
+        }
+        match claimed {
+            // Claimed whatever the completion answered.
+            Some((next, lease, aging)) => {
+                let next = next.map_err(|e| format!("the claim after it failed: {e}"))?;
+                self.claimed(next, lease, aging)
+            }
+            None => Ok(()),
+        }
+    }
+
     async fn claim(&mut self, lease: Duration, aging: Option<Duration>) -> Result<(), String> {
         let got = self
             .store
             .claim(lease, aging)
             .await
             .map_err(|e| format!("claim failed: {e}"))?;
+        self.claimed(got, lease, aging)
+    }
+
+    /// Checks a claim's answer against the model, and records it.
+    fn claimed(
+        &mut self,
+        got: Option<Claim>,
+        lease: Duration,
+        aging: Option<Duration>,
+    ) -> Result<(), String> {
         self.model.sweep();
         let allowed = self.model.claimable(aging);
         let Some(claim) = got else {

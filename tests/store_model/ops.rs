@@ -21,6 +21,14 @@ pub enum Op {
         claim: usize,
         how: How,
     },
+    /// `complete_and_claim`: completes claim `claim` and claims the next
+    /// job with `lease_ms` and `aging_ms`, as a worker does.
+    CompleteAndClaim {
+        claim: usize,
+        how: How,
+        lease_ms: u64,
+        aging_ms: Option<u64>,
+    },
     RetryLater {
         claim: usize,
         spend: bool,
@@ -121,11 +129,9 @@ fn op() -> impl Strategy<Value = Op> {
             },
         );
     let lease = || prop_oneof![Just(5_000u64), Just(30_000)];
-    let claim = (
-        lease(),
-        proptest::option::of(prop_oneof![Just(1_000u64), Just(10_000)]),
-    )
-        .prop_map(|(lease_ms, aging_ms)| Op::Claim { lease_ms, aging_ms });
+    let aging = || proptest::option::of(prop_oneof![Just(1_000u64), Just(10_000)]);
+    let claim =
+        (lease(), aging()).prop_map(|(lease_ms, aging_ms)| Op::Claim { lease_ms, aging_ms });
     let index = || 0..16usize;
     let how = prop_oneof![Just(How::Ok2xx), Just(How::Non2xx), Just(How::Error)];
     let by = prop_oneof![3 => Just(By::Owner), 1 => Just(By::Other), 1 => Just(By::Unknown)];
@@ -133,7 +139,10 @@ fn op() -> impl Strategy<Value = Op> {
         4 => enqueue,
         4 => claim,
         1 => (index(), lease()).prop_map(|(claim, lease_ms)| Op::Extend { claim, lease_ms }),
-        3 => (index(), how).prop_map(|(claim, how)| Op::Complete { claim, how }),
+        3 => (index(), how.clone()).prop_map(|(claim, how)| Op::Complete { claim, how }),
+        2 => (index(), how, lease(), aging()).prop_map(|(claim, how, lease_ms, aging_ms)| {
+            Op::CompleteAndClaim { claim, how, lease_ms, aging_ms }
+        }),
         3 => (index(), any::<bool>(), prop_oneof![Just(0u64), Just(1_000), Just(10_000)])
             .prop_map(|(claim, spend, delay_ms)| Op::RetryLater { claim, spend, delay_ms }),
         2 => (index(), by).prop_map(|(job, by)| Op::Cancel { job, by }),

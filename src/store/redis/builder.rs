@@ -285,7 +285,7 @@ impl RedisStoreBuilder {
             .map(|(i, keys)| Shard {
                 submissions: enqueue_line(&io, &submit, keys, timeout, replicated),
                 claims: claim_line(&io, &conn, keys, &hub, i, timeout),
-                completions: complete_line(&io, &conn, keys, timeout),
+                completions: complete_line(&io, &conn, keys, &hub, i, timeout),
                 keys: keys.clone(),
             })
             .collect();

@@ -5,7 +5,8 @@
 //! of a job's packed scalars, generated from the list in `life.rs`;
 //! `lua/prelude.lua`, the call's state and a job's form; `lua/job.lua`, the
 //! transitions of [`Job`](crate::Job); `lua/bookkeeping.lua`, the ready
-//! lists, the due index and the counters), then each function, whose body
+//! lists, the due index and the counters; `lua/claiming.lua`, how a claim
+//! chooses and takes jobs), then each function, whose body
 //! is its own file. Redis runs a library's top level once, when it loads
 //! it, so the shared closures and tables are made once rather than on every
 //! call (as a script sent with `EVALSHA` would make them).
@@ -55,11 +56,12 @@ functions! {
 }
 
 /// The code every function shares, in the order the library holds it.
-const SHARED: [&str; 4] = [
+const SHARED: [&str; 5] = [
     LIFE_LUA,
     include_str!("lua/prelude.lua"),
     include_str!("lua/job.lua"),
     include_str!("lua/bookkeeping.lua"),
+    include_str!("lua/claiming.lua"),
 ];
 
 /// The library as Redis loads it, and its functions' full names.

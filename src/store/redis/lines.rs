@@ -249,59 +249,142 @@ pub(super) struct CompleteCall {
     /// Whether the caller wants the job back (`complete`) or only to know
     /// that it was recorded (`complete_status`).
     pub(super) send_job: bool,
+    /// The claim of the caller's next job, made in the same call
+    /// (`complete_and_claim`), if it asks for one.
+    pub(super) then_claim: Option<ClaimCall>,
 }
 
-/// The completed job's fields (none unless asked for), or `None` when the
-/// lease was stale.
-pub(super) type Completed = Option<Vec<Vec<u8>>>;
+/// A completion's answer.
+pub(super) struct Completed {
+    /// The completed job's fields (none unless asked for), or `None` when
+    /// the lease was stale.
+    pub(super) job: Option<Vec<Vec<u8>>>,
+    /// The job claimed after it, when the caller asked for one and there
+    /// was one.
+    pub(super) next: Claimed,
+}
 
 /// The completion line: results that arrive together are recorded by one
-/// `complete` script call, each at its own "now".
+/// `complete` script call, each at its own "now"; then the same call claims
+/// a job for each caller that asked for its next one (those asking with the
+/// lease and aging period of the first of them: in practice all, as a pool
+/// asks with the same ones every time; the others get none, and claim as
+/// usual). When such a claim finds no job, the next due time goes to
+/// idle workers, as the claim line sends it.
 pub(super) fn complete_line(
     io: &Handle,
     conn: &Conn,
     keys: &Arc<Keys>,
+    hub: &Arc<Hub>,
+    shard: usize,
     timeout: Duration,
 ) -> Batcher<CompleteCall, Completed> {
-    let add = |keys: &Keys, inv: &mut Invocation, c: &CompleteCall| {
-        inv.key(keys.job(c.id));
-        inv.arg(c.now.as_millis())
-            .arg(c.id.as_str())
-            .arg(c.token.0)
-            .arg(c.outcome.status().as_str())
-            .arg(if c.send_job { "1" } else { "0" });
-        outcome_args(inv, c.outcome.response.as_ref(), c.outcome.error.as_ref());
-        inv.arg(
-            c.outcome
-                .batch_size
-                .map_or(String::new(), |n| n.to_string()),
-        );
-    };
-    // 'ok' or 'stale', or the job sent back after its tag.
-    let answer = |answer: ::redis::Value| {
-        let tag = |t: &[u8]| matches!(&answer, ::redis::Value::BulkString(b) if b == t);
-        if tag(b"ok") {
-            return Ok(Some(Vec::new()));
-        }
-        if tag(b"stale") {
-            return Ok(None);
-        }
-        let mut job: Vec<Vec<u8>> =
-            ::redis::from_redis_value(answer).map_err(|e| undecodable("complete", e))?;
-        match job.first().map(Vec::as_slice) {
-            Some(b"ok") => {
-                job.remove(0);
-                Ok(Some(job))
+    let (conn, keys, hub) = (conn.clone(), keys.clone(), hub.clone());
+    Batcher::start(io, MAX_BATCH, move |calls: Vec<CompleteCall>| {
+        let (mut conn, keys, hub) = (conn.clone(), keys.clone(), hub.clone());
+        async move {
+            let now = calls
+                .iter()
+                .map(|c| c.now)
+                .max()
+                .unwrap_or_else(Timestamp::now);
+            let first = calls.iter().find_map(|c| c.then_claim);
+            let claims = |c: &CompleteCall| {
+                matches!((c.then_claim, first), (Some(a), Some(b))
+                    if a.lease_ms == b.lease_ms && a.aging_ms == b.aging_ms)
+            };
+            let want = calls.iter().filter(|c| claims(c)).count();
+            let mut inv = keys.invocation(Function::Complete, now);
+            match first {
+                Some(c) => inv
+                    .arg(c.lease_ms)
+                    .arg(c.aging_ms.map_or(String::new(), |a| a.to_string())),
+                None => inv.arg("").arg(""),
+            };
+            inv.arg(CLAIM_DUE_BATCH).arg(want);
+            for c in &calls {
+                add_completion(&keys, &mut inv, c);
             }
-            _ => Err(undecodable("complete", "an unknown tag")),
+            let run = async {
+                inv.invoke_async(&mut conn)
+                    .await
+                    .map_err(failed("complete"))
+            };
+            let out: Vec<::redis::Value> = bounded(timeout, "complete", run).await?;
+            let expected = calls.len() + usize::from(want > 0);
+            if out.len() < expected {
+                return Err(undecodable("complete", "not one answer per job"));
+            }
+            let mut out = out.into_iter();
+            let mut answers: Vec<Result<Completed, StoreError>> = Vec::with_capacity(calls.len());
+            for _ in &calls {
+                let job = out.next().map_or(Ok(None), completion);
+                answers.push(job.map(|job| Completed { job, next: None }));
+            }
+            if want == 0 {
+                return Ok(answers);
+            }
+            let next_due: Vec<u8> = out
+                .next()
+                .map(::redis::from_redis_value)
+                .transpose()
+                .map_err(|e| undecodable("complete", e))?
+                .unwrap_or_default();
+            if out.len() < want {
+                // Some claim found no job: idle workers wait at most until
+                // the next due time, which may make work.
+                let next_due = parse_u64("complete", &next_due)?.map(Timestamp::from_millis);
+                hub.set_next_due(shard, next_due);
+            }
+            for (c, answer) in calls.iter().zip(answers.iter_mut()) {
+                if !claims(c) {
+                    continue;
+                }
+                let Some(job) = out.next() else { break };
+                // A job that does not decode, or whose caller's completion
+                // did not, is not handed out: its lease lapses.
+                if let (Ok(answer), Ok(job)) = (answer, ::redis::from_redis_value(job)) {
+                    answer.next = Some(ClaimedJob(job));
+                }
+            }
+            Ok(answers)
         }
-    };
-    let line = FunctionLine {
-        function: Function::Complete,
-        what: "complete",
-        now: |c: &CompleteCall| c.now,
-        add,
-        answer,
-    };
-    line.start(io, conn, keys, timeout, None)
+    })
+}
+
+/// One completion's keys and arguments.
+fn add_completion(keys: &Keys, inv: &mut Invocation, c: &CompleteCall) {
+    inv.key(keys.job(c.id));
+    inv.arg(c.now.as_millis())
+        .arg(c.id.as_str())
+        .arg(c.token.0)
+        .arg(c.outcome.status().as_str())
+        .arg(if c.send_job { "1" } else { "0" });
+    outcome_args(inv, c.outcome.response.as_ref(), c.outcome.error.as_ref());
+    inv.arg(
+        c.outcome
+            .batch_size
+            .map_or(String::new(), |n| n.to_string()),
+    );
+}
+
+/// One completion's answer: 'ok' or 'stale', or the job sent back after
+/// its tag.
+fn completion(answer: ::redis::Value) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
+    let tag = |t: &[u8]| matches!(&answer, ::redis::Value::BulkString(b) if b == t);
+    if tag(b"ok") {
+        return Ok(Some(Vec::new()));
+    }
+    if tag(b"stale") {
+        return Ok(None);
+    }
+    let mut job: Vec<Vec<u8>> =
+        ::redis::from_redis_value(answer).map_err(|e| undecodable("complete", e))?;
+    match job.first().map(Vec::as_slice) {
+        Some(b"ok") => {
+            job.remove(0);
+            Ok(Some(job))
+        }
+        _ => Err(undecodable("complete", "an unknown tag")),
+    }
 }

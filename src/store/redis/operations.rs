@@ -17,7 +17,7 @@ use ::redis::RedisError;
 use super::codec;
 use super::functions::{Function, Invocation};
 use super::io::{exec, failed};
-use super::lines::{ClaimCall, CompleteCall, EnqueueCall};
+use super::lines::{ClaimCall, ClaimedJob, CompleteCall, Completed, EnqueueCall};
 use super::wire::{
     decode, first_id, millis, outcome_args, parse_id, parse_u64, split_tag, undecodable,
 };
@@ -27,8 +27,8 @@ use crate::job::{
     Priority, Retry,
 };
 use crate::store::{
-    Claim, DeliveryClaim, EnqueueError, Enqueued, QueueStats, QueuedCancel, Store, StoreError,
-    BATCH_SCAN,
+    Claim, CompletedAndClaimed, DeliveryClaim, EnqueueError, Enqueued, QueueStats, QueuedCancel,
+    Store, StoreError, BATCH_SCAN,
 };
 use crate::time::Timestamp;
 
@@ -44,27 +44,62 @@ impl RedisStore {
         exec(&i.io, i.hold_clock, i.timeout, what, fut).await
     }
 
-    /// Records an outcome through the completion line; the job's fields when
-    /// `send_job` asks for them (else none).
+    /// Records an outcome through the completion line: the job's fields
+    /// when `send_job` asks for them (else none), or `None` when the lease
+    /// was stale; and the job claimed after it when `then_claim` asks for
+    /// one (claimed whatever the completion's answer).
     async fn run_complete(
         &self,
         id: JobId,
         token: LeaseToken,
         outcome: Outcome,
         send_job: bool,
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        then_claim: Option<ClaimCall>,
+    ) -> Result<Completed, StoreError> {
         let call = CompleteCall {
             now: Timestamp::now(),
             id,
             token,
             outcome,
             send_job,
+            then_claim,
         };
         let shard = self.inner.shard_of(id);
-        let done = self.batched("complete", shard.completions.call(call));
-        let fields = done.await?.ok_or_else(StoreError::stale_lease)?;
+        let done = self
+            .batched("complete", shard.completions.call(call))
+            .await?;
+        if done.job.is_some() {
+            self.inner.hub.changed(id);
+        }
+        Ok(done)
+    }
+
+    /// A claimed job as the claim function sent it, decoded (and its local
+    /// waiters told).
+    fn claimed(&self, claimed: ClaimedJob) -> Result<Claim, StoreError> {
+        let fields = codec::changed_pairs(claimed.0).map_err(|e| undecodable("claim", e))?;
+        let id = fields
+            .get(codec::field::ID)
+            .and_then(|id| parse_id(id))
+            .ok_or_else(|| undecodable("claim", "no id"))?;
+        let job = codec::decode_job(id, fields).map_err(|e| undecodable("claim", e))?;
+        let lease = job
+            .lease
+            .ok_or_else(|| undecodable("claim", "a claimed job without lease"))?;
         self.inner.hub.changed(id);
-        Ok(fields)
+        Ok(Claim { job, lease })
+    }
+
+    /// Claims from the shards in turn, starting at shard `start`.
+    async fn claim_from(&self, start: usize, call: ClaimCall) -> Result<Option<Claim>, StoreError> {
+        let shards = &self.inner.shards;
+        for k in 0..shards.len() {
+            let shard = &shards[(start + k) % shards.len()];
+            if let Some(claimed) = self.batched("claim", shard.claims.call(call)).await? {
+                return self.claimed(claimed).map(Some);
+            }
+        }
+        Ok(None)
     }
 
     /// Waits for the answer of a call queued on a line (see `batch.rs`).
@@ -307,28 +342,7 @@ impl Store for RedisStore {
             lease_ms: millis(lease),
             aging_ms: priority_aging.map(millis),
         };
-        let i = &self.inner;
-        let mut claimed = None;
-        for (_, shard) in i.in_turn(Turn::Claim) {
-            claimed = self.batched("claim", shard.claims.call(call)).await?;
-            if claimed.is_some() {
-                break;
-            }
-        }
-        let Some(claimed) = claimed else {
-            return Ok(None);
-        };
-        let fields = codec::changed_pairs(claimed.0).map_err(|e| undecodable("claim", e))?;
-        let id = fields
-            .get(codec::field::ID)
-            .and_then(|id| parse_id(id))
-            .ok_or_else(|| undecodable("claim", "no id"))?;
-        let job = codec::decode_job(id, fields).map_err(|e| undecodable("claim", e))?;
-        let lease = job
-            .lease
-            .ok_or_else(|| undecodable("claim", "a claimed job without lease"))?;
-        i.hub.changed(id);
-        Ok(Some(Claim { job, lease }))
+        self.claim_from(self.inner.turn(Turn::Claim), call).await
     }
 
     async fn claim_batch(
@@ -418,7 +432,8 @@ impl Store for RedisStore {
         token: LeaseToken,
         outcome: Outcome,
     ) -> Result<Job, StoreError> {
-        let fields = self.run_complete(id, token, outcome, true).await?;
+        let done = self.run_complete(id, token, outcome, true, None).await?;
+        let fields = done.job.ok_or_else(StoreError::stale_lease)?;
         decode("complete", id, fields)
     }
 
@@ -430,8 +445,47 @@ impl Store for RedisStore {
     ) -> Result<JobStatus, StoreError> {
         // The script ends the job with the status it is given.
         let status = outcome.status();
-        self.run_complete(id, token, outcome, false).await?;
-        Ok(status)
+        let done = self.run_complete(id, token, outcome, false, None).await?;
+        done.job.map(|_| status).ok_or_else(StoreError::stale_lease)
+    }
+
+    async fn complete_and_claim(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        outcome: Outcome,
+        lease: Duration,
+        priority_aging: Option<Duration>,
+    ) -> CompletedAndClaimed {
+        let call = ClaimCall {
+            now: Timestamp::now(),
+            lease_ms: millis(lease),
+            aging_ms: priority_aging.map(millis),
+        };
+        let start = self.inner.turn(Turn::Claim);
+        if start != id.shard(self.inner.shards.len()) {
+            // Not the turn of this job's shard to be claimed from: the
+            // claim goes where it would have gone, beside the completion.
+            let complete = self.complete_status(id, token, outcome);
+            let (status, next) = tokio::join!(complete, self.claim_from(start, call));
+            return CompletedAndClaimed { status, next };
+        }
+        let status = outcome.status();
+        match self
+            .run_complete(id, token, outcome, false, Some(call))
+            .await
+        {
+            Ok(done) => CompletedAndClaimed {
+                status: done.job.map(|_| status).ok_or_else(StoreError::stale_lease),
+                next: done.next.map_or(Ok(None), |c| self.claimed(c).map(Some)),
+            },
+            // Whether the claim was made is not known: a job it took
+            // lapses, and the caller claims as usual.
+            Err(e) => CompletedAndClaimed {
+                status: Err(e),
+                next: Ok(None),
+            },
+        }
     }
 
     async fn retry_later(

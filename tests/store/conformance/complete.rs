@@ -227,3 +227,105 @@ pub async fn a_terminal_job_never_changes<St: Store>(store: St) {
         assert_unchanged(&ended, &get(&store, ended.id).await);
     }
 }
+
+/// `complete_and_claim` with its claim's answer: the job claimed with the
+/// result, or, when the store answered none (it may), the one `claim` takes.
+async fn complete_and_claim<St: Store>(
+    store: &St,
+    c: &Claim,
+    outcome: Outcome,
+) -> (Result<JobStatus, bool>, Option<Claim>) {
+    let done = store
+        .complete_and_claim(c.id(), c.token(), outcome, LEASE, Some(secs(60)))
+        .await;
+    let next = match done.next.unwrap() {
+        Some(next) => Some(next),
+        None => store.claim(LEASE, Some(secs(60))).await.unwrap(),
+    };
+    (done.status.map_err(|e| e.is_stale_lease()), next)
+}
+
+/// A result recorded with the claim of the next job: the result as
+/// `complete_status` records it, the next job as `claim` takes it (by
+/// priority), claimed whatever the completion answers, and none when the
+/// queue is empty.
+pub async fn complete_and_claim_records_then_claims_the_next<St: Store>(store: St) {
+    let low = enqueue(&store, job_with("low", |o| o.priority = priority(2))).await;
+    let normal = enqueue(&store, job_with("normal", |o| o.priority = priority(1))).await;
+    let high = enqueue(&store, job_with("high", |o| o.priority = priority(0))).await;
+    let c = claim(&store).await.unwrap();
+    assert_eq!(c.id(), high.id);
+    advance(secs(2)).await;
+    let now = Timestamp::now();
+    let (status, next) = complete_and_claim(&store, &c, Outcome::response(response(201))).await;
+    assert_eq!(status, Ok(JobStatus::Succeeded));
+    let got = get(&store, high.id).await;
+    assert_eq!(got.status, JobStatus::Succeeded);
+    assert_eq!(got.completed_at, Some(now));
+    assert_eq!(
+        got.response.as_ref().map(|r| r.status),
+        Some(StatusCode::CREATED)
+    );
+    let next = next.expect("the next job");
+    assert_eq!(next.id(), normal.id);
+    assert_eq!(next.job.status, JobStatus::InProgress);
+    assert_eq!(next.job.attempts, 1);
+    assert_eq!(next.lease.until, now.after(LEASE));
+    assert_eq!(next.job.lease, Some(next.lease));
+    assert_eq!(body_of(&next.job), b"normal");
+    assert_eq!(get(&store, normal.id).await.lease, Some(next.lease));
+    assert_eq!(stats(&store).await.in_progress, 1);
+
+    // A stale result is refused, and the next job claimed all the same.
+    let (status, after) = complete_and_claim(&store, &c, Outcome::response(response(500))).await;
+    assert_eq!(status, Err(true), "fenced like complete");
+    assert_unchanged(&got, &get(&store, high.id).await);
+    let after = after.expect("the last job");
+    assert_eq!(after.id(), low.id);
+
+    // Nothing left to claim.
+    let error = JobError::new(ErrorCode::ExecutionTimeout, "took too long");
+    let (status, none) = complete_and_claim(&store, &next, Outcome::error(error.clone())).await;
+    assert_eq!(status, Ok(JobStatus::Failed));
+    assert!(none.is_none());
+    assert_eq!(get(&store, normal.id).await.error, Some(error));
+    let (status, none) = complete_and_claim(&store, &after, Outcome::response(response(200))).await;
+    assert_eq!(status, Ok(JobStatus::Succeeded));
+    assert!(none.is_none());
+    assert_eq!(stats(&store).await, expect_stats([0, 0, 0], 0, 0, None));
+}
+
+/// Results recorded at the same time, each with the claim of a next job
+/// (which a store may send together): each gets its own answer and a job
+/// of its own.
+pub async fn concurrent_complete_and_claims_each_get_their_own_job<St: Store>(store: St) {
+    const WORKERS: usize = 6;
+    let store = Arc::new(store);
+    let mut ids = HashSet::new();
+    for i in 0..2 * WORKERS {
+        ids.insert(enqueue(&*store, job(&format!("{i}"))).await.id);
+    }
+    let first = futures_join((0..WORKERS).map(|_| {
+        let store = store.clone();
+        async move { claim(&*store).await.expect("a job for each claim") }
+    }))
+    .await;
+    let answers = futures_join(first.iter().map(|c| {
+        let store = store.clone();
+        let c = c.clone();
+        async move { complete_and_claim(&*store, &c, Outcome::response(response(200))).await }
+    }))
+    .await;
+    let mut claimed: HashSet<JobId> = first.iter().map(Claim::id).collect();
+    for (status, next) in answers {
+        assert_eq!(status, Ok(JobStatus::Succeeded));
+        let next = next.expect("a next job for each worker");
+        assert_eq!(next.job.status, JobStatus::InProgress);
+        assert!(claimed.insert(next.id()), "every job is handed out once");
+    }
+    assert_eq!(claimed, ids);
+    for c in &first {
+        assert_eq!(get(&*store, c.id()).await.status, JobStatus::Succeeded);
+    }
+    assert_eq!(stats(&*store).await.in_progress, WORKERS as u64);
+}

@@ -87,6 +87,8 @@ macro_rules! conformance_tests {
                     complete_with_an_error_fails,
                     complete_status_records_what_complete_would,
                     concurrent_completions_each_get_their_own_answer,
+                    complete_and_claim_records_then_claims_the_next,
+                    concurrent_complete_and_claims_each_get_their_own_job,
                     a_terminal_job_never_changes,
                 ],
                 retry: [

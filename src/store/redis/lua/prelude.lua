@@ -1,19 +1,20 @@
 -- prelude: what every function of tower-defer's Redis library starts from:
 -- the keys, time and channels of the call being run, which begin() sets,
 -- and the form a job takes in a script. functions.rs joins the shared code
--- (lua/life.lua, this file, job.lua, bookkeeping.lua) and then the
--- functions into one library; Redis runs the shared code once, when it
--- loads the library, and each function starts with begin(KEYS, ARGV).
+-- (lua/life.lua, this file, job.lua, bookkeeping.lua, claiming.lua) and
+-- then the functions into one library; Redis runs the shared code once,
+-- when it loads the library, and each function starts with begin(KEYS,
+-- ARGV).
 --
 -- The shared code mirrors the pure transitions of `Job` (src/job.rs, in
 -- job.lua) and the bookkeeping of `MemoryStore::transition`
 -- (src/store/memory.rs, in bookkeeping.lua): keep the three in step. The
 -- store conformance tests and the model test (tests/store_model) hold it to
 -- the memory store. Each rule is written once there, and every function
--- goes through it: claim.lua claims with claim_job, complete.lua ends a job
--- with end_job as the sweep and a cancel do, and all of them write a
--- changed job through snapshot() and commit(), whether they change one job
--- or a batch of them.
+-- goes through it: claim.lua and complete.lua claim with claim_job
+-- (through claiming.lua), complete.lua ends a job with end_job as the
+-- sweep and a cancel do, and all of them write a changed job through
+-- snapshot() and commit(), whether they change one job or a batch of them.
 --
 -- KEYS and ARGV every function takes first (keys.rs passes them):
 --   KEYS[1..3]  {ns}:ready:0|1|2  runnable jobs per priority (score = global sequence)
