@@ -5,10 +5,11 @@
 //! cargo run --release --features redis --example cluster_bench -- [JOBS [CONCURRENCY [REPLICAS]]]
 //! ```
 //!
-//! Starts a cluster of three masters (the testkit's: free ports, temp dirs,
-//! `REPLICAS` replicas each, 0 unless given) and, for S = 1, 2 and 3, a
-//! store whose namespace has S shards (on as many masters: the shard tags
-//! fall one per master). Each round runs JOBS jobs' whole life at once, as
+//! First, as the floor, one round on a single Redis (no cluster, one
+//! shard). Then it starts a cluster of three masters (the testkit's: free
+//! ports, temp dirs, `REPLICAS` replicas each, 0 unless given) and, for
+//! S = 1, 2 and 3, runs a store whose namespace has S shards (on as many
+//! masters: the shard tags fall one per master). Each round runs JOBS jobs' whole life at once, as
 //! production does: 32 submitters through the layer in process while the
 //! worker pool (CONCURRENCY calls at once, 16 unless given; an instant inner
 //! service) runs them, until every job has run.
@@ -43,7 +44,7 @@ fn process_cpu() -> f64 {
         .map_or(0.0, |(u, s)| (u + s) / 100.0)
 }
 
-/// One round: `jobs` jobs through a store of `shards` shards.
+/// One round on the cluster: `jobs` jobs through a store of `shards` shards.
 async fn round(cluster: &RedisCluster, shards: usize, jobs: usize, concurrency: usize) {
     let store = RedisStore::cluster(cluster.urls())
         .namespace(format!("bench-{shards}"))
@@ -51,6 +52,45 @@ async fn round(cluster: &RedisCluster, shards: usize, jobs: usize, concurrency: 
         .connect()
         .await
         .expect("connects to the bench's cluster");
+    let masters = cluster.masters();
+    for &m in &masters {
+        cluster.ask(m, "CONFIG RESETSTAT");
+    }
+    let cpu = || -> Vec<Duration> {
+        masters
+            .iter()
+            .map(|&m| cluster.main_thread_cpu(m))
+            .collect()
+    };
+    let (wall, client, spent) = run(store, jobs, concurrency, cpu).await;
+    report(&format!("S={shards}"), jobs, wall, client, &spent, shards);
+    for &m in &masters {
+        println!("    master {m}: {}", busiest_commands(cluster, m, jobs));
+    }
+}
+
+/// The floor: the same round on one Redis, no cluster.
+async fn single(jobs: usize, concurrency: usize) {
+    let Some(server) = tower_defer_testkit::redis::RedisServer::start(false) else {
+        return;
+    };
+    let store = RedisStore::builder(server.url())
+        .connect()
+        .await
+        .expect("connects to the bench's redis-server");
+    let cpu = || vec![server.main_thread_cpu()];
+    let (wall, client, spent) = run(store, jobs, concurrency, cpu).await;
+    report("single", jobs, wall, client, &spent, 1);
+}
+
+/// Runs `jobs` jobs' whole life through `store`: the wall time, this
+/// process's CPU seconds, and what `cpu` (the masters' main threads) spent.
+async fn run(
+    store: RedisStore,
+    jobs: usize,
+    concurrency: usize,
+    cpu: impl Fn() -> Vec<Duration>,
+) -> (Duration, f64, Vec<Duration>) {
     let inner = tower::service_fn(|_req: Request<Body>| async {
         Ok::<_, Infallible>(Response::new(Body::from("{}")))
     });
@@ -58,14 +98,7 @@ async fn round(cluster: &RedisCluster, shards: usize, jobs: usize, concurrency: 
         .concurrency(concurrency)
         .max_queue(usize::MAX)
         .pair(inner);
-    let masters = cluster.masters();
-    for &m in &masters {
-        cluster.ask(m, "CONFIG RESETSTAT");
-    }
-    let before: Vec<Duration> = masters
-        .iter()
-        .map(|&m| cluster.main_thread_cpu(m))
-        .collect();
+    let before = cpu();
     let (started, client_before) = (Instant::now(), process_cpu());
     let running = tokio::spawn(worker);
     let mut tasks = tokio::task::JoinSet::new();
@@ -92,21 +125,27 @@ async fn round(cluster: &RedisCluster, shards: usize, jobs: usize, concurrency: 
     let wall = started.elapsed();
     let client = process_cpu() - client_before;
     running.abort();
-    let per_job = |d: Duration| d.as_secs_f64() * 1e6 / jobs as f64;
-    let spent: Vec<f64> = masters
-        .iter()
-        .zip(&before)
-        .map(|(&m, &b)| per_job(cluster.main_thread_cpu(m).saturating_sub(b)))
+    let spent = cpu()
+        .into_iter()
+        .zip(before)
+        .map(|(after, b)| after.saturating_sub(b))
         .collect();
+    (wall, client, spent)
+}
+
+/// Prints a round: jobs/s, CPU per job, and how evenly the `shards`
+/// busiest masters shared the work.
+fn report(name: &str, jobs: usize, wall: Duration, client: f64, spent: &[Duration], shards: usize) {
+    let per_job = |d: &Duration| d.as_secs_f64() * 1e6 / jobs as f64;
+    let spent: Vec<f64> = spent.iter().map(per_job).collect();
     let total: f64 = spent.iter().sum();
-    // The masters doing the work: the S busiest.
     let mut busy = spent.clone();
     busy.sort_by(|a, b| b.total_cmp(a));
     let busy = &busy[..shards];
     let mean = busy.iter().sum::<f64>() / shards as f64;
     let spread = |x: f64| (x / mean - 1.0) * 100.0;
     println!(
-        "S={shards}: {:>7.0} jobs/s; cpu per job: this process {:>5.1} us, masters {:>5.1} us in all ({}); busiest {:+.1}%, idlest {:+.1}% of their mean",
+        "{name}: {:>7.0} jobs/s; cpu per job: this process {:>5.1} us, masters {:>5.1} us in all ({}); busiest {:+.1}%, idlest {:+.1}% of their mean",
         jobs as f64 / wall.as_secs_f64(),
         client * 1e6 / jobs as f64,
         total,
@@ -118,9 +157,6 @@ async fn round(cluster: &RedisCluster, shards: usize, jobs: usize, concurrency: 
         spread(busy[0]),
         spread(busy[shards - 1]),
     );
-    for &m in &masters {
-        println!("    master {m}: {}", busiest_commands(cluster, m, jobs));
-    }
 }
 
 /// A master's three costliest commands from `INFO commandstats` (reset at
@@ -178,6 +214,7 @@ async fn main() {
          3 masters with {replicas} replicas each, {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    single(jobs, concurrency).await;
     for shards in [1, 2, 3] {
         round(&cluster, shards, jobs, concurrency).await;
     }

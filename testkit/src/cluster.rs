@@ -364,17 +364,7 @@ impl RedisCluster {
     /// The CPU time, user and system, of a node's main thread: the one that
     /// runs commands, so the one a benchmark saturates.
     pub fn main_thread_cpu(&self, node: usize) -> Duration {
-        let info = self
-            .info(node, "cpu")
-            .unwrap_or_else(|| panic!("node {node} does not answer INFO cpu"));
-        let seconds = |name: &str| {
-            field(&info, name)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or_else(|| panic!("node {node}'s INFO cpu has no {name}: an old Redis?"))
-        };
-        Duration::from_secs_f64(
-            seconds("used_cpu_user_main_thread") + seconds("used_cpu_sys_main_thread"),
-        )
+        self.nodes[node].main_thread_cpu()
     }
 
     fn is_live(&self, node: usize) -> bool {

@@ -196,6 +196,23 @@ impl RedisServer {
         }
     }
 
+    /// The CPU time, user and system, of the server's main thread: the one
+    /// that runs commands, so the one a benchmark saturates.
+    pub fn main_thread_cpu(&self) -> Duration {
+        let info = self
+            .ask("INFO cpu")
+            .unwrap_or_else(|| panic!("port {} does not answer INFO cpu", self.port));
+        let seconds = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("INFO cpu has no {name}: an old Redis?"))
+        };
+        Duration::from_secs_f64(
+            seconds("used_cpu_user_main_thread") + seconds("used_cpu_sys_main_thread"),
+        )
+    }
+
     /// The server's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
