@@ -25,24 +25,11 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use tower::ServiceExt;
 use tower_defer::{Body, DeferLayer, RedisStore, Store};
 use tower_defer_testkit::cluster::{Config, RedisCluster};
+use tower_defer_testkit::workload::{process_cpu, submit_all};
 
 const SUBMITTERS: usize = 32;
-
-/// This process's CPU time so far, user and system, in seconds.
-fn process_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // utime and stime: the 12th and 13th fields after the command name, in
-    // clock ticks (100 a second).
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-    ticks(11)
-        .zip(ticks(12))
-        .map_or(0.0, |(u, s)| (u + s) / 100.0)
-}
 
 /// One round on the cluster: `jobs` jobs through a store of `shards` shards.
 async fn round(cluster: &RedisCluster, shards: usize, jobs: usize, concurrency: usize) {
@@ -101,20 +88,7 @@ async fn run(
     let before = cpu();
     let (started, client_before) = (Instant::now(), process_cpu());
     let running = tokio::spawn(worker);
-    let mut tasks = tokio::task::JoinSet::new();
-    for s in 0..SUBMITTERS {
-        let app = app.clone();
-        tasks.spawn(async move {
-            for n in (s..jobs).step_by(SUBMITTERS) {
-                let req = Request::post("/async")
-                    .body(Body::from(format!(r#"{{"data": {n}}}"#)))
-                    .unwrap();
-                let answer = app.clone().oneshot(req).await.unwrap();
-                assert_eq!(answer.status(), 201);
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
+    submit_all(&app, jobs, SUBMITTERS).await;
     loop {
         let stats = store.stats().await.unwrap();
         if stats.queued == 0 && stats.in_progress == 0 {

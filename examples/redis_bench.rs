@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use redis::aio::MultiplexedConnection;
-use tower::ServiceExt;
 use tower_defer::{Body, DeferLayer, MemoryStore, RedisStore, Store};
+use tower_defer_testkit::workload::{process_cpu, submit_all};
 
 const SUBMITTERS: usize = 32;
 
@@ -55,20 +55,7 @@ async fn bench<St: Store + Clone>(
         .max_queue(usize::MAX)
         .pair(inner);
     let phase = Phase::start(&mut probe).await;
-    let mut tasks = tokio::task::JoinSet::new();
-    for s in 0..SUBMITTERS {
-        let app = app.clone();
-        tasks.spawn(async move {
-            for n in (s..jobs).step_by(SUBMITTERS) {
-                let req = Request::post("/async")
-                    .body(Body::from(format!(r#"{{"data": {n}}}"#)))
-                    .unwrap();
-                let answer = app.clone().oneshot(req).await.unwrap();
-                assert_eq!(answer.status(), 201);
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
+    submit_all(&app, jobs, SUBMITTERS).await;
     let submit = phase.end(&mut probe).await;
     let phase = Phase::start(&mut probe).await;
     let running = tokio::spawn(worker);
@@ -192,19 +179,6 @@ impl Spent {
 /// The commands the store sends itself in these phases (a function's own
 /// commands are the others; `get`, which sends `HGETALL`, is not used here).
 const CLIENT_COMMANDS: &[&str] = &["fcall", "function|load"];
-
-/// This process's CPU time so far, user and system, in seconds.
-fn process_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name (which is in parentheses): utime
-    // and stime are the 12th and 13th, in clock ticks (100 a second).
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-    ticks(11)
-        .zip(ticks(12))
-        .map_or(0.0, |(u, s)| (u + s) / 100.0)
-}
 
 /// The Redis main thread's CPU time so far, user and system, in seconds.
 async fn redis_main_thread_cpu(conn: &mut MultiplexedConnection) -> f64 {

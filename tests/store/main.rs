@@ -17,12 +17,10 @@ conformance_tests!(memory, async { Some(MemoryStore::new()) });
 #[cfg(feature = "redis")]
 async fn redis_store() -> Option<tower_defer::RedisStore> {
     use std::cell::RefCell;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use tower_defer_testkit::redis::RedisServer;
     thread_local! {
         static SERVER: RefCell<Option<RedisServer>> = const { RefCell::new(None) };
     }
-    static NAMESPACE: AtomicUsize = AtomicUsize::new(0);
     let url = SERVER.with(|s| {
         let mut s = s.borrow_mut();
         if s.is_none() {
@@ -30,16 +28,7 @@ async fn redis_store() -> Option<tower_defer::RedisStore> {
         }
         s.as_ref().map(|s| s.url())
     })?;
-    let store = tower_defer::RedisStore::builder(url)
-        .namespace(format!(
-            "conformance{}",
-            NAMESPACE.fetch_add(1, Ordering::SeqCst)
-        ))
-        .hold_paused_clock(true)
-        .connect()
-        .await
-        .expect("connects to the test's redis-server");
-    Some(store)
+    Some(fresh(tower_defer::RedisStore::builder(url)).await)
 }
 
 #[cfg(feature = "redis")]
@@ -49,11 +38,21 @@ conformance_tests!(redis, redis_store());
 /// shared by every case of this process), a fresh namespace per case.
 #[cfg(feature = "redis")]
 async fn redis_cluster_store() -> Option<tower_defer::RedisStore> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use tower_defer_testkit::cluster::RedisCluster;
-    static NAMESPACE: AtomicUsize = AtomicUsize::new(0);
     let cluster = RedisCluster::shared()?;
-    let store = tower_defer::RedisStore::cluster(cluster.urls())
+    Some(fresh(tower_defer::RedisStore::cluster(cluster.urls())).await)
+}
+
+#[cfg(feature = "redis")]
+conformance_tests!(redis_cluster, redis_cluster_store());
+
+/// A store from `builder` in a namespace no other case of this process has
+/// used, on the paused clock.
+#[cfg(feature = "redis")]
+async fn fresh(builder: tower_defer::RedisStoreBuilder) -> tower_defer::RedisStore {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NAMESPACE: AtomicUsize = AtomicUsize::new(0);
+    builder
         .namespace(format!(
             "conformance{}",
             NAMESPACE.fetch_add(1, Ordering::SeqCst)
@@ -61,9 +60,5 @@ async fn redis_cluster_store() -> Option<tower_defer::RedisStore> {
         .hold_paused_clock(true)
         .connect()
         .await
-        .expect("connects to the test's Redis Cluster");
-    Some(store)
+        .expect("connects to the test's Redis")
 }
-
-#[cfg(feature = "redis")]
-conformance_tests!(redis_cluster, redis_cluster_store());
