@@ -160,8 +160,8 @@
 //! One pub/sub connection per store (clones share it) dispatches `{ns}:changed`
 //! to local waiters of that job and `{ns}:work` to idle workers; operations
 //! of this process also wake local waiters directly. An idle replica makes
-//! about two calls a second (the worker's claim and sweep, each capped at
-//! one second). When the subscription is lost it is made again, and every
+//! about two calls a second per shard (the worker's claim, which goes round
+//! the shards, and the sweep, which asks each; each capped at one second). When the subscription is lost it is made again, and every
 //! local waiter is woken to read again, so no change is missed for long.
 //!
 //! # Failures
