@@ -54,6 +54,8 @@ impl JobId {
     /// # Panics
     ///
     /// If `shards` is 0 or above 36, or `shard` is not below `shards`.
+    // Only the Redis store has shards.
+    #[cfg(feature = "redis")]
     pub(crate) fn random_in(shard: usize, shards: usize) -> Self {
         assert!(
             (1..=36).contains(&shards) && shard < shards,
@@ -70,11 +72,13 @@ impl JobId {
 
     /// The shard of `shards` this id names: its first character's value
     /// (0–35) modulo `shards`. Every id names a shard, whichever made it.
+    #[cfg(feature = "redis")]
     pub(crate) fn shard(&self, shards: usize) -> usize {
         usize::from(Self::digit(self.0[0])) % shards.max(1)
     }
 
     /// A character's value in [`ALPHABET`].
+    #[cfg(feature = "redis")]
     fn digit(c: u8) -> u8 {
         match c {
             b'0'..=b'9' => c - b'0',
@@ -147,6 +151,7 @@ mod tests {
             .bytes()
             .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()));
         assert_ne!(a, JobId::random());
+        #[cfg(feature = "redis")]
         for shards in [1, 2, 3, 7, 36] {
             for shard in 0..shards {
                 let id = JobId::random_in(shard, shards);
