@@ -332,8 +332,13 @@ impl Inner {
 
     /// The shards in the order this turn of `round` visits them.
     fn in_turn(&self, round: Turn) -> impl Iterator<Item = (usize, &Shard)> {
+        self.starting_at(self.turn(round))
+    }
+
+    /// Every shard with its index, from shard `start` round to the one
+    /// before it.
+    fn starting_at(&self, start: usize) -> impl Iterator<Item = (usize, &Shard)> {
         let n = self.shards.len();
-        let start = self.turn(round);
         (0..n).map(move |k| {
             let i = (start + k) % n;
             (i, &self.shards[i])

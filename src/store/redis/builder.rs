@@ -244,7 +244,11 @@ impl RedisStoreBuilder {
     /// or not reached, `NOAUTH`, `NOPERM`, a Redis older than 7.0.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
         self.check()?;
-        let nodes = self.clients()?;
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|url| self.client(url))
+            .collect::<Result<Vec<_>, _>>()?;
         let tags = shard_tags(&self.namespace, self.shards);
         let keys: Vec<Arc<Keys>> = tags.iter().map(|tag| Arc::new(Keys::new(tag))).collect();
         let target = Arc::new(Target::of(
@@ -269,15 +273,13 @@ impl RedisStoreBuilder {
         })
         .await?;
         self.record_shards(&io, &conn, &target).await?;
-        self.subscribe(&io, nodes, &keys, &hub, &target).await?;
+        self.subscribe(&io, nodes.clone(), &keys, &hub, &target)
+            .await?;
         // WAIT holds the connection it is sent on: the submissions of a
         // replicated store get a connection of their own.
         let (submit, replicated) = match self.durability {
             Durability::Primary => (conn.clone(), None),
-            Durability::Replicated => (
-                self.open(&io, &self.clients()?, &target).await?,
-                Some(timeout / 2),
-            ),
+            Durability::Replicated => (self.open(&io, &nodes, &target).await?, Some(timeout / 2)),
         };
         let shards = keys
             .iter()
@@ -301,10 +303,6 @@ impl RedisStoreBuilder {
                 _io_thread: io_thread,
             }),
         })
-    }
-
-    fn clients(&self) -> Result<Vec<Client>, StoreError> {
-        self.nodes.iter().map(|url| self.client(url)).collect()
     }
 
     /// Opens a command connection: to the server, or to the cluster

@@ -21,6 +21,7 @@ use std::sync::LazyLock;
 use ::redis::aio::ConnectionLike;
 use ::redis::{Cmd, FromRedisValue, RedisError, RedisResult, ToRedisArgs};
 
+use super::keys::fnv1a;
 use super::life::LIFE_LUA;
 
 /// Declares the functions once: [`Function`] and the files of their bodies.
@@ -71,16 +72,14 @@ struct Library {
 }
 
 static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
-    // FNV-1a: a name that changes with the source, not a secret.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in BODIES
-        .iter()
-        .flat_map(|(name, body)| [*name, *body])
-        .chain(SHARED)
-        .flat_map(str::bytes)
-    {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    // A name that changes with the source.
+    let hash = fnv1a(
+        BODIES
+            .iter()
+            .flat_map(|(name, body)| [*name, *body])
+            .chain(SHARED)
+            .flat_map(str::bytes),
+    );
     let library = format!("tower_defer_{hash:016x}");
     let mut source = format!("#!lua name={library}\n{}", SHARED.concat());
     let mut names = Vec::with_capacity(BODIES.len());

@@ -98,6 +98,22 @@ pub(super) fn shard_tags(namespace: &str, count: usize) -> Vec<String> {
         .collect()
 }
 
+/// The shard an idempotency key belongs to: a hash of its owner and key,
+/// so every replica sends a resubmission where the first one went.
+pub(super) fn idempotency_shard(owner: Option<&str>, key: &str, shards: usize) -> usize {
+    let owner = owner.map_or(&[0xff][..], str::as_bytes);
+    let hash = fnv1a(owner.iter().chain(&[0]).chain(key.as_bytes()).copied());
+    (hash % shards as u64) as usize
+}
+
+/// FNV-1a: a hash that spreads and names, not a secret (the shard of an
+/// idempotency key, the name of the function library).
+pub(super) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// The cluster slot of a hash tag's text: CRC16 (XMODEM) modulo 16384,
 /// as Redis computes it.
 fn slot(tag: &[u8]) -> u16 {

@@ -214,18 +214,7 @@ pub(super) fn claim_line(
                 let run = async { inv.invoke_async(&mut conn).await.map_err(failed("claim")) };
                 let out: Vec<::redis::Value> = bounded(timeout, "claim", run).await?;
                 let mut out = out.into_iter();
-                let next_due: Vec<u8> = out
-                    .next()
-                    .map(::redis::from_redis_value)
-                    .transpose()
-                    .map_err(|e| undecodable("claim", e))?
-                    .ok_or_else(|| undecodable("claim", "an empty answer"))?;
-                if out.len() < group.len() {
-                    // Some claim found no job: idle workers wait at most
-                    // until the next due time, which may make work.
-                    let next_due = parse_u64("claim", &next_due)?.map(Timestamp::from_millis);
-                    hub.set_next_due(shard, next_due);
-                }
+                note_next_due("claim", &mut out, group.len(), &hub, shard)?;
                 for i in group {
                     answers[i] = match out.next() {
                         Some(job) => ::redis::from_redis_value(job)
@@ -324,18 +313,7 @@ pub(super) fn complete_line(
             if want == 0 {
                 return Ok(answers);
             }
-            let next_due: Vec<u8> = out
-                .next()
-                .map(::redis::from_redis_value)
-                .transpose()
-                .map_err(|e| undecodable("complete", e))?
-                .unwrap_or_default();
-            if out.len() < want {
-                // Some claim found no job: idle workers wait at most until
-                // the next due time, which may make work.
-                let next_due = parse_u64("complete", &next_due)?.map(Timestamp::from_millis);
-                hub.set_next_due(shard, next_due);
-            }
+            note_next_due("complete", &mut out, want, &hub, shard)?;
             for (c, answer) in calls.iter().zip(answers.iter_mut()) {
                 if !claims(c) {
                     continue;
@@ -350,6 +328,30 @@ pub(super) fn complete_line(
             Ok(answers)
         }
     })
+}
+
+/// Reads the next due time a claim sends before its jobs (`what` names the
+/// function), and when fewer than the `wanted` jobs follow it (some claim
+/// found none) gives it to the hub: idle workers wait at most until then,
+/// as it may make work.
+fn note_next_due(
+    what: &'static str,
+    out: &mut std::vec::IntoIter<::redis::Value>,
+    wanted: usize,
+    hub: &Hub,
+    shard: usize,
+) -> Result<(), StoreError> {
+    let next_due: Vec<u8> = out
+        .next()
+        .map(::redis::from_redis_value)
+        .transpose()
+        .map_err(|e| undecodable(what, e))?
+        .ok_or_else(|| undecodable(what, "an empty answer"))?;
+    if out.len() < wanted {
+        let next_due = parse_u64(what, &next_due)?.map(Timestamp::from_millis);
+        hub.set_next_due(shard, next_due);
+    }
+    Ok(())
 }
 
 /// One completion's keys and arguments.

@@ -17,6 +17,7 @@ use ::redis::RedisError;
 use super::codec;
 use super::functions::{Function, Invocation};
 use super::io::{exec, failed};
+use super::keys::idempotency_shard;
 use super::lines::{ClaimCall, ClaimedJob, CompleteCall, Completed, EnqueueCall};
 use super::wire::{
     decode, first_id, millis, outcome_args, parse_id, parse_u64, split_tag, undecodable,
@@ -92,9 +93,7 @@ impl RedisStore {
 
     /// Claims from the shards in turn, starting at shard `start`.
     async fn claim_from(&self, start: usize, call: ClaimCall) -> Result<Option<Claim>, StoreError> {
-        let shards = &self.inner.shards;
-        for k in 0..shards.len() {
-            let shard = &shards[(start + k) % shards.len()];
+        for (_, shard) in self.inner.starting_at(start) {
             if let Some(claimed) = self.batched("claim", shard.claims.call(call)).await? {
                 return self.claimed(claimed).map(Some);
             }
@@ -215,17 +214,6 @@ impl RedisStore {
             .await?;
         split_tag("enqueue", answer)
     }
-}
-
-/// The shard an idempotency key belongs to: FNV-1a of its owner and key, so
-/// every replica sends a resubmission where the first one went.
-fn idempotency_shard(owner: Option<&str>, key: &str, shards: usize) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let owner = owner.map_or(&[0xff][..], str::as_bytes);
-    for &byte in owner.iter().chain(&[0]).chain(key.as_bytes()) {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (hash % shards as u64) as usize
 }
 
 impl Store for RedisStore {
