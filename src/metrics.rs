@@ -24,21 +24,104 @@
 //! | `tower_defer_connections_rejected_total` | counter | over the connection cap (feature `server`) |
 //! | `tower_defer_connections_timed_out_total` | counter | `timeout` (`header_read`, `idle`) (feature `server`) |
 
+//!
+//! The counters, gauges and histogram a job passes through are registered
+//! with the recorder once, at the first use, and their handles kept: a
+//! `counter!` looks its key up in the recorder's registry on every call,
+//! which on the job's path cost as much as the status document. So install
+//! the recorder (`metrics::set_global_recorder`, or an exporter's
+//! `install_recorder`) before the layer serves its first request; the
+//! proxy program does.
+
 use crate::job::JobStatus;
 use crate::scaling::Signals;
 use crate::store::QueueStats;
 
+/// The handles of the metrics a job passes through, registered once.
+#[cfg(feature = "metrics")]
+mod handles {
+    use std::sync::OnceLock;
+
+    use ::metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+
+    use crate::job::JobStatus;
+
+    /// The status codes a handle is kept for: every code an HTTP response
+    /// may carry (100 to 599); any other is looked up on each call.
+    pub(super) const CODES: std::ops::RangeInclusive<u16> = 100..=599;
+
+    pub(super) struct Handles {
+        pub(super) submitted: Counter,
+        finished: [Counter; 6],
+        pub(super) queue_wait: Histogram,
+        pub(super) execution: Histogram,
+        pub(super) in_flight: Gauge,
+        pub(super) batch_size: Histogram,
+        /// By status code less 100; each registered at its code's first use,
+        /// so `/metrics` lists only the codes seen.
+        inner_responses: Vec<OnceLock<Counter>>,
+    }
+
+    impl Handles {
+        pub(super) fn finished(&self, status: JobStatus) -> &Counter {
+            &self.finished[match status {
+                JobStatus::Queued => 0,
+                JobStatus::InProgress => 1,
+                JobStatus::Succeeded => 2,
+                JobStatus::Failed => 3,
+                JobStatus::Canceled => 4,
+                JobStatus::Expired => 5,
+            }]
+        }
+
+        pub(super) fn inner_response(&self, code: http::StatusCode) -> Option<&Counter> {
+            let code = code.as_u16();
+            let slot = self
+                .inner_responses
+                .get(usize::from(code.checked_sub(*CODES.start())?))?;
+            Some(slot.get_or_init(
+                || counter!("tower_defer_inner_responses_total", "status_code" => code.to_string()),
+            ))
+        }
+    }
+
+    pub(super) fn get() -> &'static Handles {
+        static HANDLES: OnceLock<Handles> = OnceLock::new();
+        HANDLES.get_or_init(|| {
+            let finished = |status: JobStatus| {
+                counter!("tower_defer_jobs_finished_total", "status" => status.as_str())
+            };
+            Handles {
+                submitted: counter!("tower_defer_jobs_submitted_total"),
+                finished: [
+                    JobStatus::Queued,
+                    JobStatus::InProgress,
+                    JobStatus::Succeeded,
+                    JobStatus::Failed,
+                    JobStatus::Canceled,
+                    JobStatus::Expired,
+                ]
+                .map(finished),
+                queue_wait: histogram!("tower_defer_queue_wait_seconds"),
+                execution: histogram!("tower_defer_execution_seconds"),
+                in_flight: gauge!("tower_defer_in_flight"),
+                batch_size: histogram!("tower_defer_batch_size"),
+                inner_responses: CODES.map(|_| OnceLock::new()).collect(),
+            }
+        })
+    }
+}
+
 /// A job was accepted (not a repeated idempotent submission).
 pub(crate) fn submitted() {
     #[cfg(feature = "metrics")]
-    ::metrics::counter!("tower_defer_jobs_submitted_total").increment(1);
+    handles::get().submitted.increment(1);
 }
 
 /// A job reached a terminal state through this process.
 pub(crate) fn finished(status: JobStatus) {
     #[cfg(feature = "metrics")]
-    ::metrics::counter!("tower_defer_jobs_finished_total", "status" => status.as_str())
-        .increment(1);
+    handles::get().finished(status).increment(1);
     #[cfg(not(feature = "metrics"))]
     let _ = status;
 }
@@ -54,8 +137,11 @@ pub(crate) fn retried(reason: &'static str) {
 /// The inner service answered with this status code.
 pub(crate) fn inner_response(status: http::StatusCode) {
     #[cfg(feature = "metrics")]
-    ::metrics::counter!("tower_defer_inner_responses_total", "status_code" => status.as_str().to_owned())
-        .increment(1);
+    match handles::get().inner_response(status) {
+        Some(counter) => counter.increment(1),
+        None => ::metrics::counter!("tower_defer_inner_responses_total", "status_code" => status.as_str().to_owned())
+            .increment(1),
+    }
     #[cfg(not(feature = "metrics"))]
     let _ = status;
 }
@@ -74,8 +160,9 @@ pub(crate) fn webhook_delivery(result: &'static str) {
 pub(crate) fn started(wait: std::time::Duration) {
     #[cfg(feature = "metrics")]
     {
-        ::metrics::histogram!("tower_defer_queue_wait_seconds").record(wait.as_secs_f64());
-        ::metrics::gauge!("tower_defer_in_flight").increment(1.0);
+        let handles = handles::get();
+        handles.queue_wait.record(wait.as_secs_f64());
+        handles.in_flight.increment(1.0);
     }
     #[cfg(not(feature = "metrics"))]
     let _ = wait;
@@ -87,9 +174,10 @@ pub(crate) fn started(wait: std::time::Duration) {
 pub(crate) fn batched(jobs: usize, waits: impl Iterator<Item = std::time::Duration>) {
     #[cfg(feature = "metrics")]
     {
-        ::metrics::histogram!("tower_defer_batch_size").record(jobs as f64);
+        let handles = handles::get();
+        handles.batch_size.record(jobs as f64);
         for wait in waits {
-            ::metrics::histogram!("tower_defer_queue_wait_seconds").record(wait.as_secs_f64());
+            handles.queue_wait.record(wait.as_secs_f64());
         }
     }
     #[cfg(not(feature = "metrics"))]
@@ -100,8 +188,9 @@ pub(crate) fn batched(jobs: usize, waits: impl Iterator<Item = std::time::Durati
 pub(crate) fn ended(took: std::time::Duration) {
     #[cfg(feature = "metrics")]
     {
-        ::metrics::histogram!("tower_defer_execution_seconds").record(took.as_secs_f64());
-        ::metrics::gauge!("tower_defer_in_flight").decrement(1.0);
+        let handles = handles::get();
+        handles.execution.record(took.as_secs_f64());
+        handles.in_flight.decrement(1.0);
     }
     #[cfg(not(feature = "metrics"))]
     let _ = took;

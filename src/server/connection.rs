@@ -1,6 +1,6 @@
-//! One connection: hyper serves it, and a watchdog in the same task times
-//! request heads and idleness from what the connection's reads and requests
-//! record in its [`Activity`].
+//! One connection: hyper serves it, and a watchdog on a task of its own
+//! times request heads and idleness from what the connection's reads and
+//! requests record in its [`Activity`].
 //!
 //! One concept, a connection's timers, with their paused-clock tests beside
 //! them (a third of the file): a little over 600 lines, kept whole.
@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use pin_project::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tower::util::Oneshot;
 use tower::ServiceExt;
@@ -53,7 +53,7 @@ pub(super) async fn serve<I, S, B>(
     http: &auto::Builder<TokioExecutor>,
     service: S,
     limits: Limits,
-    mut phase: watch::Receiver<Phase>,
+    phase: watch::Receiver<Phase>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -73,19 +73,62 @@ pub(super) async fn serve<I, S, B>(
     };
     let conn = http.serve_connection(io, service);
     tokio::pin!(conn);
-    // Set once the connection has been asked to close gracefully.
-    let mut closing = false;
-    // Set if the server's side of `phase` is gone (its future was dropped):
-    // the connection then drains, and stops watching a closed channel.
-    let mut orphaned = false;
+    // The timers run on a task of their own: polled beside the connection,
+    // they would be polled at every wake of every request's exchange.
+    let (tell, mut orders) = mpsc::channel(1);
+    let _watchdog = AbortOnDrop(tokio::spawn(watchdog(activity, limits, phase, tell)));
     loop {
         tokio::select! {
+            biased;
             ended = conn.as_mut() => {
                 if let Err(e) = ended {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 return;
             }
+            order = orders.recv() => match order {
+                Some(Order::Close) => conn.as_mut().graceful_shutdown(),
+                // The watchdog ends only when told to drop the connection or
+                // when it is gone itself (it panicked): either way, stop.
+                Some(Order::Drop) | None => return,
+            },
+        }
+    }
+}
+
+/// What the watchdog asks of its connection.
+#[derive(Debug)]
+enum Order {
+    /// Finish the requests in flight, take no more, and close.
+    Close,
+    /// Drop the connection now.
+    Drop,
+}
+
+/// Aborts a task when dropped: the watchdog ends with its connection.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Times the connection's heads and idleness, follows the server's phase,
+/// and tells the connection when to close or to go.
+async fn watchdog(
+    activity: Arc<Activity>,
+    limits: Limits,
+    mut phase: watch::Receiver<Phase>,
+    tell: mpsc::Sender<Order>,
+) {
+    // Set once the connection has been asked to close gracefully.
+    let mut closing = false;
+    // Set if the server's side of `phase` is gone (its future was dropped):
+    // the connection then drains, and stops watching a closed channel.
+    let mut orphaned = false;
+    loop {
+        let order = tokio::select! {
             expiry = activity.expired(limits) => match expiry {
                 // No request is in flight: there is nothing to finish, and
                 // hyper would not close an HTTP/1.1 connection that has
@@ -93,17 +136,17 @@ pub(super) async fn serve<I, S, B>(
                 Expiry::HeaderRead => {
                     metrics::connection_timed_out("header_read");
                     tracing::debug!("connection closed: no whole request head within the header-read timeout");
-                    return;
+                    Order::Drop
                 }
                 // Asked to close an idle timeout ago, with nothing in flight
                 // since: a peer that does not finish closing is dropped.
-                Expiry::Idle if closing => return,
+                Expiry::Idle if closing => Order::Drop,
                 Expiry::Idle => {
                     metrics::connection_timed_out("idle");
                     tracing::debug!("closing an idle connection");
-                    conn.as_mut().graceful_shutdown();
                     closing = true;
                     activity.rest();
+                    Order::Close
                 }
             },
             changed = phase.changed(), if !orphaned => {
@@ -115,16 +158,20 @@ pub(super) async fn serve<I, S, B>(
                     }
                 };
                 match asked {
-                    Phase::Serve => {}
-                    Phase::Drain if closing => {}
+                    Phase::Serve => continue,
+                    Phase::Drain if closing => continue,
                     Phase::Drain => {
-                        conn.as_mut().graceful_shutdown();
                         closing = true;
                         activity.rest();
+                        Order::Close
                     }
-                    Phase::Stop => return,
+                    Phase::Stop => Order::Drop,
                 }
             }
+        };
+        let last = matches!(order, Order::Drop);
+        if tell.send(order).await.is_err() || last {
+            return;
         }
     }
 }
