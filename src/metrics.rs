@@ -20,6 +20,8 @@
 //! | `tower_defer_retrying` | gauge | (set by [`record_queue_stats`]) |
 //! | `tower_defer_backlog_per_slot` | gauge | queued jobs per call slot (set by [`record_scaling`]) |
 //! | `tower_defer_backlog_without_capacity` | gauge | 0 or 1 (set by [`record_scaling`]; see [`scaling`](crate::scaling)) |
+//! | `tower_defer_otlp_spans_dropped_total` | counter | spans not exported: the queue was full, or their export failed (feature `otlp`) |
+//! | `tower_defer_otlp_export_failures_total` | counter | (feature `otlp`) |
 //! | `tower_defer_connections_open` | gauge | (feature `server`) |
 //! | `tower_defer_connections_rejected_total` | counter | over the connection cap (feature `server`) |
 //! | `tower_defer_connections_timed_out_total` | counter | `timeout` (`header_read`, `idle`) (feature `server`) |
@@ -27,6 +29,22 @@
 use crate::job::JobStatus;
 use crate::scaling::Signals;
 use crate::store::QueueStats;
+
+/// Spans the OTLP exporter dropped.
+#[cfg(feature = "otlp")]
+pub(crate) fn otlp_spans_dropped(n: u64) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("tower_defer_otlp_spans_dropped_total").increment(n);
+    #[cfg(not(feature = "metrics"))]
+    let _ = n;
+}
+
+/// An OTLP export failed.
+#[cfg(feature = "otlp")]
+pub(crate) fn otlp_export_failed() {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("tower_defer_otlp_export_failures_total").increment(1);
+}
 
 /// A job was accepted (not a repeated idempotent submission).
 pub(crate) fn submitted() {
