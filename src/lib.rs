@@ -57,7 +57,9 @@
 //! `webhook` carry the same ids in the fields `job_id`, `trace_id`, `span_id`
 //! and `parent_span_id`: the logs of one job join up on them, across
 //! replicas too. An attempt's span is not the child of the submission's
-//! in-process, as that would keep state per queued job alive.
+//! in-process, as that would keep state per queued job alive. With the
+//! `otlp` feature, `otlp::OtlpLayer` exports these spans over OTLP with
+//! exactly those ids, so Jaeger or Tempo show each job as one trace.
 //!
 //! # Layout
 //!
@@ -90,6 +92,8 @@
 //!   the upstream.
 //! - `trace.rs`: W3C trace context, one trace per job from submission
 //!   through each attempt (see [Tracing](#tracing)).
+//! - `otlp` (feature `otlp`): a `tracing` layer that exports the spans of
+//!   each job's trace over OTLP, with the ids its `traceparent` headers carry.
 //! - `tls.rs` (feature `tls`): the rustls connector of https upstreams and
 //!   https webhook receivers, built in one place.
 //! - [`time`]: wall-clock timestamps that follow tokio's (pausable) clock.
@@ -108,6 +112,8 @@ mod future;
 pub mod job;
 mod layer;
 pub mod metrics;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 mod policy;
 mod random;
 pub mod scaling;
@@ -117,7 +123,10 @@ mod service;
 mod shutdown;
 pub mod store;
 pub mod time;
-#[cfg(all(feature = "tls", any(feature = "proxy", feature = "webhooks")))]
+#[cfg(all(
+    feature = "tls",
+    any(feature = "proxy", feature = "webhooks", feature = "otlp")
+))]
 mod tls;
 mod trace;
 #[cfg(feature = "proxy")]

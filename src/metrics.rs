@@ -20,10 +20,11 @@
 //! | `tower_defer_retrying` | gauge | (set by [`record_queue_stats`]) |
 //! | `tower_defer_backlog_per_slot` | gauge | queued jobs per call slot (set by [`record_scaling`]) |
 //! | `tower_defer_backlog_without_capacity` | gauge | 0 or 1 (set by [`record_scaling`]; see [`scaling`](crate::scaling)) |
+//! | `tower_defer_otlp_spans_dropped_total` | counter | spans not exported: the queue was full, or their export failed (feature `otlp`) |
+//! | `tower_defer_otlp_export_failures_total` | counter | (feature `otlp`) |
 //! | `tower_defer_connections_open` | gauge | (feature `server`) |
 //! | `tower_defer_connections_rejected_total` | counter | over the connection cap (feature `server`) |
 //! | `tower_defer_connections_timed_out_total` | counter | `timeout` (`header_read`, `idle`) (feature `server`) |
-
 //!
 //! The counters, gauges and histogram a job passes through are registered
 //! with the recorder once, at the first use, and their handles kept: a
@@ -110,6 +111,22 @@ mod handles {
             }
         })
     }
+}
+
+/// Spans the OTLP exporter dropped.
+#[cfg(feature = "otlp")]
+pub(crate) fn otlp_spans_dropped(n: u64) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("tower_defer_otlp_spans_dropped_total").increment(n);
+    #[cfg(not(feature = "metrics"))]
+    let _ = n;
+}
+
+/// An OTLP export failed.
+#[cfg(feature = "otlp")]
+pub(crate) fn otlp_export_failed() {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("tower_defer_otlp_export_failures_total").increment(1);
 }
 
 /// A job was accepted (not a repeated idempotent submission).

@@ -25,6 +25,7 @@ pub(crate) enum Alpn {
 
 /// The certificates in PEM text, in order; the blocks that are not
 /// certificates (a private key in the same file, say) are skipped.
+#[cfg(any(feature = "proxy", feature = "webhooks"))]
 pub(crate) fn certificates_in_pem(pem: &[u8]) -> Vec<CertificateDer<'static>> {
     CertificateDer::pem_slice_iter(pem)
         .filter_map(Result::ok)

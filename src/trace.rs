@@ -124,6 +124,12 @@ impl TraceContext {
         Hex(self.trace_id)
     }
 
+    /// Whether the trace's flags say it is sampled.
+    #[cfg(feature = "otlp")]
+    pub(crate) fn sampled(&self) -> bool {
+        self.flags & SAMPLED != 0
+    }
+
     pub(crate) fn span_id(&self) -> impl fmt::Display {
         Hex(self.span_id)
     }
@@ -229,19 +235,65 @@ pub(crate) fn parent_span_id(parent: Option<&TraceContext>) -> String {
 /// An info span of a job's trace, with the fields that join its logs, on
 /// this replica or another: `job_id`, `trace_id`, `span_id` (this span's,
 /// as sent on in `traceparent`) and `parent_span_id`; more fields may follow.
+///
+/// The fields `sampled`, `status_code`, `outcome` and `otel.status_code`
+/// are declared for the OTLP exporter (feature `otlp`), which records them
+/// ([`note_outcome`], [`note_status_code`]); without the feature they stay
+/// empty, and an empty field is neither shown nor paid for.
 macro_rules! job_span {
-    ($name:literal, $job_id:expr, $context:expr, $parent:expr $(, $($field:tt)*)?) => {
-        tracing::info_span!(
+    ($name:literal, $job_id:expr, $context:expr, $parent:expr $(, $($field:tt)*)?) => {{
+        let span = tracing::info_span!(
             $name,
             job_id = $job_id,
             trace_id = %$context.trace_id(),
             span_id = %$context.span_id(),
             parent_span_id = $crate::trace::parent_span_id($parent),
+            sampled = tracing::field::Empty,
+            status_code = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
             $($($field)*)?
-        )
-    };
+        );
+        $crate::trace::note_sampled(&span, &$context);
+        span
+    }};
 }
 pub(crate) use job_span;
+
+/// Marks `span` as not to be exported when its trace is not sampled
+/// (feature `otlp`; nothing without it).
+pub(crate) fn note_sampled(span: &tracing::Span, context: &TraceContext) {
+    #[cfg(feature = "otlp")]
+    if !context.sampled() {
+        span.record("sampled", false);
+    }
+    #[cfg(not(feature = "otlp"))]
+    let _ = (span, context);
+}
+
+/// Records how the current job span's call ended (feature `otlp`): its
+/// `outcome`, and an error status unless `ok`.
+pub(crate) fn note_outcome(outcome: &str, ok: bool) {
+    #[cfg(feature = "otlp")]
+    {
+        let span = tracing::Span::current();
+        span.record("outcome", outcome);
+        if !ok {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+    #[cfg(not(feature = "otlp"))]
+    let _ = (outcome, ok);
+}
+
+/// Records the HTTP status the current job span's call was answered with
+/// (feature `otlp`).
+pub(crate) fn note_status_code(code: u16) {
+    #[cfg(feature = "otlp")]
+    tracing::Span::current().record("status_code", code);
+    #[cfg(not(feature = "otlp"))]
+    let _ = code;
+}
 
 struct Hex<const N: usize>([u8; N]);
 

@@ -155,6 +155,7 @@ pub(crate) async fn enqueue<St: Store>(
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
         parent_span_id = trace::parent_span_id(trace.parent.as_ref()),
+        sampled = tracing::field::Empty,
     );
     let enqueued = doors
         .store
@@ -175,6 +176,14 @@ pub(crate) async fn enqueue<St: Store>(
         span.record("job_id", tracing::field::display(job.id));
         span.record("trace_id", tracing::field::display(context.trace_id()));
         span.record("span_id", tracing::field::display(context.span_id()));
+        if enqueued.created {
+            trace::note_sampled(&span, &context);
+        } else {
+            // The first submission's span was exported with these ids: a
+            // second span may not carry them too.
+            #[cfg(feature = "otlp")]
+            span.record("sampled", false);
+        }
     }
     if enqueued.created {
         doors.recent.push(job.id, job.options.owner.clone());

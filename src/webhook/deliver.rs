@@ -224,6 +224,10 @@ async fn attempt<St: Store>(
         (false, false) => "failed",
     };
     crate::metrics::webhook_delivery(result);
+    if let Some(code) = record.status_code {
+        trace::note_status_code(code);
+    }
+    trace::note_outcome(result, record.delivered);
     match &record.error {
         None => tracing::info!(status_code = record.status_code, "webhook delivered"),
         Some(error) if result == "retrying" => {

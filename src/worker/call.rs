@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::sync::{watch, OwnedSemaphorePermit};
+use tracing::Instrument;
 
 use super::InnerService;
 use crate::batch::Batch;
@@ -21,7 +22,7 @@ use crate::policy::{self, Verdict};
 use crate::shutdown::Control;
 use crate::store::{Claim, Store, StoreError};
 use crate::time::Timestamp;
-use crate::trace::TraceContext;
+use crate::trace::{self, TraceContext};
 use crate::BoxError;
 
 /// How one inner call ended, before classification.
@@ -67,6 +68,40 @@ impl<S: InnerService> Chain<S> {
             _ => None,
         }
     }
+}
+
+/// A claimed job with its attempt: the span of its own trace that the
+/// attempt is (see `trace.rs`), open from the claim until the result is
+/// recorded, even while it waits in a batch another job heads.
+pub(super) struct Member {
+    pub(super) claim: Claim,
+    pub(super) trace: TraceContext,
+    pub(super) span: tracing::Span,
+}
+
+impl Member {
+    /// The claim, with a new attempt span (a child of its submission).
+    pub(super) fn new(claim: Claim) -> Self {
+        let call = trace::Call::of(&claim.job.request.headers, claim.job.id);
+        let span = trace::job_span!(
+            "job",
+            tracing::field::display(claim.id()),
+            call.context,
+            Some(&call.parent),
+            attempt = claim.job.attempts
+        );
+        Member {
+            claim,
+            trace: call.context,
+            span,
+        }
+    }
+}
+
+/// A member's attempt, apart from its claim.
+struct Attempt {
+    trace: TraceContext,
+    span: tracing::Span,
 }
 
 /// The job a call claimed for its worker with its result, to start at
@@ -126,18 +161,34 @@ where
 /// answer under its own lease. A 4xx answer (other than one asking to wait)
 /// runs each member again alone, at once and within the same attempt, so
 /// that one bad input fails only its own job.
+///
+/// Each member's attempt is its own span ([`Member`]); the call's
+/// `traceparent` names the head's, and the head's span and each other
+/// member's are linked both ways (`follows_from`, OTLP span links).
 pub(super) async fn run_batch<S, St>(
     inner: S,
-    claims: Vec<Claim>,
+    members: Vec<Member>,
     route: &Batch,
-    trace: TraceContext,
     pool: Arc<Pool<St>>,
     mut hand_back: watch::Receiver<bool>,
 ) where
     S: InnerService,
     St: Store,
 {
+    let (claims, attempts): (Vec<Claim>, Vec<Attempt>) = members
+        .into_iter()
+        .map(|m| {
+            (
+                m.claim,
+                Attempt {
+                    trace: m.trace,
+                    span: m.span,
+                },
+            )
+        })
+        .unzip();
     let Some(head) = claims.first() else { return };
+    let trace = attempts[0].trace;
     let size = claims.len();
     let bodies: Vec<&[u8]> = claims.iter().map(|c| &c.job.request.body[..]).collect();
     let (body, shapes) = match route.merge(&bodies) {
@@ -148,9 +199,14 @@ pub(super) async fn run_batch<S, St>(
             if size == 1 {
                 crate::metrics::batched(1, std::iter::empty());
             }
-            return run_alone(inner, claims, trace, &pool, hand_back).await;
+            return run_alone(inner, claims, attempts, &pool, hand_back).await;
         }
     };
+    let head_span = &attempts[0].span;
+    for other in &attempts[1..] {
+        other.span.follows_from(head_span);
+        head_span.follows_from(&other.span);
+    }
     let now = Timestamp::now();
     crate::metrics::started(now.since(head.job.created_at));
     crate::metrics::batched(
@@ -162,8 +218,9 @@ pub(super) async fn run_batch<S, St>(
     let svc = match ready(inner.clone()).await {
         Ok(svc) => svc,
         Err(end) => {
-            for claim in &claims {
-                record(&pool, claim, &end, None).await;
+            for (claim, attempt) in claims.iter().zip(&attempts) {
+                let record = record(&pool, claim, &end, None);
+                record.instrument(attempt.span.clone()).await;
             }
             return;
         }
@@ -177,24 +234,27 @@ pub(super) async fn run_batch<S, St>(
                 Ok(parts) => {
                     let mut headers = response.headers.clone();
                     headers.remove(http::header::CONTENT_LENGTH);
-                    for (claim, body) in claims.iter().zip(parts) {
+                    for ((claim, attempt), body) in claims.iter().zip(&attempts).zip(parts) {
                         let mine = StoredResponse {
                             status: response.status,
                             headers: headers.clone(),
                             body,
                         };
-                        record(&pool, claim, &CallEnd::Answered(mine), Some(size_u32)).await;
+                        let end = CallEnd::Answered(mine);
+                        let record = record(&pool, claim, &end, Some(size_u32));
+                        record.instrument(attempt.span.clone()).await;
                     }
                 }
                 Err(e) => {
                     crate::metrics::inner_response(response.status);
                     let msg =
                         format!("the batch's answer does not split into its {size} jobs: {e}");
-                    for claim in &claims {
+                    for (claim, attempt) in claims.iter().zip(&attempts) {
                         let outcome =
                             Outcome::error(JobError::new(ErrorCode::BatchMismatch, msg.clone()))
                                 .with_batch_size(size_u32);
-                        write(&pool, claim, Write::Complete(outcome)).await;
+                        let write = write(&pool, claim, Write::Complete(outcome));
+                        write.instrument(attempt.span.clone()).await;
                     }
                 }
             }
@@ -214,49 +274,48 @@ pub(super) async fn run_batch<S, St>(
         {
             crate::metrics::inner_response(response.status);
             tracing::debug!(status = %response.status, size, "batch refused: its jobs run alone");
-            run_alone(inner, claims, trace, &pool, hand_back).await;
+            run_alone(inner, claims, attempts, &pool, hand_back).await;
         }
         end => {
-            for claim in &claims {
-                record(&pool, claim, &end, Some(size_u32)).await;
+            for (claim, attempt) in claims.iter().zip(&attempts) {
+                let record = record(&pool, claim, &end, Some(size_u32));
+                record.instrument(attempt.span.clone()).await;
             }
         }
     }
 }
 
-/// Runs each of `claims` alone, one after another, under its own lease,
-/// recording a batch size of 1.
+/// Runs each of `claims` alone, one after another, under its own lease and
+/// in its own attempt's span and trace, recording a batch size of 1.
 async fn run_alone<S, St>(
     inner: S,
     claims: Vec<Claim>,
-    trace: TraceContext,
+    attempts: Vec<Attempt>,
     pool: &Pool<St>,
     mut hand_back: watch::Receiver<bool>,
 ) where
     S: InnerService,
     St: Store,
 {
-    for (i, claim) in claims.iter().enumerate() {
+    for (i, (claim, attempt)) in claims.iter().zip(&attempts).enumerate() {
         let svc = match ready(inner.clone()).await {
             Ok(svc) => svc,
             Err(end) => {
-                for claim in &claims[i..] {
-                    record(pool, claim, &end, None).await;
+                for (claim, attempt) in claims[i..].iter().zip(&attempts[i..]) {
+                    let record = record(pool, claim, &end, None);
+                    record.instrument(attempt.span.clone()).await;
                 }
                 return;
             }
         };
-        crate::metrics::started(Timestamp::now().since(claim.job.created_at));
-        let request = to_request(&claim.job.request, &trace);
-        let end = call(
-            svc,
-            request,
-            pool,
-            std::slice::from_ref(claim),
-            &mut hand_back,
-        )
-        .await;
-        record(pool, claim, &end, Some(1)).await;
+        let alone = async {
+            crate::metrics::started(Timestamp::now().since(claim.job.created_at));
+            let request = to_request(&claim.job.request, &attempt.trace);
+            let claims = std::slice::from_ref(claim);
+            let end = call(svc, request, pool, claims, &mut hand_back).await;
+            record(pool, claim, &end, Some(1)).await;
+        };
+        alone.instrument(attempt.span.clone()).await;
     }
 }
 
@@ -376,10 +435,12 @@ async fn verdict<St: Store>(
     let w = match end {
         CallEnd::LeaseLost => {
             tracing::debug!("lease lost (canceled or taken over): inner call dropped");
+            trace::note_outcome("lease lost", false);
             return None;
         }
         CallEnd::Answered(response) => {
             let response = response.clone();
+            trace::note_status_code(response.status.as_u16());
             crate::metrics::inner_response(response.status);
             // It answered: if it was seen unavailable, the backlog need not
             // sleep out its backoffs.
@@ -524,12 +585,14 @@ async fn write<St: Store>(pool: &Pool<St>, claim: &Claim, write: Write) {
 /// Reports how writing an attempt's end went.
 fn report(result: Result<JobStatus, StoreError>) {
     match result {
-        Ok(JobStatus::Queued) => {}
+        Ok(JobStatus::Queued) => trace::note_outcome("retry", false),
         Ok(status) => {
             crate::metrics::finished(status);
+            trace::note_outcome(status.as_str(), status == JobStatus::Succeeded);
             tracing::info!(%status, "job finished");
         }
         Err(e) if e.is_stale_lease() => {
+            trace::note_outcome("superseded", false);
             tracing::debug!("the job changed meanwhile (canceled or taken over); result dropped")
         }
         Err(e) => tracing::warn!(

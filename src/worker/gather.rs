@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 
-use super::{call, InnerService};
+use super::call::{self, Member};
+use super::InnerService;
 use crate::batch::Batch;
 use crate::context::Pool;
 use crate::store::{Claim, Store};
 use crate::time::Timestamp;
-use crate::trace::TraceContext;
 
 /// The batches this process is gathering, one open batch per key at most.
 /// The registry's lock is taken before an open batch's, never after.
@@ -36,7 +36,8 @@ struct Open {
 }
 
 struct Members {
-    claims: Vec<Claim>,
+    /// Each with its attempt's span, open while it waits for the call.
+    claims: Vec<Member>,
     items: u32,
     bytes: u64,
     /// Taken by the head for a store claim in flight, so that jobs joining
@@ -57,10 +58,10 @@ impl Members {
         )
     }
 
-    fn add(&mut self, claim: Claim) {
-        self.items += weight(&claim).0;
-        self.bytes += weight(&claim).1;
-        self.claims.push(claim);
+    fn add(&mut self, member: Member) {
+        self.items += weight(&member.claim).0;
+        self.bytes += weight(&member.claim).1;
+        self.claims.push(member);
     }
 }
 
@@ -73,14 +74,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Runs `claim`, a job of `route`: joins the batch open for its key, or
+/// Runs `member`, a job of `route`: joins the batch open for its key, or
 /// opens one, gathers company and makes the call.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn run<S, St>(
     inner: S,
-    claim: Claim,
+    member: Member,
     route: Batch,
-    trace: TraceContext,
     pool: Arc<Pool<St>>,
     gathering: Arc<Gathering>,
     permit: OwnedSemaphorePermit,
@@ -89,30 +88,38 @@ pub(super) async fn run<S, St>(
     S: InnerService,
     St: Store,
 {
-    let Some(key) = claim.job.options.batch.as_ref().map(|t| t.key.clone()) else {
+    let Some(key) = member
+        .claim
+        .job
+        .options
+        .batch
+        .as_ref()
+        .map(|t| t.key.clone())
+    else {
+        let Member { claim, trace, .. } = member;
         call::run_job(inner, claim, trace, pool, permit, hand_back, None).await;
         return;
     };
-    let deadline = claim.job.created_at.after(route.wait_limit());
+    let deadline = member.claim.job.created_at.after(route.wait_limit());
     // 1. Join the open batch of this key, if it has room.
     let open = {
         let mut registry = lock(&gathering.open);
         if let Some(open) = registry.get(&key) {
             let mut members = lock(&open.members);
             let (items, bytes) = members.room(&route);
-            let (n, b) = weight(&claim);
+            let (n, b) = weight(&member.claim);
             if !members.closed && n <= items && b <= bytes {
-                members.add(claim);
+                members.add(member);
                 if members.room(&route).0 == 0 {
                     open.full.notify_one();
                 }
                 return;
             }
         }
-        let (items, bytes) = weight(&claim);
+        let (items, bytes) = weight(&member.claim);
         let open = Arc::new(Open {
             members: Mutex::new(Members {
-                claims: vec![claim],
+                claims: vec![member],
                 items,
                 bytes,
                 reserved: (0, 0),
@@ -155,11 +162,11 @@ pub(super) async fn run<S, St>(
     };
     let (items, bytes) = members.room(&route);
     if items > 0 {
-        for claim in claim_batch(&pool, &key, items, bytes).await {
-            members.add(claim);
+        for member in claim_batch(&pool, &key, items, bytes).await {
+            members.add(member);
         }
     }
-    call::run_batch(inner, members.claims, &route, trace, pool, hand_back).await;
+    call::run_batch(inner, members.claims, &route, pool, hand_back).await;
     drop(permit);
 }
 
@@ -179,22 +186,24 @@ async fn take_from_store<St: Store>(pool: &Pool<St>, route: &Batch, key: &str, o
     };
     let mut members = lock(&open.members);
     members.reserved = (0, 0);
-    for claim in claims {
-        members.add(claim);
+    for member in claims {
+        members.add(member);
     }
     if members.room(route).0 == 0 {
         open.full.notify_one();
     }
 }
 
-async fn claim_batch<St: Store>(pool: &Pool<St>, key: &str, items: u32, bytes: u64) -> Vec<Claim> {
+/// Claims company for a batch from the store; each member's attempt span
+/// starts here.
+async fn claim_batch<St: Store>(pool: &Pool<St>, key: &str, items: u32, bytes: u64) -> Vec<Member> {
     let (lease, aging) = (pool.config.lease, pool.config.priority_aging);
     match pool
         .store
         .claim_batch(key, items, bytes, lease, aging)
         .await
     {
-        Ok(claims) => claims,
+        Ok(claims) => claims.into_iter().map(Member::new).collect(),
         Err(e) => {
             tracing::warn!(error = %e, "claiming a batch's company failed; it runs without");
             Vec::new()

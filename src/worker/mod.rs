@@ -40,7 +40,6 @@ use crate::context::Pool;
 use crate::shutdown::{stopped, Control};
 use crate::store::{Claim, Store};
 use crate::time::Timestamp;
-use crate::trace;
 use crate::BoxError;
 
 mod call;
@@ -254,14 +253,9 @@ async fn serve<S, St>(
         // Each attempt is a span of the job's trace, stored with the job at
         // submission, with an id of its own that is sent upstream
         // (trace.rs).
-        let trace = trace::Call::of(&claim.job.request.headers, claim.job.id);
-        let span = trace::job_span!(
-            "job",
-            tracing::field::display(claim.id()),
-            trace.context,
-            Some(&trace.parent),
-            attempt = claim.job.attempts
-        );
+        let member = call::Member::new(claim);
+        let span = member.span.clone();
+        let claim = &member.claim;
         let route = claim
             .job
             .options
@@ -274,9 +268,8 @@ async fn serve<S, St>(
             drop(svc);
             let call = gather::run(
                 inner.clone(),
-                claim,
+                member,
                 route.clone(),
-                trace.context,
                 pool.clone(),
                 gathering.clone(),
                 permit,
@@ -290,8 +283,8 @@ async fn serve<S, St>(
         };
         let call = call::run_job(
             svc,
-            claim,
-            trace.context,
+            member.claim,
+            member.trace,
             pool.clone(),
             permit,
             hand_back.clone(),

@@ -7,7 +7,7 @@
 //! `--batch-file`), `redis_production.rs` (Redis over TLS with an ACL user,
 //! its flags, and the errors that stop a start), `scaling.rs` (the
 //! autoscaling signals, `--wake-url` and the KEDA files), `access_log.rs`
-//! (`--access-log`).
+//! (`--access-log`), `traces.rs` (OTLP export, `OTEL_*`).
 //! Here: the helpers they share.
 
 mod access_log;
@@ -20,6 +20,7 @@ mod operations;
 mod redis_production;
 mod scaling;
 mod support;
+mod traces;
 mod upstreams;
 mod webhooks;
 #[cfg(feature = "tls")]

@@ -12,7 +12,10 @@
 //! `TOWER_DEFER_MAX_QUEUE`); `tower-defer --help` lists them all with their
 //! defaults. At start the proxy prints the configuration in force (secrets
 //! masked), then `tower-defer proxy listening on http://ADDR` on stdout; logs
-//! go to stderr (`--log-format text|json`, filtered by `RUST_LOG`).
+//! go to stderr (`--log-format text|json`, filtered by `RUST_LOG`). With
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or the other standard `OTEL_*` variables,
+//! see `tower_defer::otlp`) each job's spans are exported over OTLP, whatever
+//! `RUST_LOG` says, and flushed at the graceful stop.
 //!
 //! # Layout
 //!
@@ -59,6 +62,7 @@ use clap::Parser;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower::{Layer, ServiceBuilder};
 use tower_defer::job::RetryPolicy;
+use tower_defer::otlp::{OtlpConfig, OtlpHandle, OtlpLayer, Protocol};
 use tower_defer::server::Server;
 use tower_defer::upstream::Upstream;
 use tower_defer::{Baseten, Defer, DeferLayer, InnerService, MemoryStore, Store, Webhooks};
@@ -84,8 +88,22 @@ struct Fail(u8, String);
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    init_logs(args.log_format);
-    match start(args).await {
+    // Read before anything starts: a bad OTEL_* value is a configuration
+    // error like a bad flag.
+    let otlp = match OtlpConfig::from_env("tower-defer") {
+        Ok(otlp) => otlp,
+        Err(e) => {
+            eprintln!("tower-defer: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let traces = init_logs(args.log_format, otlp);
+    let result = start(args, traces.as_ref()).await;
+    if let Some((_, handle)) = &traces {
+        // The last spans, those of the graceful stop included.
+        handle.flush().await;
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(code, message)) => {
             eprintln!("tower-defer: {message}");
@@ -94,20 +112,37 @@ async fn main() -> ExitCode {
     }
 }
 
-fn init_logs(format: LogFormat) {
+/// The logs on stderr, filtered by `RUST_LOG`; and, when `OTEL_*` names a
+/// collector, the OTLP exporter beside them with a filter of its own: the
+/// log level never decides which of a job's spans are exported.
+fn init_logs(format: LogFormat, otlp: Option<OtlpConfig>) -> Option<(OtlpConfig, OtlpHandle)> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    let logs = match format {
+        LogFormat::Text => logs.with_filter(filter).boxed(),
+        LogFormat::Json => logs.json().with_filter(filter).boxed(),
+    };
+    let (layer, traces) = match otlp {
+        Some(config) => {
+            let (layer, handle) = OtlpLayer::new(config.clone());
+            let only_ours = tracing_subscriber::filter::Targets::new()
+                .with_target("tower_defer", tracing::Level::INFO);
+            (Some(layer.with_filter(only_ours)), Some((config, handle)))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(logs).with(layer).init();
+    traces
 }
 
-async fn start(mut args: Args) -> Result<(), Fail> {
+async fn start(mut args: Args, traces: Option<&(OtlpConfig, OtlpHandle)>) -> Result<(), Fail> {
     if let Some(path) = &args.batch_file {
         let routes = config::batch_file(path).map_err(|e| Fail(2, e))?;
         args.batches.extend(routes);
@@ -138,6 +173,18 @@ async fn start(mut args: Args) -> Result<(), Fail> {
     for (name, value) in args.effective(&tokens) {
         println!("  {name:<20} {value}");
     }
+    let traces = match traces {
+        Some((config, _)) => format!(
+            "{} (OTLP {})",
+            config::mask_url(&config.endpoint().to_string()),
+            match config.protocol() {
+                Protocol::HttpProtobuf => "http/protobuf",
+                Protocol::Grpc => "grpc",
+            }
+        ),
+        None => "off (set OTEL_EXPORTER_OTLP_ENDPOINT to export them)".to_owned(),
+    };
+    println!("  {:<20} {traces}", "traces");
     if tokens.is_empty() {
         tracing::warn!(
             "no --token or --tokens-file: serving openly, every client sees and cancels every job"
