@@ -177,7 +177,7 @@ pub(crate) async fn enqueue<St: Store>(
         span.record("span_id", tracing::field::display(context.span_id()));
     }
     if enqueued.created {
-        doors.recent.push(job.id, job.options.owner.clone());
+        doors.activity.submitted(job.id);
         crate::metrics::submitted();
         tracing::info!("job submitted");
     }

@@ -16,7 +16,9 @@ use crate::batch::Batch;
 use crate::body::Body;
 use crate::context::Pool;
 use crate::error::error_chain;
-use crate::job::{ErrorCode, JobError, JobStatus, Outcome, Retry, StoredRequest, StoredResponse};
+use crate::job::{
+    ErrorCode, JobError, JobId, JobStatus, Outcome, Retry, StoredRequest, StoredResponse,
+};
 use crate::policy::{self, Verdict};
 use crate::shutdown::Control;
 use crate::store::{Claim, Store, StoreError};
@@ -90,7 +92,7 @@ where
     S: InnerService,
     St: Store,
 {
-    crate::metrics::started(Timestamp::now().since(claim.job.created_at));
+    started(&pool, Timestamp::now().since(claim.job.created_at));
     let request = to_request(&claim.job.request, &trace);
     let claims = std::slice::from_ref(&claim);
     let end = call(svc, request, &pool, claims, &mut hand_back).await;
@@ -111,7 +113,7 @@ where
         .store
         .complete_and_claim(claim.id(), claim.token(), outcome, lease, aging)
         .await;
-    report(done.status);
+    report(&pool, claim.id(), done.status);
     match done.next {
         Ok(next) => next.map(|next| (svc, next, permit)),
         Err(e) => {
@@ -152,11 +154,14 @@ pub(super) async fn run_batch<S, St>(
         }
     };
     let now = Timestamp::now();
-    crate::metrics::started(now.since(head.job.created_at));
+    started(&pool, now.since(head.job.created_at));
     crate::metrics::batched(
         size,
         claims[1..].iter().map(|c| now.since(c.job.created_at)),
     );
+    for claim in &claims[1..] {
+        pool.activity.waited(now.since(claim.job.created_at));
+    }
     let mut request = to_request(&head.job.request, &trace);
     *request.body_mut() = Body::full(body);
     let svc = match ready(inner.clone()).await {
@@ -169,7 +174,9 @@ pub(super) async fn run_batch<S, St>(
         }
     };
     let end = call(svc, request, &pool, &claims, &mut hand_back).await;
-    crate::metrics::ended(Timestamp::now().since(now));
+    let took = Timestamp::now().since(now);
+    crate::metrics::ended(took);
+    pool.activity.ran(took);
     let size_u32 = u32::try_from(size).unwrap_or(u32::MAX);
     match end {
         CallEnd::Answered(response) if response.status.is_success() => {
@@ -246,7 +253,7 @@ async fn run_alone<S, St>(
                 return;
             }
         };
-        crate::metrics::started(Timestamp::now().since(claim.job.created_at));
+        started(pool, Timestamp::now().since(claim.job.created_at));
         let request = to_request(&claim.job.request, &trace);
         let end = call(
             svc,
@@ -312,6 +319,7 @@ where
     };
     if claims.len() == 1 {
         crate::metrics::ended(started.elapsed());
+        pool.activity.ran(started.elapsed());
     }
     end
 }
@@ -518,15 +526,22 @@ async fn write<St: Store>(pool: &Pool<St>, claim: &Claim, write: Write) {
             })
         }
     };
-    report(result);
+    report(pool, job.id, result);
+}
+
+/// An attempt of a job that waited `wait` since it was submitted starts.
+fn started<St>(pool: &Pool<St>, wait: Duration) {
+    crate::metrics::started(wait);
+    pool.activity.waited(wait);
 }
 
 /// Reports how writing an attempt's end went.
-fn report(result: Result<JobStatus, StoreError>) {
+fn report<St>(pool: &Pool<St>, id: JobId, result: Result<JobStatus, StoreError>) {
     match result {
         Ok(JobStatus::Queued) => {}
         Ok(status) => {
             crate::metrics::finished(status);
+            pool.activity.finished(id, status);
             tracing::info!(%status, "job finished");
         }
         Err(e) if e.is_stale_lease() => {
