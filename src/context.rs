@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use http::request::Parts;
 
+use crate::activity::Recorder;
 use crate::batch::Batch;
 use crate::job::JobOptions;
 use crate::store::Store;
@@ -120,6 +121,9 @@ pub(crate) struct Pool<St> {
     /// wait for the upstream. Shared with [`Scaling`](crate::scaling::Scaling),
     /// which reports it.
     pub(crate) upstream_down: Arc<AtomicBool>,
+    /// What this process saw happen, for the live page; shared with the
+    /// doors, which count submissions and cancels.
+    pub(crate) activity: Arc<Recorder>,
 }
 
 impl<St: Store> Pool<St> {
@@ -128,6 +132,7 @@ impl<St: Store> Pool<St> {
             store,
             config,
             upstream_down: Arc::new(AtomicBool::new(false)),
+            activity: Arc::default(),
         }
     }
 

@@ -70,12 +70,16 @@
 //!   [`DeferLayer`] builds [`Defer`], whose [`ResponseFuture`] and
 //!   [`ResponseBody`] are either the inner service's or the layer's own answer.
 //! - `api/`: the front doors, which only translate HTTP to store operations,
-//!   from their own context (`api::Doors`: the store, their settings, the live
-//!   page's recent jobs, Baseten's polling limiter).
+//!   from their own context (`api::Doors`: the store, their settings, this
+//!   process's activity record, Baseten's polling limiter).
 //! - `worker/`: the pool that claims jobs and calls the inner service, from
 //!   its own context (`context::Pool`). It knows no dialect.
 //! - `webhook` (feature `webhooks`): signed delivery of each job's end, on a
 //!   loop beside the worker pool; each format's body and signature live here.
+//! - `activity.rs`: what this process saw happen (jobs ended, queue waits,
+//!   run times, recent ids), counted in memory and handed to the store every
+//!   few seconds for the live page; below the doors and the pool, above
+//!   the store.
 //! - `context.rs`: the settings the doors and the pool each read, below both;
 //!   `shutdown.rs`: how the pool and the webhook loop are told to stop.
 //! - [`store`]: the [`Store`] contract every store implements atomically, and
@@ -103,6 +107,7 @@
 #![deny(unreachable_pub)]
 #![warn(missing_docs)]
 
+mod activity;
 mod api;
 pub mod batch;
 mod body;

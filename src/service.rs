@@ -72,7 +72,8 @@ where
     ) -> (Self, Worker) {
         let pool = Arc::new(Pool::new(store.clone(), pool));
         let scaling = Scaling::new(pool.upstream_down.clone(), pool.config.concurrency);
-        let doors = Arc::new(Doors::new(store, doors, baseten, scaling));
+        let activity = pool.activity.clone();
+        let doors = Arc::new(Doors::new(store, doors, baseten, scaling, activity));
         let (worker, handle, control) = worker::build(inner.clone(), pool);
         let service = Defer {
             inner,

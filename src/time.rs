@@ -87,6 +87,14 @@ impl Timestamp {
         )
     }
 
+    /// This time minus `d`, saturating at the epoch.
+    pub fn before(self, d: Duration) -> Self {
+        Timestamp::from_millis(
+            self.as_millis()
+                .saturating_sub(d.as_millis().min(u64::MAX as u128) as u64),
+        )
+    }
+
     /// How long from `earlier` to `self` (zero if `earlier` is later).
     pub fn since(self, earlier: Timestamp) -> Duration {
         Duration::from_millis(self.as_millis().saturating_sub(earlier.as_millis()))

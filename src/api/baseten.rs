@@ -306,6 +306,7 @@ async fn cancel_queued<St: Store>(
     match doors.store.cancel_queued(id, owner).await {
         Ok(QueuedCancel::Canceled(job)) => {
             crate::metrics::finished(job.status);
+            doors.activity.finished(job.id, job.status);
             Ok(answer(true, format!("Request {id} was canceled.")))
         }
         Ok(QueuedCancel::NotQueued(job)) => Ok(answer(false, not_canceled(&job))),

@@ -1,10 +1,11 @@
 //! The front doors' context: the store, their settings, and the state only
-//! the doors keep (the live page's recent jobs, Baseten's polling limiter).
+//! the doors keep (Baseten's polling limiter), and this process's activity
+//! record, shared with the pool.
 
 use std::sync::Arc;
 
 use super::baseten::{Baseten, BasetenState};
-use super::recent::Recent;
+use crate::activity::Recorder;
 use crate::context::DoorConfig;
 use crate::scaling::Scaling;
 
@@ -12,8 +13,8 @@ use crate::scaling::Scaling;
 pub(crate) struct Doors<St> {
     pub(crate) store: Arc<St>,
     pub(crate) config: DoorConfig,
-    /// Jobs submitted through this process, for the live page.
-    pub(crate) recent: Recent,
+    /// What this process saw happen, for the live page (shared with the pool).
+    pub(crate) activity: Arc<Recorder>,
     /// The Baseten dialect, when it is on.
     pub(crate) baseten: Option<BasetenState>,
     /// The pool's scaling signals, for the queue document.
@@ -26,11 +27,12 @@ impl<St> Doors<St> {
         config: DoorConfig,
         baseten: Option<Baseten>,
         scaling: Scaling,
+        activity: Arc<Recorder>,
     ) -> Self {
         Doors {
             store,
             config,
-            recent: Recent::default(),
+            activity,
             baseten: baseten.map(BasetenState::new),
             scaling,
         }

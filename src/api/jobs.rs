@@ -186,7 +186,7 @@ pub(crate) async fn enqueue<St: Store>(
         }
     }
     if enqueued.created {
-        doors.recent.push(job.id, job.options.owner.clone());
+        doors.activity.submitted(job.id);
         crate::metrics::submitted();
         tracing::info!("job submitted");
     }

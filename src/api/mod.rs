@@ -26,11 +26,11 @@ mod envelope;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz;
 mod jobs;
+mod live;
 mod native;
 mod openapi;
 mod options;
 mod prefer;
-mod recent;
 mod vessl;
 
 pub use baseten::Baseten;

@@ -5,6 +5,9 @@
 //! |---|---|
 //! | `POST P` + envelope | `201 {"id"}` + `Location` (`200` for a repeated `Idempotency-Key`) |
 //! | `GET P/queue` | queue statistics |
+//! | `GET P/activity` | the last 15 minutes, every replica's (see `live.rs`) |
+//! | `GET P/recent` | the jobs last submitted or ended, every replica's; `?status=`, `?limit=` |
+//! | `GET P/ui` | the live page |
 //! | `GET P/{id}` | status document: `202` until terminal, then `200`; `Prefer: wait=N` long-polls |
 //! | `GET P/{id}/output` | the VESSL document |
 //! | `GET P/{id}/result` | the inner response, verbatim |
@@ -22,6 +25,7 @@ use serde_json::{Map, Value};
 use super::document::StatusDocument;
 use super::envelope::{Envelope, EnvelopeError, Field, Fields};
 use super::jobs::{answering_about, base_options, enqueue, lookup, no_job};
+use super::live;
 use super::vessl::OutputDocument;
 use super::Doors;
 use super::RequestBody;
@@ -40,6 +44,7 @@ pub(crate) const JOB_ID_HEADER: &str = "defer-job-id";
 pub(crate) enum Endpoint {
     Submit,
     Queue,
+    Activity,
     Recent,
     Ui,
     OpenApi,
@@ -74,6 +79,7 @@ pub(crate) fn endpoint(prefix: &str, method: &Method, path: &str) -> Option<Endp
     Some(match segments {
         (None, _, _) => by_method("POST", method == Method::POST, Endpoint::Submit),
         (Some("queue"), None, _) => by_method("GET", is_get, Endpoint::Queue),
+        (Some("activity"), None, _) => by_method("GET", is_get, Endpoint::Activity),
         (Some("recent"), None, _) => by_method("GET", is_get, Endpoint::Recent),
         (Some("ui"), None, _) => by_method("GET", is_get, Endpoint::Ui),
         (Some("openapi.json"), None, _) => by_method("GET", is_get, Endpoint::OpenApi),
@@ -109,19 +115,13 @@ where
     match endpoint {
         Endpoint::Submit => submit_envelope(doors, &parts, body).await,
         Endpoint::Queue => queue(doors).await,
-        Endpoint::Recent => recent(doors, owner).await,
+        Endpoint::Activity => live::activity(doors).await,
+        Endpoint::Recent => live::recent(doors, owner, parts.uri.query()).await,
         Endpoint::OpenApi => {
             let spec = super::openapi::document(&doors.config, doors.baseten.is_some());
             Ok(json_body(StatusCode::OK, spec))
         }
-        Endpoint::Ui => {
-            let mut page = Response::new(Bytes::from_static(UI_PAGE.as_bytes()));
-            page.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            Ok(page)
-        }
+        Endpoint::Ui => Ok(live::page()),
         Endpoint::Status(id) => {
             let wait = Prefer::from_headers(&parts.headers).wait;
             let mut job = lookup(doors, id, owner).await?;
@@ -161,6 +161,7 @@ where
             Ok(CancelOutcome::Canceled(job)) => {
                 answering_about(&job);
                 crate::metrics::finished(job.status);
+                doors.activity.finished(job.id, job.status);
                 Ok(json(StatusCode::OK, &StatusDocument::new(&job)))
             }
             Ok(CancelOutcome::AlreadyTerminal(job)) => {
@@ -204,27 +205,6 @@ async fn queue<St: Store>(doors: &Doors<St>) -> Result<Response<Bytes>, Problem>
             "backlog_without_capacity": u8::from(signals.backlog_without_capacity),
         }),
     ))
-}
-
-/// The live page: plain HTML and JS, no build step.
-const UI_PAGE: &str = include_str!("ui/index.html");
-
-/// The jobs most recently submitted through this process that `owner` may
-/// see, newest first, as status documents.
-async fn recent<St: Store>(
-    doors: &Doors<St>,
-    owner: Option<&str>,
-) -> Result<Response<Bytes>, Problem> {
-    let mut jobs = Vec::new();
-    for id in doors.recent.visible_to(owner) {
-        match doors.store.get(id).await {
-            Ok(Some(job)) => jobs.push(job),
-            Ok(None) => {}
-            Err(e) => return Err(store_unavailable(&e)),
-        }
-    }
-    let docs: Vec<_> = jobs.iter().map(StatusDocument::new).collect();
-    Ok(json(StatusCode::OK, &serde_json::json!({ "jobs": docs })))
 }
 
 fn location(prefix: &str, id: JobId) -> HeaderValue {

@@ -20,8 +20,8 @@ use dashmap::DashMap;
 use tokio::sync::Notify;
 
 use super::{
-    Claim, DeliveryClaim, EnqueueError, Enqueued, QueueStats, QueuedCancel, Store, StoreError,
-    BATCH_SCAN,
+    Activity, ActivityBatch, Claim, DeliveryClaim, EnqueueError, Enqueued, QueueStats,
+    QueuedCancel, Store, StoreError, BATCH_SCAN,
 };
 use crate::job::{
     CancelOutcome, DeliveryAttempt, Job, JobId, JobStatus, Lease, LeaseToken, NewJob, Outcome,
@@ -29,9 +29,11 @@ use crate::job::{
 };
 use crate::time::Timestamp;
 
+mod activity;
 mod id_hash;
 mod schedule;
 mod stored;
+use activity::ActivityLog;
 use id_hash::IdHash;
 use schedule::{account, is_ready, waits_for_upstream, Schedule};
 use stored::Stored;
@@ -71,6 +73,8 @@ struct Inner {
     work: Notify,
     /// Wakes the deliverer when a webhook delivery becomes due.
     deliveries: Notify,
+    /// The live page's record; a lock of its own, never held with another.
+    activity: Mutex<ActivityLog>,
 }
 
 struct Slot {
@@ -104,6 +108,13 @@ impl MemoryStore {
         // any single step of it; carry on rather than poison every caller.
         self.inner
             .schedule
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn activity(&self) -> MutexGuard<'_, ActivityLog> {
+        self.inner
+            .activity
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -596,6 +607,15 @@ impl Store for MemoryStore {
         let next = self.schedule().deliveries.first().map(|&(at, _)| at);
         let until = next.map_or(until, |at| at.min(until));
         let _ = tokio::time::timeout_at(until.to_instant(), self.inner.deliveries.notified()).await;
+    }
+
+    async fn record_activity(&self, batch: ActivityBatch) -> Result<(), StoreError> {
+        self.activity().record(batch, Timestamp::now());
+        Ok(())
+    }
+
+    async fn activity(&self, since: Timestamp) -> Result<Activity, StoreError> {
+        Ok(self.activity().read(since, Timestamp::now()))
     }
 
     async fn stats(&self) -> Result<QueueStats, StoreError> {

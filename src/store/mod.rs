@@ -20,6 +20,12 @@
 //! | [`record_delivery`](Store::record_delivery) | one delivery attempt's result (fenced) |
 //! | [`sweep`](Store::sweep) | deadlines -> `expired`; lapsed leases -> `queued`; past TTL -> forgotten |
 //!
+//! Beside the jobs, a store keeps what the live page shows
+//! ([`activity`](self::activity)): each process hands it counts of what it
+//! saw every few seconds ([`record_activity`](Store::record_activity)), and
+//! it answers the sum over every process ([`activity`](Store::activity)).
+//! Not a transition: nothing of it is written on a job's path.
+//!
 //! "Fenced" means refused with [`StoreError::is_stale_lease`] when the lease
 //! token is not the job's current one: a worker that lost its lease (it was
 //! too slow, the job was canceled, another worker took over) cannot overwrite
@@ -38,9 +44,12 @@ use crate::job::{
 };
 use crate::time::Timestamp;
 
+pub mod activity;
 mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
+
+pub use activity::{Activity, ActivityBatch, ActivityBucket, Histogram};
 
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreBuilder};
@@ -441,6 +450,38 @@ pub trait Store: Send + Sync + 'static {
 
     /// Queue statistics.
     fn stats(&self) -> impl Future<Output = Result<QueueStats, StoreError>> + Send;
+
+    /// Adds one process's activity to what the store keeps for every
+    /// process: each bucket's counts add to those the store has for the
+    /// same start (a bucket's depth sample is kept only when the store has
+    /// none for it yet), and the ids go on the front of the recent list,
+    /// of which the store keeps the last [`RECENT`](activity::RECENT).
+    /// A bucket is kept [`KEEP`](activity::KEEP) from when it was last
+    /// written, then forgotten.
+    ///
+    /// Called by each process every few seconds, never per job. The
+    /// default keeps nothing (the live page then shows only its own
+    /// process's jobs); both stores of this crate implement it.
+    fn record_activity(
+        &self,
+        batch: ActivityBatch,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = batch;
+        async { Ok(()) }
+    }
+
+    /// What every process recorded in the buckets that start at or after
+    /// the bucket of `since` (oldest first, only those that hold
+    /// anything), and the recent ids, newest first.
+    ///
+    /// The default has none.
+    fn activity(
+        &self,
+        since: Timestamp,
+    ) -> impl Future<Output = Result<Activity, StoreError>> + Send {
+        let _ = since;
+        async { Ok(Activity::default()) }
+    }
 
     /// Applies what is due: queue deadlines, lapsed leases, retries coming
     /// due, results past their TTL. Returns when something is next due.

@@ -91,6 +91,7 @@
 //! | `{ns}:unavailable` | sorted set | queued jobs waiting out a backoff because the upstream was unavailable (score = `created_at`), which [`wake_unavailable`](crate::Store::wake_unavailable) makes runnable |
 //! | channel `{ns}:work` | pub/sub | job ids, when work becomes ready (or a retry is scheduled) |
 //! | channel `{ns}:deliver` | pub/sub | job ids, when webhook deliveries become claimable |
+//! | `{ns}:activity:<start ms>`, `{ns}:recent` | hash, list | the live page's buckets and recent ids, on shard 0's tag only (see below) |
 //!
 //! A job hash keeps its lifecycle scalars (status, attempts, lapses, revision,
 //! lease, deadlines and times, the webhook delivery's state, the options'
@@ -154,6 +155,13 @@
 //! and one lease extension per third of the lease. After a Redis restart
 //! that lost the functions (one without persistence), the first call that
 //! finds them missing costs two more round trips once (`FUNCTION LOAD`).
+//!
+//! The live page's record is written by each replica every few seconds,
+//! never on a job's path: one pipeline a flush ([`record_activity`](crate::Store::record_activity):
+//! a `HINCRBY` per non-zero count of the buckets it touched, an `EXPIRE`
+//! each, an `LPUSH` and an `LTRIM` for the ids), and one a read of 15
+//! minutes ([`activity`](crate::Store::activity): an `HGETALL` per bucket
+//! and an `LRANGE`), both on shard 0's node.
 //!
 //! # Notifications
 //!
@@ -237,6 +245,7 @@
 //! a hidden builder hook, `hold_paused_clock`, so that the paused clock does
 //! not run ahead while Redis answers; a deployment never needs it.)
 
+mod activity;
 mod batch;
 mod builder;
 mod codec;

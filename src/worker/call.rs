@@ -17,7 +17,9 @@ use crate::batch::Batch;
 use crate::body::Body;
 use crate::context::Pool;
 use crate::error::error_chain;
-use crate::job::{ErrorCode, JobError, JobStatus, Outcome, Retry, StoredRequest, StoredResponse};
+use crate::job::{
+    ErrorCode, JobError, JobId, JobStatus, Outcome, Retry, StoredRequest, StoredResponse,
+};
 use crate::policy::{self, Verdict};
 use crate::shutdown::Control;
 use crate::store::{Claim, Store, StoreError};
@@ -125,7 +127,7 @@ where
     S: InnerService,
     St: Store,
 {
-    crate::metrics::started(Timestamp::now().since(claim.job.created_at));
+    started(&pool, Timestamp::now().since(claim.job.created_at));
     let request = to_request(&claim.job.request, &trace);
     let claims = std::slice::from_ref(&claim);
     let end = call(svc, request, &pool, claims, &mut hand_back).await;
@@ -146,7 +148,7 @@ where
         .store
         .complete_and_claim(claim.id(), claim.token(), outcome, lease, aging)
         .await;
-    report(done.status);
+    report(&pool, claim.id(), done.status);
     match done.next {
         Ok(next) => next.map(|next| (svc, next, permit)),
         Err(e) => {
@@ -208,11 +210,14 @@ pub(super) async fn run_batch<S, St>(
         head_span.follows_from(&other.span);
     }
     let now = Timestamp::now();
-    crate::metrics::started(now.since(head.job.created_at));
+    started(&pool, now.since(head.job.created_at));
     crate::metrics::batched(
         size,
         claims[1..].iter().map(|c| now.since(c.job.created_at)),
     );
+    for claim in &claims[1..] {
+        pool.activity.waited(now.since(claim.job.created_at));
+    }
     let mut request = to_request(&head.job.request, &trace);
     *request.body_mut() = Body::full(body);
     let svc = match ready(inner.clone()).await {
@@ -226,7 +231,9 @@ pub(super) async fn run_batch<S, St>(
         }
     };
     let end = call(svc, request, &pool, &claims, &mut hand_back).await;
-    crate::metrics::ended(Timestamp::now().since(now));
+    let took = Timestamp::now().since(now);
+    crate::metrics::ended(took);
+    pool.activity.ran(took);
     let size_u32 = u32::try_from(size).unwrap_or(u32::MAX);
     match end {
         CallEnd::Answered(response) if response.status.is_success() => {
@@ -309,7 +316,7 @@ async fn run_alone<S, St>(
             }
         };
         let alone = async {
-            crate::metrics::started(Timestamp::now().since(claim.job.created_at));
+            started(pool, Timestamp::now().since(claim.job.created_at));
             let request = to_request(&claim.job.request, &attempt.trace);
             let claims = std::slice::from_ref(claim);
             let end = call(svc, request, pool, claims, &mut hand_back).await;
@@ -371,6 +378,7 @@ where
     };
     if claims.len() == 1 {
         crate::metrics::ended(started.elapsed());
+        pool.activity.ran(started.elapsed());
     }
     end
 }
@@ -579,16 +587,23 @@ async fn write<St: Store>(pool: &Pool<St>, claim: &Claim, write: Write) {
             })
         }
     };
-    report(result);
+    report(pool, job.id, result);
+}
+
+/// An attempt of a job that waited `wait` since it was submitted starts.
+fn started<St>(pool: &Pool<St>, wait: Duration) {
+    crate::metrics::started(wait);
+    pool.activity.waited(wait);
 }
 
 /// Reports how writing an attempt's end went.
-fn report(result: Result<JobStatus, StoreError>) {
+fn report<St>(pool: &Pool<St>, id: JobId, result: Result<JobStatus, StoreError>) {
     match result {
         Ok(JobStatus::Queued) => trace::note_outcome("retry", false),
         Ok(status) => {
             crate::metrics::finished(status);
             trace::note_outcome(status.as_str(), status == JobStatus::Succeeded);
+            pool.activity.finished(id, status);
             tracing::info!(%status, "job finished");
         }
         Err(e) if e.is_stale_lease() => {

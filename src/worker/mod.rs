@@ -11,7 +11,8 @@
 //! A job waiting out a backoff sits in the store, not in a worker. A second
 //! loop sweeps the store (deadlines, lapsed leases, retries coming due, TTLs).
 //! With webhooks configured, a third loop delivers them, with permits of its
-//! own (see `webhook`).
+//! own (see `webhook`). A last one hands the live page's counts to the store
+//! every few seconds (see `activity`).
 //!
 //! A call that finds nobody to answer (no connection could be made) marks
 //! the upstream down; the next call answered wakes, through
@@ -146,6 +147,13 @@ where
     let (hand_back_tx, hand_back) = watch::channel(false);
     let mut tasks = JoinSet::new();
     tasks.spawn(sweep_loop(pool.clone(), control.clone()));
+    // The live page's counts go to the store every few seconds, beside the
+    // calls, never on their path.
+    tasks.spawn(crate::activity::flush_loop(
+        pool.store.clone(),
+        pool.activity.clone(),
+        control.clone(),
+    ));
     // Webhook deliveries run beside the workers, with permits of their own.
     #[cfg(feature = "webhooks")]
     if let Some(webhooks) = pool.config.webhooks.clone() {
@@ -187,6 +195,8 @@ where
         let _ = hand_back_tx.send(true);
         drain.await;
     }
+    // What the last calls counted, before the process goes.
+    crate::activity::flush(&*pool.store, &pool.activity).await;
 }
 
 /// Claims jobs one after another and starts each call, until the pool stops;

@@ -46,8 +46,10 @@ async fn the_live_page_and_the_recent_jobs_it_lists_per_owner() {
     assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
     let html = String::from_utf8(page.body.to_vec()).unwrap();
     assert!(
-        html.contains("fetch(\"queue\""),
-        "the page reads the queue route"
+        ["get(\"queue\")", "get(\"activity\")", "get(\"recent\""]
+            .iter()
+            .all(|route| html.contains(route)),
+        "the page reads the queue, activity and recent routes"
     );
     let post = call(
         &app,
@@ -131,4 +133,125 @@ async fn the_api_answers_while_a_busy_inner_service_holds_back_pass_through() {
     let passed = call(&app, get("/health")).await;
     assert_eq!(passed.status, 200);
     assert!(start.elapsed() >= std::time::Duration::from_secs(99));
+}
+
+#[tokio::test(start_paused = true)]
+async fn activity_counts_every_finished_job_in_ten_second_buckets() {
+    let inner = tower::service_fn(|req: Request<Body>| async move {
+        let body = body_bytes(req).await;
+        let input: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(
+            input["ms"].as_u64().unwrap(),
+        ))
+        .await;
+        let status = input["status"].as_u64().unwrap() as u16;
+        Ok::<_, io::Error>(json_response(status, json!({})))
+    });
+    let app = DeferLayer::new(MemoryStore::new())
+        .concurrency(1)
+        .layer(inner);
+    // Three jobs, one after another: 200 after 40 ms, 404 after 3 s, 200 after 40 ms.
+    let mut ids = Vec::new();
+    for (ms, status) in [(40, 200), (3000, 404), (40, 200)] {
+        ids.push(submit(&app, json!({"data": {"ms": ms, "status": status}})).await);
+    }
+    for id in &ids {
+        finished(&app, id).await;
+    }
+    // The buckets end with the last complete one: step into the next.
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+
+    let a = call(&app, get("/async/activity")).await;
+    assert_eq!(a.status, 200);
+    let doc = a.json();
+    assert_eq!(doc["bucket_seconds"], 10);
+    assert_eq!(doc["window_seconds"], 900);
+    assert_eq!(doc["queued_by_priority"], json!([0, 0, 0]));
+    let buckets = doc["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 90);
+    let sum = |f: &dyn Fn(&serde_json::Value) -> u64| buckets.iter().map(f).sum::<u64>();
+    assert_eq!(sum(&|b| b["finished"]["succeeded"].as_u64().unwrap()), 2);
+    assert_eq!(sum(&|b| b["finished"]["failed"].as_u64().unwrap()), 1);
+    assert_eq!(sum(&|b| b["finished"]["canceled"].as_u64().unwrap()), 0);
+    assert_eq!(sum(&|b| b["run_seconds"]["count"].as_u64().unwrap()), 3);
+    assert_eq!(
+        sum(&|b| b["queue_wait_seconds"]["count"].as_u64().unwrap()),
+        3
+    );
+    // The bucket with the 404 knows its call ran about 3 s (within a slot's √2).
+    let slow = buckets
+        .iter()
+        .find(|b| b["finished"]["failed"] == 1)
+        .unwrap();
+    let p99 = slow["run_seconds"]["p99"].as_f64().unwrap();
+    assert!((3.0 / 1.42..=3.0 * 1.42).contains(&p99), "{p99}");
+    let rate = slow["finished_per_second"]["failed"].as_f64().unwrap();
+    assert_eq!(rate, 0.1);
+    // The pool sampled the queue once in each bucket it flushed in.
+    assert!(buckets.iter().any(|b| b["queued_by_priority"].is_array()));
+    // Every start is ten seconds after the one before.
+    let starts: Vec<i64> = buckets.iter().map(|b| ms(&b["start"])).collect();
+    assert!(starts.windows(2).all(|w| w[1] - w[0] == 10_000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn recent_filters_by_status_and_refuses_what_it_does_not_know() {
+    let inner = tower::service_fn(|req: Request<Body>| async move {
+        let body = body_bytes(req).await;
+        let input: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let status = input["status"].as_u64().unwrap() as u16;
+        Ok::<_, io::Error>(json_response(status, json!({})))
+    });
+    let app = DeferLayer::new(MemoryStore::new()).layer(inner);
+    let ok = submit(&app, json!({"data": {"status": 200}})).await;
+    let bad = submit(&app, json!({"data": {"status": 400}})).await;
+    finished(&app, &ok).await;
+    finished(&app, &bad).await;
+    let listed = |path: &str| {
+        let app = &app;
+        let path = path.to_owned();
+        async move {
+            let a = call(app, get(&path)).await;
+            assert_eq!(a.status, 200, "{path}: {}", a.text());
+            a.json()["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed("/async/recent").await, [bad.as_str(), ok.as_str()]);
+    assert_eq!(listed("/async/recent?status=failed").await, [bad.as_str()]);
+    assert_eq!(
+        listed("/async/recent?status=succeeded").await,
+        [ok.as_str()]
+    );
+    assert_eq!(
+        listed("/async/recent?status=succeeded,failed&limit=1").await,
+        [bad.as_str()]
+    );
+    assert!(listed("/async/recent?status=queued").await.is_empty());
+
+    let a = call(&app, get("/async/recent?status=done")).await;
+    a.assert_problem(400, "invalid_query", "done");
+    assert_eq!(
+        a.json()["detail"],
+        "unknown status \"done\" in `status`: expected queued, in_progress, succeeded, \
+         failed, canceled or expired (several separated by commas)"
+    );
+    let a = call(&app, get("/async/recent?limit=500")).await;
+    a.assert_problem(400, "invalid_query", "limit");
+    assert_eq!(
+        a.json()["detail"],
+        "`limit` must be a whole number from 1 to 200, got \"500\""
+    );
+    let a = call(
+        &app,
+        Request::post("/async/activity")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 405);
 }

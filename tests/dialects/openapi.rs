@@ -81,6 +81,7 @@ async fn every_route_the_layer_answers_is_in_the_document_and_back() {
     let answered = [
         (Method::POST, "/jobs".to_owned()),
         (Method::GET, "/jobs/queue".to_owned()),
+        (Method::GET, "/jobs/activity".to_owned()),
         (Method::GET, "/jobs/recent".to_owned()),
         (Method::GET, "/jobs/ui".to_owned()),
         (Method::GET, "/jobs/openapi.json".to_owned()),

@@ -14,6 +14,8 @@ pub(super) struct Keys {
     pub(super) changed: String,
     pub(super) work: String,
     pub(super) deliver: String,
+    /// The live page's recent ids (used on shard 0 only; see `activity.rs`).
+    pub(super) recent: String,
 }
 
 impl Keys {
@@ -45,6 +47,7 @@ impl Keys {
             changed: k("changed"),
             work: k("work"),
             deliver: k("deliver"),
+            recent: k("recent"),
             prefix,
         }
     }
@@ -57,6 +60,11 @@ impl Keys {
 
     pub(super) fn job(&self, id: JobId) -> String {
         format!("{}job:{id}", self.prefix)
+    }
+
+    /// The live page's bucket that starts at `start` ms (see `activity.rs`).
+    pub(super) fn activity(&self, start: u64) -> String {
+        format!("{}activity:{start}", self.prefix)
     }
 
     pub(super) fn idempotency(&self, owner: Option<&str>, key: &str) -> String {

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use ::redis::RedisError;
 
+use super::activity;
 use super::codec;
 use super::functions::{Function, Invocation};
 use super::io::{exec, failed};
@@ -28,8 +29,8 @@ use crate::job::{
     Priority, Retry,
 };
 use crate::store::{
-    Claim, CompletedAndClaimed, DeliveryClaim, EnqueueError, Enqueued, QueueStats, QueuedCancel,
-    Store, StoreError, BATCH_SCAN,
+    Activity, ActivityBatch, Claim, CompletedAndClaimed, DeliveryClaim, EnqueueError, Enqueued,
+    QueueStats, QueuedCancel, Store, StoreError, BATCH_SCAN,
 };
 use crate::time::Timestamp;
 
@@ -625,6 +626,29 @@ impl Store for RedisStore {
         }
         stats.queued = stats.queued_by_priority.iter().sum::<u64>() + stats.retrying;
         Ok(stats)
+    }
+
+    async fn record_activity(&self, batch: ActivityBatch) -> Result<(), StoreError> {
+        let Some(pipe) = activity::record(&self.inner.shards[0].keys, &batch) else {
+            return Ok(());
+        };
+        let mut conn = self.inner.conn.clone();
+        self.exec("record_activity", async move {
+            pipe.query_async::<()>(&mut conn).await
+        })
+        .await
+    }
+
+    async fn activity(&self, since: Timestamp) -> Result<Activity, StoreError> {
+        let now = Timestamp::now();
+        let pipe = activity::read(&self.inner.shards[0].keys, since, now);
+        let mut conn = self.inner.conn.clone();
+        let answers = self
+            .exec("activity", async move {
+                pipe.query_async::<Vec<::redis::Value>>(&mut conn).await
+            })
+            .await?;
+        activity::decode(since, now, answers)
     }
 
     async fn sweep(&self) -> Result<Option<Timestamp>, StoreError> {

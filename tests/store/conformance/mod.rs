@@ -3,7 +3,8 @@
 //! cases.
 //!
 //! Each case is a generic `async fn(St)` in the file of its area (enqueue,
-//! claim, complete, retry, expiry, wait, cancel, stats, idempotency);
+//! claim, complete, retry, expiry, wait, cancel, stats, idempotency,
+//! activity);
 //! [`conformance_tests!`] makes one `#[tokio::test(start_paused = true)]` per
 //! case of every area for one store:
 //!
@@ -40,6 +41,7 @@ use tower_defer::job::{
 use tower_defer::store::{Claim, EnqueueError, QueueStats, QueuedCancel, Store};
 use tower_defer::time::Timestamp;
 
+pub(crate) mod activity;
 pub(crate) mod batch;
 pub(crate) mod cancel;
 pub(crate) mod claim;
@@ -130,6 +132,10 @@ macro_rules! conformance_tests {
                     claim_batch_takes_jobs_by_priority_then_age,
                     claim_batch_passes_over_retrying_and_expires_jobs_past_their_deadline,
                     batch_members_are_fenced_and_finish_each_on_its_own,
+                ],
+                activity: [
+                    activity_adds_up_every_process_by_bucket,
+                    recent_ids_are_newest_first_and_capped,
                 ],
                 idempotency: [
                     idempotent_enqueue_returns_the_first_job,
