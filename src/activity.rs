@@ -95,6 +95,19 @@ impl Recorder {
         pending.remember(id);
     }
 
+    /// `n` jobs expired in the store, as a sweep of this process reported
+    /// (no process ends them, and the sweep knows no ids: their ids are on
+    /// the recent list only if they were submitted through a replica).
+    pub(crate) fn expired(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let i = ActivityBucket::finished_index(JobStatus::Expired).expect("a terminal status");
+        let mut pending = self.lock();
+        let count = &mut pending.now().finished[i];
+        *count = count.saturating_add(n);
+    }
+
     /// The start of the bucket of now, when its depth is still to be sampled.
     fn to_sample(&self) -> Option<Timestamp> {
         let start = bucket_start(Timestamp::now());
@@ -251,6 +264,23 @@ mod tests {
         assert_eq!(second.queued_by_priority, Some([0, 0, 0]));
         // Nothing pending now: the read through the recorder is the store's.
         assert_eq!(recorder.read(&store, since).await.unwrap(), stored);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiries_a_sweep_reported_are_counted_without_ids() {
+        let store = MemoryStore::new();
+        let recorder = Recorder::default();
+        recorder.expired(0);
+        assert!(recorder.take().is_empty(), "nothing to say");
+        recorder.expired(3);
+        flush(&store, &recorder).await;
+        let stored = store
+            .activity(Timestamp::now().before(WINDOW))
+            .await
+            .unwrap();
+        assert_eq!(stored.buckets.len(), 1);
+        assert_eq!(stored.buckets[0].finished(JobStatus::Expired), 3);
+        assert!(stored.recent.is_empty());
     }
 
     #[tokio::test(start_paused = true)]

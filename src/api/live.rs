@@ -102,13 +102,15 @@ struct BucketDocument {
     run_seconds: Quantiles,
 }
 
-/// Jobs ended by status. Expirations are counted by the store's sweep, not
-/// by a process: they are not in these counts (yet), so not in the document.
+/// Jobs ended by status. An expiry happens in the store, not in a process:
+/// it is counted by the replica whose sweep reported it (see
+/// [`Store::sweep`]), so in the bucket of that sweep, up to a second after.
 #[derive(Serialize)]
 struct Counts {
     succeeded: u64,
     failed: u64,
     canceled: u64,
+    expired: u64,
 }
 
 #[derive(Serialize)]
@@ -116,6 +118,7 @@ struct Rates {
     succeeded: f64,
     failed: f64,
     canceled: f64,
+    expired: f64,
 }
 
 #[derive(Serialize)]
@@ -148,11 +151,13 @@ impl BucketDocument {
                 succeeded: n(JobStatus::Succeeded),
                 failed: n(JobStatus::Failed),
                 canceled: n(JobStatus::Canceled),
+                expired: n(JobStatus::Expired),
             },
             finished_per_second: Rates {
                 succeeded: rate(JobStatus::Succeeded),
                 failed: rate(JobStatus::Failed),
                 canceled: rate(JobStatus::Canceled),
+                expired: rate(JobStatus::Expired),
             },
             queue_wait_seconds: Quantiles::new(&b.queue_wait),
             run_seconds: Quantiles::new(&b.run_time),

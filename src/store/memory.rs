@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 use super::{
     Activity, ActivityBatch, Claim, DeliveryClaim, EnqueueError, Enqueued, QueueStats,
-    QueuedCancel, Store, StoreError, BATCH_SCAN,
+    QueuedCancel, Store, StoreError, Swept, BATCH_SCAN,
 };
 use crate::job::{
     CancelOutcome, DeliveryAttempt, Job, JobId, JobStatus, Lease, LeaseToken, NewJob, Outcome,
@@ -140,6 +140,9 @@ impl MemoryStore {
         let level = usize::from(job.options.priority.level());
         account(sched, before.1, before.2, -1);
         account(sched, job.status, job.retry_at.is_some(), 1);
+        if job.status == JobStatus::Expired && before.1 != JobStatus::Expired {
+            sched.expired += 1;
+        }
         sched.set_due(id, due, job.next_due());
         match (waited, waits_for_upstream(job)) {
             (false, true) => {
@@ -640,9 +643,10 @@ impl Store for MemoryStore {
         Ok(stats)
     }
 
-    async fn sweep(&self) -> Result<Option<Timestamp>, StoreError> {
+    async fn sweep(&self) -> Result<Swept, StoreError> {
         let mut sched = self.schedule();
-        let next = self.sweep_now(&mut sched, Timestamp::now());
+        let next_due = self.sweep_now(&mut sched, Timestamp::now());
+        let expired = std::mem::take(&mut sched.expired);
         // After a burst, give back what the hash tables grew to: a table
         // sized for the peak would otherwise stay that size for the
         // process's life. (The B-tree indexes free their nodes as they
@@ -655,7 +659,7 @@ impl Store for MemoryStore {
         if oversized(self.inner.jobs.len(), self.inner.jobs.capacity()) {
             self.inner.jobs.shrink_to_fit();
         }
-        Ok(next)
+        Ok(Swept { next_due, expired })
     }
 }
 

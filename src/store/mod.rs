@@ -18,7 +18,7 @@
 //! | [`cancel_queued`](Store::cancel_queued) | `queued` -> `canceled` only |
 //! | [`claim_delivery`](Store::claim_delivery) | a due webhook delivery, with a lease |
 //! | [`record_delivery`](Store::record_delivery) | one delivery attempt's result (fenced) |
-//! | [`sweep`](Store::sweep) | deadlines -> `expired`; lapsed leases -> `queued`; past TTL -> forgotten |
+//! | [`sweep`](Store::sweep) | deadlines -> `expired` (reported as a count); lapsed leases -> `queued`; past TTL -> forgotten |
 //!
 //! Beside the jobs, a store keeps what the live page shows
 //! ([`activity`](self::activity)): each process hands it counts of what it
@@ -142,6 +142,21 @@ pub struct QueueStats {
     pub in_progress: u64,
     /// When the oldest job that is ready to run was submitted.
     pub oldest_queued_at: Option<Timestamp>,
+}
+
+/// What a [`sweep`](Store::sweep) did.
+///
+/// Non-exhaustive, so that more can be reported: a store starts from
+/// [`Swept::default`] and sets the fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Swept {
+    /// When something is next due (at or before now when the store applied
+    /// only part of what was due, to be called again soon).
+    pub next_due: Option<Timestamp>,
+    /// Jobs that expired (`queued` past their deadline) since the last
+    /// sweep reported any.
+    pub expired: u64,
 }
 
 /// Why an enqueue was refused.
@@ -484,6 +499,12 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Applies what is due: queue deadlines, lapsed leases, retries coming
-    /// due, results past their TTL. Returns when something is next due.
-    fn sweep(&self) -> impl Future<Output = Result<Option<Timestamp>, StoreError>> + Send;
+    /// due, results past their TTL. Returns when something is next due, and
+    /// how many jobs expired since the last sweep of the store (by any
+    /// process): in this sweep, and in the claims that applied what was due
+    /// before choosing. Each expiry is reported by one sweep only, so the
+    /// sum over every process's sweeps is every job that expired; that is
+    /// how the live page and the metrics count them, since no process ends
+    /// an expired job.
+    fn sweep(&self) -> impl Future<Output = Result<Swept, StoreError>> + Send;
 }

@@ -385,7 +385,15 @@ async fn sweep_loop<St: Store>(pool: Arc<Pool<St>>, mut control: watch::Receiver
     loop {
         let cap = Timestamp::now().after(Duration::from_secs(1));
         let next = match pool.store.sweep().await {
-            Ok(next) => next.map_or(cap, |t| t.min(cap)),
+            Ok(swept) => {
+                // No process ends an expired job: the sweep that reports it
+                // counts it, once across every replica.
+                if swept.expired > 0 {
+                    crate::metrics::expired(swept.expired);
+                    pool.activity.expired(swept.expired);
+                }
+                swept.next_due.map_or(cap, |t| t.min(cap))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "sweeping the store failed");
                 cap

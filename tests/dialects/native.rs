@@ -194,6 +194,55 @@ async fn activity_counts_every_finished_job_in_ten_second_buckets() {
     assert!(starts.windows(2).all(|w| w[1] - w[0] == 10_000));
 }
 
+/// An expiry happens in the store's sweep, not in a process: the sweep
+/// reports it, and the live page counts it under `expired`.
+#[tokio::test(start_paused = true)]
+async fn activity_counts_a_job_that_expired_in_the_queue() {
+    let inner = tower::service_fn(|_req: Request<Body>| async {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        Ok::<_, io::Error>(json_response(200, json!({})))
+    });
+    let app = DeferLayer::new(MemoryStore::new())
+        .concurrency(1)
+        .layer(inner);
+    // The first job holds the one slot for a minute; the second waits
+    // behind it and expires at its 10 s deadline.
+    let running = submit(&app, json!({"data": 1})).await;
+    let waiting = submit(&app, json!({"data": 2, "max_time_in_queue_seconds": 10})).await;
+    let ended = finished(&app, &waiting).await;
+    assert_eq!(ended["status"], "expired");
+    assert_eq!(status(&app, &running).await["status"], "in_progress");
+    // The buckets end with the last complete one: step past the expiry's.
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+
+    let doc = call(&app, get("/async/activity")).await.json();
+    let buckets = doc["buckets"].as_array().unwrap();
+    let sum = |status: &str| {
+        buckets
+            .iter()
+            .map(|b| b["finished"][status].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(sum("expired"), 1);
+    assert_eq!(sum("succeeded") + sum("failed") + sum("canceled"), 0);
+    let bucket = buckets
+        .iter()
+        .find(|b| b["finished"]["expired"] == 1)
+        .unwrap();
+    assert_eq!(bucket["finished_per_second"]["expired"].as_f64(), Some(0.1));
+    // Counted when it expired: the sweep that expired it reported it.
+    let start = ms(&bucket["start"]);
+    let expired_at = ms(&ended["completed_at"]);
+    assert!(
+        (start..start + 10_000).contains(&expired_at),
+        "bucket {start}, expired at {expired_at}"
+    );
+    // Its id is listed (it was submitted here), with its status from the store.
+    let recent = call(&app, get("/async/recent?status=expired")).await.json();
+    assert_eq!(recent["jobs"][0]["id"], waiting.as_str());
+    assert_eq!(recent["jobs"].as_array().unwrap().len(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn recent_filters_by_status_and_refuses_what_it_does_not_know() {
     let inner = tower::service_fn(|req: Request<Body>| async move {

@@ -151,6 +151,27 @@ async fn claims_go_round_the_shards_and_priority_holds_within_each() {
     }
 }
 
+/// Each shard counts the jobs that expired on it; a sweep reports the sum
+/// of every shard's, once.
+#[tokio::test]
+async fn a_sweep_reports_the_expiries_of_every_shard() {
+    let server = redis_or_skip!(false);
+    let store = sharded(server.url(), "expiries", 3).await;
+    let mut per_shard = [0; 3];
+    for i in 0..6 {
+        let mut options = options(1);
+        options.max_time_in_queue = Duration::from_millis(50);
+        let new = post(Bytes::from(format!("job {i}")), options);
+        let id = store.enqueue(new, 1_000).await.unwrap().job.id;
+        per_shard[shard(id, 3)] += 1;
+    }
+    assert_eq!(per_shard, [2, 2, 2]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let swept = store.sweep().await.unwrap();
+    assert_eq!(swept.expired, 6);
+    assert_eq!(store.sweep().await.unwrap().expired, 0);
+}
+
 /// The queue limit is the namespace's, whatever the shards: a shard at its
 /// share passes a submission on, and the namespace refuses only when full.
 #[tokio::test]

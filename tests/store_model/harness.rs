@@ -94,6 +94,7 @@ impl<S: Store> Harness<S> {
                 now: Timestamp::now(),
                 jobs: Vec::new(),
                 next_seq: 0,
+                expired: 0,
             },
             claims: Vec::new(),
             terminal: HashMap::new(),
@@ -499,12 +500,21 @@ impl<S: Store> Harness<S> {
     }
 
     async fn sweep(&mut self) -> Result<(), String> {
-        let next = self
+        let swept = self
             .store
             .sweep()
             .await
             .map_err(|e| format!("sweep failed: {e}"))?;
+        let next = swept.next_due;
         self.model.sweep();
+        // Every expiry since the last sweep, whether this sweep or a claim
+        // applied the deadline, and each once.
+        let expired = std::mem::take(&mut self.model.expired);
+        ensure!(
+            swept.expired == expired,
+            "sweep reports {} expired; the model {expired}",
+            swept.expired
+        );
         // Waking early is harmless (a store that applies due items in
         // batches may answer "now" to be called again); late or never is not.
         if let Some(due) = self.model.next_due() {

@@ -71,6 +71,8 @@ pub struct Model {
     pub now: Timestamp,
     pub jobs: Vec<MJob>,
     pub next_seq: u64,
+    /// Jobs expired since the store's last sweep (which reports them).
+    pub expired: u64,
 }
 
 /// What the model expects of an enqueue.
@@ -133,6 +135,7 @@ impl Model {
             loop {
                 if j.status == JobStatus::Queued && j.deadline <= now {
                     j.end(JobStatus::Expired, Some(ErrorCode::QueueTimeout), now);
+                    self.expired += 1;
                 } else if j.status == JobStatus::InProgress
                     && j.lease.is_some_and(|(_, until)| until <= now)
                 {

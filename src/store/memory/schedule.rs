@@ -32,6 +32,9 @@ pub(super) struct Schedule {
     pub(super) retrying: usize,
     /// Jobs a worker holds.
     pub(super) in_progress: usize,
+    /// Jobs that expired since the last `sweep` took the count (a claim
+    /// expires jobs too, and the sweep reports them).
+    pub(super) expired: u64,
     /// The job each idempotency key made, while that job is remembered.
     pub(super) idempotency: HashMap<IdempotencyKey, JobId>,
 }

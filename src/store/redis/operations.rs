@@ -30,7 +30,7 @@ use crate::job::{
 };
 use crate::store::{
     Activity, ActivityBatch, Claim, CompletedAndClaimed, DeliveryClaim, EnqueueError, Enqueued,
-    QueueStats, QueuedCancel, Store, StoreError, BATCH_SCAN,
+    QueueStats, QueuedCancel, Store, StoreError, Swept, BATCH_SCAN,
 };
 use crate::time::Timestamp;
 
@@ -651,22 +651,27 @@ impl Store for RedisStore {
         activity::decode(since, now, answers)
     }
 
-    async fn sweep(&self) -> Result<Option<Timestamp>, StoreError> {
+    async fn sweep(&self) -> Result<Swept, StoreError> {
         let answers: Vec<Vec<Vec<u8>>> = self
             .on_every_shard("sweep", Function::Sweep, |inv| {
                 inv.arg(SWEEP_DUE_BATCH);
             })
             .await?;
-        let mut earliest: Option<Timestamp> = None;
+        let mut swept = Swept::default();
         for (i, out) in answers.into_iter().enumerate() {
-            let (tag, _) = split_tag("sweep", out)?;
+            let (tag, rest) = split_tag("sweep", out)?;
             let next = parse_u64("sweep", tag.as_bytes())?.map(Timestamp::from_millis);
             self.inner.hub.set_next_due(i, next);
-            earliest = match (earliest, next) {
+            swept.next_due = match (swept.next_due, next) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            let Some(expired) = rest.first() else {
+                return Err(undecodable("sweep", "no count of expired jobs"));
+            };
+            // Each shard counts its own expiries: the namespace's is the sum.
+            swept.expired += parse_u64("sweep", expired)?.unwrap_or(0);
         }
-        Ok(earliest)
+        Ok(swept)
     }
 }

@@ -149,6 +149,8 @@ pub async fn claim_batch_passes_over_retrying_and_expires_jobs_past_their_deadli
     let late = get(&store, late.id).await;
     assert_eq!(late.status, JobStatus::Expired);
     assert_eq!(error_code(&late), Some(ErrorCode::QueueTimeout));
+    // No process ends it: the next sweep reports it.
+    assert_eq!(store.sweep().await.unwrap().expired, 1);
 }
 
 pub async fn batch_members_are_fenced_and_finish_each_on_its_own<St: Store>(store: St) {

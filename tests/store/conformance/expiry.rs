@@ -60,6 +60,54 @@ pub async fn claim_expires_a_job_past_its_deadline_without_a_sweep<St: Store>(st
     assert_eq!(get(&store, d.id).await.status, JobStatus::Expired);
 }
 
+pub async fn sweep_reports_every_expiry_once<St: Store>(store: St) {
+    let deadline = |o: &mut JobOptions| o.max_time_in_queue = secs(10);
+    assert_eq!(store.sweep().await.unwrap().expired, 0, "an empty store");
+    // Past the deadline: two queued jobs and a retrying one expire; one
+    // that started, one canceled and one with a later deadline do not.
+    let running = enqueue(&store, job_with("running", deadline)).await;
+    let c = claim(&store).await.unwrap();
+    assert_eq!(c.id(), running.id);
+    let retrying = enqueue(&store, job_with("retrying", deadline)).await;
+    let r = claim(&store).await.unwrap();
+    assert_eq!(r.id(), retrying.id);
+    let at = Timestamp::now().after(secs(60));
+    store
+        .retry_later(r.id(), r.token(), retry(at, true))
+        .await
+        .unwrap();
+    enqueue(&store, job_with("a", deadline)).await;
+    enqueue(&store, job_with("b", deadline)).await;
+    let canceled = enqueue(&store, job_with("canceled", deadline)).await;
+    store.cancel(canceled.id, None).await.unwrap();
+    let later = enqueue(
+        &store,
+        job_with("later", |o| o.max_time_in_queue = secs(20)),
+    )
+    .await;
+    advance(ms(9_999)).await;
+    assert_eq!(store.sweep().await.unwrap().expired, 0, "not yet");
+    advance(ms(1)).await;
+    let swept = store.sweep().await.unwrap();
+    assert_eq!(swept.expired, 3);
+    assert_eq!(get(&store, retrying.id).await.status, JobStatus::Expired);
+    assert_eq!(get(&store, running.id).await.status, JobStatus::InProgress);
+    // Reported once: the next sweep has none to report.
+    assert_eq!(store.sweep().await.unwrap().expired, 0);
+
+    // A claim applies deadlines before choosing: what it expired is
+    // reported by the next sweep, with what that sweep expires itself.
+    let d = enqueue(&store, job_with("d", deadline)).await;
+    advance(secs(10)).await;
+    assert!(claim(&store).await.is_none());
+    assert_eq!(get(&store, later.id).await.status, JobStatus::Expired);
+    assert_eq!(get(&store, d.id).await.status, JobStatus::Expired);
+    enqueue(&store, job_with("e", |o| o.max_time_in_queue = secs(1))).await;
+    advance(secs(1)).await;
+    assert_eq!(store.sweep().await.unwrap().expired, 3);
+    assert_eq!(store.sweep().await.unwrap().expired, 0);
+}
+
 pub async fn a_result_is_forgotten_after_its_ttl<St: Store>(store: St) {
     let key = "key-1";
     let j = enqueue(
@@ -74,7 +122,7 @@ pub async fn a_result_is_forgotten_after_its_ttl<St: Store>(store: St) {
     let done = complete(&store, &c, 200).await;
     let expires_at = done.expires_at.unwrap();
     assert_eq!(expires_at, Timestamp::now().after(secs(60)));
-    assert_eq!(store.sweep().await.unwrap(), Some(expires_at));
+    assert_eq!(store.sweep().await.unwrap().next_due, Some(expires_at));
 
     advance(ms(59_999)).await;
     store.sweep().await.unwrap();
@@ -100,7 +148,7 @@ pub async fn a_result_is_forgotten_after_its_ttl<St: Store>(store: St) {
     ));
 
     // The sweep removes it: nothing is due any more.
-    assert_eq!(store.sweep().await.unwrap(), None);
+    assert_eq!(store.sweep().await.unwrap().next_due, None);
     assert!(store.get(j.id).await.unwrap().is_none());
     assert!(store.wait(j.id, 0, until).await.unwrap().is_none());
     assert_eq!(stats(&store).await, QueueStats::default());

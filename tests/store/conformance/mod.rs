@@ -101,6 +101,7 @@ macro_rules! conformance_tests {
                 expiry: [
                     a_queued_job_past_its_deadline_expires_on_sweep,
                     claim_expires_a_job_past_its_deadline_without_a_sweep,
+                    sweep_reports_every_expiry_once,
                     a_result_is_forgotten_after_its_ttl,
                 ],
                 wait: [

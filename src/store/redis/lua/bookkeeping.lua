@@ -115,6 +115,15 @@ local function flush_index(zset, pending)
   end
 end
 
+-- Adds the jobs this call expired to {ns}:n:expired, for the next sweep
+-- to report: one command a call, however many it expired.
+local function count_expired()
+  if expired_here > 0 then
+    redis.call('INCRBY', N_EXPIRED, n2s(expired_here))
+    expired_here = 0
+  end
+end
+
 -- Writes what was gathered, one command per key, and stops gathering.
 local function flush()
   local g = gathered
@@ -146,6 +155,7 @@ local function flush()
   for channel, ids in pairs(g.published or NOTHING) do
     redis.call('PUBLISH', channel, table.concat(ids, ' '))
   end
+  count_expired()
 end
 
 -- Writes a changed job back and keeps the counters, the ready lists and the
@@ -164,6 +174,11 @@ local function commit(j, b)
       count(N_RETRYING, 1)
     elseif status == S_IN_PROGRESS then
       count(N_IN_PROGRESS, 1)
+    elseif status == S_EXPIRED and b.status ~= S_EXPIRED then
+      -- No process ends an expired job: the next sweep reports it. Counted
+      -- here and written once a call (count_expired), or not at all when
+      -- the call is the sweep.
+      expired_here = expired_here + 1
     end
   end
   -- The flag describes a backoff: with none, there is nothing to wake.

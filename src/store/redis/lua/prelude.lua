@@ -27,11 +27,14 @@
 --   ARGV[2]     now (ms, the caller's clock)
 -- A function's own KEYS and ARGV follow them, from KEYS[9] and ARGV[3].
 --
--- One more key of the namespace every function may write, built from the
+-- Two more keys of the namespace every function may write, built from the
 -- prefix (as a job's key is) rather than passed, so that the functions'
 -- KEYS stay as they were:
 --   {ns}:unavailable  queued jobs waiting out a backoff because the upstream
 --                     was unavailable (score = created_at), for wake_unavailable
+--   {ns}:n:expired    jobs expired since a sweep last took the count (sweep.lua);
+--                     a function that may expire a job (through apply_due or
+--                     expire_if_due) ends with flush() or count_expired()
 --
 -- Only constants may be computed here, at load time: Redis gives a
 -- library's top level no more than the language itself.
@@ -43,11 +46,15 @@
 
 -- The keys, the prefix, the time and the channels of the call being run
 -- (begin sets them).
-local READY, DUE, SEQ, N_RETRYING, N_IN_PROGRESS, DELIVERIES, UNAVAILABLE
+local READY, DUE, SEQ, N_RETRYING, N_IN_PROGRESS, DELIVERIES, UNAVAILABLE, N_EXPIRED
 local PREFIX, NOW, CHANGED, WORK, DELIVER
 -- The bookkeeping a batching function gathers (bookkeeping.lua; begin
 -- clears it).
 local gathered = nil
+-- The jobs this call expired and has not yet added to {ns}:n:expired
+-- (bookkeeping.lua: commit counts them, flush or count_expired writes them,
+-- sweep.lua takes them; begin clears it).
+local expired_here = 0
 -- Redis drops a finished job's key itself this long after its expires_at;
 -- until then reads treat it as gone (slack for clock skew between hosts).
 local EXPIRY_SLACK_MS = 60000
@@ -181,13 +188,14 @@ local function begin(keys, argv)
   if not ns then
     ns = {ready = {keys[1], keys[2], keys[3]}, changed = PREFIX .. 'changed',
       work = PREFIX .. 'work', deliver = PREFIX .. 'deliver',
-      unavailable = PREFIX .. 'unavailable'}
+      unavailable = PREFIX .. 'unavailable', expired = PREFIX .. 'n:expired'}
     NAMESPACES[PREFIX] = ns
   end
   READY, CHANGED, WORK, DELIVER = ns.ready, ns.changed, ns.work, ns.deliver
-  UNAVAILABLE = ns.unavailable
+  UNAVAILABLE, N_EXPIRED = ns.unavailable, ns.expired
   DUE, SEQ, N_RETRYING, N_IN_PROGRESS = keys[4], keys[5], keys[6], keys[7]
   DELIVERIES = keys[8]
   NOW = tonumber(argv[2])
   gathered = nil
+  expired_here = 0
 end
