@@ -77,20 +77,10 @@ impl Histogram {
 
     /// The slot that counts `d`.
     pub fn slot_of(d: Duration) -> usize {
+        // A search of the bounds themselves: every job's wait and run time
+        // comes here, and a logarithm costs more than these comparisons.
         let ms = d.as_secs_f64() * 1000.0;
-        if ms <= 1.0 {
-            return 0;
-        }
-        // A first guess from the logarithm, then corrected against the
-        // bounds themselves, so that rounding never puts a value astray.
-        let mut slot = ((2.0 * ms.log2()).ceil() as usize).min(SLOTS - 1);
-        while slot > 0 && ms <= bound_ms(slot - 1) {
-            slot -= 1;
-        }
-        while slot < SLOTS - 1 && ms > bound_ms(slot) {
-            slot += 1;
-        }
-        slot
+        BOUNDS_MS.partition_point(|&bound| ms > bound)
     }
 
     /// Counts one duration.
@@ -156,8 +146,28 @@ impl Histogram {
 
 /// Slot `slot`'s upper bound, in milliseconds: `2^(slot/2)`.
 fn bound_ms(slot: usize) -> f64 {
-    (slot as f64 / 2.0).exp2()
+    BOUNDS_MS[slot]
 }
+
+/// The upper bounds of every slot but the last, in milliseconds:
+/// `2^(i/2)`, a power of two times `√2` for odd `i`.
+const BOUNDS_MS: [f64; SLOTS - 1] = {
+    let mut bounds = [0.0; SLOTS - 1];
+    let mut power = 1.0;
+    let mut i = 0;
+    while i < SLOTS - 1 {
+        bounds[i] = if i % 2 == 0 {
+            power
+        } else {
+            power * std::f64::consts::SQRT_2
+        };
+        if i % 2 == 1 {
+            power *= 2.0;
+        }
+        i += 1;
+    }
+    bounds
+};
 
 /// What happened in one bucket, as one process saw it or as a store added
 /// up every process's.
@@ -264,6 +274,17 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_bounds_are_powers_of_the_square_root_of_two() {
+        for (i, bound) in BOUNDS_MS.iter().enumerate() {
+            let exact = (i as f64 / 2.0).exp2();
+            assert!(
+                (bound - exact).abs() <= exact * 1e-12,
+                "slot {i}: {bound} vs {exact}"
+            );
+        }
     }
 
     #[test]
