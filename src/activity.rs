@@ -95,14 +95,17 @@ impl Recorder {
         pending.remember(id);
     }
 
-    /// `n` jobs expired in the store, as a sweep of this process reported
-    /// (no process ends them, and the sweep knows no ids: their ids are on
-    /// the recent list only if they were submitted through a replica).
-    pub(crate) fn expired(&self, n: u64) {
+    /// `n` jobs ended with `status` in the store (expired, or failed as
+    /// abandoned), as a sweep of this process reported: no process ends
+    /// them, and the sweep knows no ids, so their ids are on the recent list
+    /// only if they were submitted through a replica.
+    pub(crate) fn ended_in_store(&self, status: JobStatus, n: u64) {
+        let Some(i) = ActivityBucket::finished_index(status) else {
+            return;
+        };
         if n == 0 {
             return;
         }
-        let i = ActivityBucket::finished_index(JobStatus::Expired).expect("a terminal status");
         let mut pending = self.lock();
         let count = &mut pending.now().finished[i];
         *count = count.saturating_add(n);
@@ -267,12 +270,14 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn expiries_a_sweep_reported_are_counted_without_ids() {
+    async fn ends_a_sweep_reported_are_counted_without_ids() {
         let store = MemoryStore::new();
         let recorder = Recorder::default();
-        recorder.expired(0);
+        recorder.ended_in_store(JobStatus::Expired, 0);
+        recorder.ended_in_store(JobStatus::Queued, 2); // not terminal
         assert!(recorder.take().is_empty(), "nothing to say");
-        recorder.expired(3);
+        recorder.ended_in_store(JobStatus::Expired, 3);
+        recorder.ended_in_store(JobStatus::Failed, 2);
         flush(&store, &recorder).await;
         let stored = store
             .activity(Timestamp::now().before(WINDOW))
@@ -280,6 +285,7 @@ mod tests {
             .unwrap();
         assert_eq!(stored.buckets.len(), 1);
         assert_eq!(stored.buckets[0].finished(JobStatus::Expired), 3);
+        assert_eq!(stored.buckets[0].finished(JobStatus::Failed), 2);
         assert!(stored.recent.is_empty());
     }
 

@@ -7,7 +7,7 @@
 //! | name | kind | labels |
 //! |---|---|---|
 //! | `tower_defer_jobs_submitted_total` | counter | |
-//! | `tower_defer_jobs_finished_total` | counter | `status` (an `expired` job is counted by the process whose sweep reported it) |
+//! | `tower_defer_jobs_finished_total` | counter | `status` (an `expired` job, and a `failed` one its workers abandoned, is counted by the process whose sweep reported it) |
 //! | `tower_defer_retries_total` | counter | `reason` (`unavailable`, `attempt`, `shutdown`) |
 //! | `tower_defer_inner_responses_total` | counter | `status_code` |
 //! | `tower_defer_webhook_deliveries_total` | counter | `result` (`succeeded`, `retrying`, `failed`), per attempt |
@@ -143,12 +143,13 @@ pub(crate) fn finished(status: JobStatus) {
     let _ = status;
 }
 
-/// `n` jobs expired in the store, as a sweep of this process reported.
-pub(crate) fn expired(n: u64) {
+/// `n` jobs ended with `status` in the store (expired, or failed as
+/// abandoned), as a sweep of this process reported.
+pub(crate) fn ended_in_store(status: JobStatus, n: u64) {
     #[cfg(feature = "metrics")]
-    handles::get().finished(JobStatus::Expired).increment(n);
+    handles::get().finished(status).increment(n);
     #[cfg(not(feature = "metrics"))]
-    let _ = n;
+    let _ = (status, n);
 }
 
 /// A job went back to the queue.

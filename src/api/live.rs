@@ -102,9 +102,10 @@ struct BucketDocument {
     run_seconds: Quantiles,
 }
 
-/// Jobs ended by status. An expiry happens in the store, not in a process:
-/// it is counted by the replica whose sweep reported it (see
-/// [`Store::sweep`]), so in the bucket of that sweep, up to a second after.
+/// Jobs ended by status. An expiry, and a failure of a job its workers
+/// abandoned, happen in the store, not in a process: each is counted by the
+/// replica whose sweep reported it (see [`Store::sweep`]), so in the bucket
+/// of that sweep, up to a second after.
 #[derive(Serialize)]
 struct Counts {
     succeeded: u64,

@@ -215,19 +215,29 @@ impl MemoryStore {
                 self.forget(sched, id);
                 continue;
             }
+            // `Some(abandoned)` when the job changed: whether a lapse ended it.
             let changed = self.transition(sched, id, |job| {
-                if job.expire_if_due(now) || job.lapse_if_due(now) || job.lapse_delivery_if_due(now)
-                {
-                    return Some(());
+                if job.expire_if_due(now) {
+                    return Some(false);
+                }
+                if job.lapse_if_due(now) {
+                    return Some(job.status == JobStatus::Failed);
+                }
+                if job.lapse_delivery_if_due(now) {
+                    return Some(false);
                 }
                 if job.retry_at.is_some_and(|at| at <= now) {
                     // The backoff is over: runnable again. Not a change a
                     // client waits for, so the revision stays.
                     job.retry_at = None;
-                    return Some(());
+                    return Some(false);
                 }
                 None
             });
+            if let Some((true, _)) = changed {
+                // No process ends an abandoned job: the next sweep reports it.
+                sched.abandoned += 1;
+            }
             let changed = changed.is_some();
             // `transition` moves the index entry when the due time changed,
             // but the entry was popped above: put the job's due time back.
@@ -647,6 +657,7 @@ impl Store for MemoryStore {
         let mut sched = self.schedule();
         let next_due = self.sweep_now(&mut sched, Timestamp::now());
         let expired = std::mem::take(&mut sched.expired);
+        let abandoned = std::mem::take(&mut sched.abandoned);
         // After a burst, give back what the hash tables grew to: a table
         // sized for the peak would otherwise stay that size for the
         // process's life. (The B-tree indexes free their nodes as they
@@ -659,7 +670,11 @@ impl Store for MemoryStore {
         if oversized(self.inner.jobs.len(), self.inner.jobs.capacity()) {
             self.inner.jobs.shrink_to_fit();
         }
-        Ok(Swept { next_due, expired })
+        Ok(Swept {
+            next_due,
+            expired,
+            abandoned,
+        })
     }
 }
 

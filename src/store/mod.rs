@@ -18,7 +18,7 @@
 //! | [`cancel_queued`](Store::cancel_queued) | `queued` -> `canceled` only |
 //! | [`claim_delivery`](Store::claim_delivery) | a due webhook delivery, with a lease |
 //! | [`record_delivery`](Store::record_delivery) | one delivery attempt's result (fenced) |
-//! | [`sweep`](Store::sweep) | deadlines -> `expired` (reported as a count); lapsed leases -> `queued`; past TTL -> forgotten |
+//! | [`sweep`](Store::sweep) | deadlines -> `expired`; lapsed leases -> `queued`, or `failed` (`abandoned`) at the last allowed lapse; both ends reported as counts; past TTL -> forgotten |
 //!
 //! Beside the jobs, a store keeps what the live page shows
 //! ([`activity`](self::activity)): each process hands it counts of what it
@@ -157,6 +157,12 @@ pub struct Swept {
     /// Jobs that expired (`queued` past their deadline) since the last
     /// sweep reported any.
     pub expired: u64,
+    /// Jobs that failed as abandoned (their lease lapsed for the
+    /// [`MAX_LAPSES`](crate::job::MAX_LAPSES)th time, error
+    /// [`Abandoned`](crate::job::ErrorCode::Abandoned)) since the last sweep
+    /// reported any. Every other failure is recorded by the process whose
+    /// write ended the job, so this is not all `failed` jobs.
+    pub abandoned: u64,
 }
 
 /// Why an enqueue was refused.
@@ -500,11 +506,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies what is due: queue deadlines, lapsed leases, retries coming
     /// due, results past their TTL. Returns when something is next due, and
-    /// how many jobs expired since the last sweep of the store (by any
-    /// process): in this sweep, and in the claims that applied what was due
-    /// before choosing. Each expiry is reported by one sweep only, so the
-    /// sum over every process's sweeps is every job that expired; that is
-    /// how the live page and the metrics count them, since no process ends
-    /// an expired job.
+    /// how many jobs expired, and how many failed as abandoned, since the
+    /// last sweep of the store (by any process): in this sweep, and in the
+    /// claims that applied what was due before choosing. Each is reported
+    /// by one sweep only, so the sum over every process's sweeps is every
+    /// job that ended so; that is how the live page and the metrics count
+    /// them, since no process ends an expired or an abandoned job.
     fn sweep(&self) -> impl Future<Output = Result<Swept, StoreError>> + Send;
 }

@@ -86,6 +86,7 @@
 //! | `{ns}:due` | sorted set | each job's [`Job::next_due`](crate::Job::next_due) in ms: deadlines, retries, leases, TTLs |
 //! | `{ns}:n:retrying`, `{ns}:n:in_progress` | string | counters for [`stats`](crate::Store::stats) and the queue limit |
 //! | `{ns}:n:expired` | string | jobs expired (by a sweep or a claim) since a [`sweep`](crate::Store::sweep) last took the count (`GETDEL`) to report it |
+//! | `{ns}:n:abandoned` | string | jobs failed as abandoned (a lease lapsed for the last allowed time, in a sweep or a claim) since a [`sweep`](crate::Store::sweep) last took the count (`GETDEL`) to report it |
 //! | `{ns}:idem:-:<key>`, `{ns}:idem:<len>:<owner>:<key>` | string | the job holding an idempotency key (owner length-prefixed, so owners and keys may hold `:`) |
 //! | channel `{ns}:changed` | pub/sub | job ids (separated by spaces), on every change of those jobs |
 //! | `{ns}:deliveries` | sorted set | webhook deliveries nobody holds, by [`Job::delivery_ready_at`](crate::Job::delivery_ready_at) |

@@ -38,6 +38,7 @@ use tracing::Instrument;
 
 use crate::batch;
 use crate::context::Pool;
+use crate::job::JobStatus;
 use crate::shutdown::{stopped, Control};
 use crate::store::{Claim, Store};
 use crate::time::Timestamp;
@@ -386,11 +387,16 @@ async fn sweep_loop<St: Store>(pool: Arc<Pool<St>>, mut control: watch::Receiver
         let cap = Timestamp::now().after(Duration::from_secs(1));
         let next = match pool.store.sweep().await {
             Ok(swept) => {
-                // No process ends an expired job: the sweep that reports it
-                // counts it, once across every replica.
-                if swept.expired > 0 {
-                    crate::metrics::expired(swept.expired);
-                    pool.activity.expired(swept.expired);
+                // No process ends an expired or an abandoned job: the sweep
+                // that reports it counts it, once across every replica.
+                for (status, n) in [
+                    (JobStatus::Expired, swept.expired),
+                    (JobStatus::Failed, swept.abandoned),
+                ] {
+                    if n > 0 {
+                        crate::metrics::ended_in_store(status, n);
+                        pool.activity.ended_in_store(status, n);
+                    }
                 }
                 swept.next_due.map_or(cap, |t| t.min(cap))
             }

@@ -243,6 +243,66 @@ async fn activity_counts_a_job_that_expired_in_the_queue() {
     assert_eq!(recent["jobs"].as_array().unwrap().len(), 1);
 }
 
+/// A job whose leases lapse too often fails in the store's sweep, not in a
+/// process: the sweep reports it, and the live page counts it under `failed`.
+#[tokio::test(start_paused = true)]
+async fn activity_counts_a_job_its_workers_abandoned() {
+    use std::time::Duration;
+    use tower_defer::job::MAX_LAPSES;
+    use tower_defer::Store;
+
+    let inner = tower::service_fn(|_req: Request<Body>| async {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok::<_, io::Error>(json_response(200, json!({})))
+    });
+    let store = MemoryStore::new();
+    let app = DeferLayer::new(store.clone()).concurrency(1).layer(inner);
+    // The first job holds the one slot; the second is left to this test,
+    // the worker that keeps dying: its leases lapse, and the worker's sweep
+    // applies each lapse, the last of which fails the job.
+    let running = submit(&app, json!({"data": 1})).await;
+    while status(&app, &running).await["status"] != "in_progress" {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let abandoned = submit(&app, json!({"data": 2})).await;
+    for _ in 0..MAX_LAPSES {
+        let c = store.claim(Duration::from_secs(1), None).await.unwrap();
+        assert_eq!(c.unwrap().id().to_string(), abandoned);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let ended = finished(&app, &abandoned).await;
+    assert_eq!(ended["status"], "failed", "{ended}");
+    assert_eq!(ended["error"]["code"], "abandoned");
+    // The buckets end with the last complete one: step past the failure's.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+
+    let doc = call(&app, get("/async/activity")).await.json();
+    let buckets = doc["buckets"].as_array().unwrap();
+    let sum = |status: &str| {
+        buckets
+            .iter()
+            .map(|b| b["finished"][status].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(sum("failed"), 1);
+    assert_eq!(sum("succeeded") + sum("expired") + sum("canceled"), 0);
+    let bucket = buckets
+        .iter()
+        .find(|b| b["finished"]["failed"] == 1)
+        .unwrap();
+    assert_eq!(bucket["finished_per_second"]["failed"].as_f64(), Some(0.1));
+    // Counted when it failed: the sweep that failed it reported it.
+    let start = ms(&bucket["start"]);
+    let failed_at = ms(&ended["completed_at"]);
+    assert!(
+        (start..start + 10_000).contains(&failed_at),
+        "bucket {start}, failed at {failed_at}"
+    );
+    let recent = call(&app, get("/async/recent?status=failed")).await.json();
+    assert_eq!(recent["jobs"][0]["id"], abandoned.as_str());
+    assert_eq!(recent["jobs"].as_array().unwrap().len(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn recent_filters_by_status_and_refuses_what_it_does_not_know() {
     let inner = tower::service_fn(|req: Request<Body>| async move {

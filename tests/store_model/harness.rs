@@ -95,6 +95,7 @@ impl<S: Store> Harness<S> {
                 jobs: Vec::new(),
                 next_seq: 0,
                 expired: 0,
+                abandoned: 0,
             },
             claims: Vec::new(),
             terminal: HashMap::new(),
@@ -514,6 +515,13 @@ impl<S: Store> Harness<S> {
             swept.expired == expired,
             "sweep reports {} expired; the model {expired}",
             swept.expired
+        );
+        // Likewise every abandonment (the last allowed lapse fails the job).
+        let abandoned = std::mem::take(&mut self.model.abandoned);
+        ensure!(
+            swept.abandoned == abandoned,
+            "sweep reports {} abandoned; the model {abandoned}",
+            swept.abandoned
         );
         // Waking early is harmless (a store that applies due items in
         // batches may answer "now" to be called again); late or never is not.

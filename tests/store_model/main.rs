@@ -45,6 +45,7 @@ use std::future::Future;
 
 use proptest::prelude::*;
 use proptest::test_runner::{FileFailurePersistence, TestCaseError};
+use tower_defer::job::MAX_LAPSES;
 use tower_defer::{MemoryStore, Store};
 
 use harness::Harness;
@@ -146,6 +147,26 @@ fn a_lease_that_lapses_after_the_deadline_expires_the_job() {
     case(|| async { MemoryStore::new() }, &ops).unwrap();
 }
 
+/// Five lapses of one job, the last applied by a claim: random cases rarely
+/// reach an abandonment, so this one checks a sweep reports it (once).
+fn abandonment() -> Vec<Op> {
+    let claim = || Op::Claim {
+        lease_ms: 5_000,
+        aging_ms: None,
+    };
+    let mut ops = vec![Enqueue::plain(600_000)];
+    for _ in 1..MAX_LAPSES {
+        ops.extend([claim(), Op::LapseLeases, Op::Sweep]);
+    }
+    ops.extend([claim(), Op::LapseLeases, claim(), Op::Sweep, Op::Sweep]);
+    ops
+}
+
+#[test]
+fn a_sweep_reports_a_job_its_workers_abandoned() {
+    case(|| async { MemoryStore::new() }, &abandonment()).unwrap();
+}
+
 /// The same model on RedisStore: one private redis-server (the testkit's
 /// `RedisServer`), a fresh namespace per case.
 #[cfg(feature = "redis")]
@@ -237,4 +258,24 @@ fn redis_store_expires_a_job_whose_lease_lapses_at_or_after_its_deadline() {
         };
         case(make, &ops).unwrap();
     }
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn redis_store_reports_a_job_its_workers_abandoned() {
+    use tower_defer::RedisStore;
+    use tower_defer_testkit::redis::RedisServer;
+    let Some(server) = RedisServer::start(false) else {
+        return;
+    };
+    let url = server.url();
+    let make = || async move {
+        RedisStore::builder(url)
+            .namespace("abandoned")
+            .hold_paused_clock(true)
+            .connect()
+            .await
+            .unwrap()
+    };
+    case(make, &abandonment()).unwrap();
 }

@@ -73,6 +73,9 @@ pub struct Model {
     pub next_seq: u64,
     /// Jobs expired since the store's last sweep (which reports them).
     pub expired: u64,
+    /// Jobs failed as abandoned since the store's last sweep (which reports
+    /// them).
+    pub abandoned: u64,
 }
 
 /// What the model expects of an enqueue.
@@ -144,6 +147,7 @@ impl Model {
                     j.lapses += 1;
                     if j.lapses >= MAX_LAPSES {
                         j.end(JobStatus::Failed, Some(ErrorCode::Abandoned), now);
+                        self.abandoned += 1;
                     } else {
                         j.status = JobStatus::Queued;
                         j.error = Some(ErrorCode::LeaseExpired);

@@ -35,6 +35,10 @@ pub(super) struct Schedule {
     /// Jobs that expired since the last `sweep` took the count (a claim
     /// expires jobs too, and the sweep reports them).
     pub(super) expired: u64,
+    /// Jobs failed as abandoned (a lease lapsed for the last allowed time)
+    /// since the last `sweep` took the count; only the due-time pass, of a
+    /// sweep or a claim, ends one.
+    pub(super) abandoned: u64,
     /// The job each idempotency key made, while that job is remembered.
     pub(super) idempotency: HashMap<IdempotencyKey, JobId>,
 }

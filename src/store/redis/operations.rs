@@ -666,11 +666,16 @@ impl Store for RedisStore {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let Some(expired) = rest.first() else {
-                return Err(undecodable("sweep", "no count of expired jobs"));
+            let [expired, abandoned] = rest.as_slice() else {
+                return Err(undecodable(
+                    "sweep",
+                    "no counts of expired and abandoned jobs",
+                ));
             };
-            // Each shard counts its own expiries: the namespace's is the sum.
+            // Each shard counts the jobs that ended on it: the namespace's
+            // counts are the sums.
             swept.expired += parse_u64("sweep", expired)?.unwrap_or(0);
+            swept.abandoned += parse_u64("sweep", abandoned)?.unwrap_or(0);
         }
         Ok(swept)
     }

@@ -53,6 +53,44 @@ pub async fn a_lapse_spends_no_attempt_and_the_fifth_abandons_the_job<St: Store>
     assert_eq!((s.queued, s.retrying, s.in_progress), (0, 0, 0));
 }
 
+pub async fn sweep_reports_every_abandonment_once<St: Store>(store: St) {
+    assert_eq!(store.sweep().await.unwrap().abandoned, 0, "an empty store");
+    // Two jobs lapse together; only the last allowed lapse ends them.
+    let a = enqueue(&store, job("a")).await;
+    let b = enqueue(&store, job("b")).await;
+    for lapses in 1..=MAX_LAPSES {
+        for _ in 0..2 {
+            claim_with(&store, secs(5)).await;
+        }
+        advance(secs(6)).await;
+        let swept = store.sweep().await.unwrap();
+        let abandoned = if lapses < MAX_LAPSES { 0 } else { 2 };
+        assert_eq!(swept.abandoned, abandoned, "after lapse {lapses}");
+        assert_eq!(swept.expired, 0, "an abandoned job is not expired");
+    }
+    assert_eq!(get(&store, a.id).await.status, JobStatus::Failed);
+    assert_eq!(get(&store, b.id).await.status, JobStatus::Failed);
+    // Reported once: the next sweep has none to report.
+    assert_eq!(store.sweep().await.unwrap().abandoned, 0);
+
+    // A claim applies lapses before choosing: what it abandoned is reported
+    // by the next sweep, apart from what it expired.
+    let c = enqueue(&store, job("c")).await;
+    for _ in 1..MAX_LAPSES {
+        lapse(&store, c.id).await;
+    }
+    assert_eq!(claim_with(&store, secs(5)).await.id(), c.id);
+    let d = enqueue(&store, job_with("d", |o| o.max_time_in_queue = secs(5))).await;
+    advance(secs(6)).await;
+    assert!(claim(&store).await.is_none());
+    assert_eq!(get(&store, c.id).await.status, JobStatus::Failed);
+    assert_eq!(get(&store, d.id).await.status, JobStatus::Expired);
+    let swept = store.sweep().await.unwrap();
+    assert_eq!((swept.expired, swept.abandoned), (1, 1));
+    let swept = store.sweep().await.unwrap();
+    assert_eq!((swept.expired, swept.abandoned), (0, 0));
+}
+
 pub async fn lapses_and_spent_attempts_are_counted_apart<St: Store>(store: St) {
     let j = enqueue(&store, job("a")).await;
     // A 503 spends attempt 1.

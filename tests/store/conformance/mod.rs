@@ -119,6 +119,7 @@ macro_rules! conformance_tests {
                 ],
                 lapses: [
                     a_lapse_spends_no_attempt_and_the_fifth_abandons_the_job,
+                    sweep_reports_every_abandonment_once,
                     lapses_and_spent_attempts_are_counted_apart,
                     wake_unavailable_makes_the_jobs_waiting_for_the_upstream_runnable,
                     wake_unavailable_leaves_every_other_job_alone,

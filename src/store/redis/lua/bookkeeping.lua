@@ -115,12 +115,17 @@ local function flush_index(zset, pending)
   end
 end
 
--- Adds the jobs this call expired to {ns}:n:expired, for the next sweep
--- to report: one command a call, however many it expired.
-local function count_expired()
+-- Adds the jobs this call expired to {ns}:n:expired, and those it failed
+-- as abandoned to {ns}:n:abandoned, for the next sweep to report: at most
+-- one command a key a call, however many jobs it ended.
+local function count_ended()
   if expired_here > 0 then
     redis.call('INCRBY', N_EXPIRED, n2s(expired_here))
     expired_here = 0
+  end
+  if abandoned_here > 0 then
+    redis.call('INCRBY', N_ABANDONED, n2s(abandoned_here))
+    abandoned_here = 0
   end
 end
 
@@ -155,7 +160,7 @@ local function flush()
   for channel, ids in pairs(g.published or NOTHING) do
     redis.call('PUBLISH', channel, table.concat(ids, ' '))
   end
-  count_expired()
+  count_ended()
 end
 
 -- Writes a changed job back and keeps the counters, the ready lists and the
@@ -176,7 +181,7 @@ local function commit(j, b)
       count(N_IN_PROGRESS, 1)
     elseif status == S_EXPIRED and b.status ~= S_EXPIRED then
       -- No process ends an expired job: the next sweep reports it. Counted
-      -- here and written once a call (count_expired), or not at all when
+      -- here and written once a call (count_ended), or not at all when
       -- the call is the sweep.
       expired_here = expired_here + 1
     end
@@ -290,7 +295,17 @@ local function apply_due(limit)
       -- The entry was taken out of the index above.
       b.due = nil
       local changed = false
-      if expire_if_due(j) or lapse_if_due(j) or lapse_delivery_if_due(j) then
+      if expire_if_due(j) then
+        changed = true
+      elseif lapse_if_due(j) then
+        changed = true
+        if j[I_STATUS] == S_FAILED then
+          -- Abandoned: no process ends it, so the next sweep reports it.
+          -- Counted here and written once a call (count_ended), or not at
+          -- all when the call is the sweep.
+          abandoned_here = abandoned_here + 1
+        end
+      elseif lapse_delivery_if_due(j) then
         changed = true
       elseif j[I_RETRY_AT] >= 0 and j[I_RETRY_AT] <= NOW then
         -- The backoff is over: runnable again. Not a change a client waits

@@ -9,14 +9,15 @@
 -- (ms) or ''}.
 --
 -- 1. Apply what came due (a lapsed delivery lease makes its delivery due;
---    the jobs it expired are counted for the next sweep).
+--    the jobs it expired or failed as abandoned are counted for the next
+--    sweep).
 -- 2. Claim the first due delivery, dropping stale entries on the way.
 -- 3. With none due, answer when the next one is.
 
 local lease_ms = tonumber(ARGV[3])
--- 1. What came due (the jobs it expired counted for the next sweep).
+-- 1. What came due (the jobs it ended counted for the next sweep).
 apply_due(tonumber(ARGV[4]))
-count_expired()
+count_ended()
 -- 2. The first due delivery.
 for _ = 1, 1000 do
   local head = redis.call('ZRANGE', DELIVERIES, 0, 0, 'WITHSCORES')

@@ -27,14 +27,17 @@
 --   ARGV[2]     now (ms, the caller's clock)
 -- A function's own KEYS and ARGV follow them, from KEYS[9] and ARGV[3].
 --
--- Two more keys of the namespace every function may write, built from the
+-- Three more keys of the namespace every function may write, built from the
 -- prefix (as a job's key is) rather than passed, so that the functions'
 -- KEYS stay as they were:
 --   {ns}:unavailable  queued jobs waiting out a backoff because the upstream
 --                     was unavailable (score = created_at), for wake_unavailable
---   {ns}:n:expired    jobs expired since a sweep last took the count (sweep.lua);
---                     a function that may expire a job (through apply_due or
---                     expire_if_due) ends with flush() or count_expired()
+--   {ns}:n:expired    jobs expired since a sweep last took the count (sweep.lua)
+--   {ns}:n:abandoned  jobs failed as abandoned (a lease lapsed for the last
+--                     allowed time, in apply_due) since a sweep last took the
+--                     count (sweep.lua)
+-- A function that may end a job so (through apply_due or expire_if_due)
+-- ends with flush() or count_ended(), which write both counts.
 --
 -- Only constants may be computed here, at load time: Redis gives a
 -- library's top level no more than the language itself.
@@ -47,14 +50,16 @@
 -- The keys, the prefix, the time and the channels of the call being run
 -- (begin sets them).
 local READY, DUE, SEQ, N_RETRYING, N_IN_PROGRESS, DELIVERIES, UNAVAILABLE, N_EXPIRED
+local N_ABANDONED
 local PREFIX, NOW, CHANGED, WORK, DELIVER
 -- The bookkeeping a batching function gathers (bookkeeping.lua; begin
 -- clears it).
 local gathered = nil
--- The jobs this call expired and has not yet added to {ns}:n:expired
--- (bookkeeping.lua: commit counts them, flush or count_expired writes them,
--- sweep.lua takes them; begin clears it).
-local expired_here = 0
+-- The jobs this call expired, and those it failed as abandoned, not yet
+-- added to {ns}:n:expired and {ns}:n:abandoned (bookkeeping.lua: commit
+-- counts expiries, apply_due abandonments, flush or count_ended writes
+-- them, sweep.lua takes them; begin clears them).
+local expired_here, abandoned_here = 0, 0
 -- Redis drops a finished job's key itself this long after its expires_at;
 -- until then reads treat it as gone (slack for clock skew between hosts).
 local EXPIRY_SLACK_MS = 60000
@@ -188,14 +193,15 @@ local function begin(keys, argv)
   if not ns then
     ns = {ready = {keys[1], keys[2], keys[3]}, changed = PREFIX .. 'changed',
       work = PREFIX .. 'work', deliver = PREFIX .. 'deliver',
-      unavailable = PREFIX .. 'unavailable', expired = PREFIX .. 'n:expired'}
+      unavailable = PREFIX .. 'unavailable', expired = PREFIX .. 'n:expired',
+      abandoned = PREFIX .. 'n:abandoned'}
     NAMESPACES[PREFIX] = ns
   end
   READY, CHANGED, WORK, DELIVER = ns.ready, ns.changed, ns.work, ns.deliver
-  UNAVAILABLE, N_EXPIRED = ns.unavailable, ns.expired
+  UNAVAILABLE, N_EXPIRED, N_ABANDONED = ns.unavailable, ns.expired, ns.abandoned
   DUE, SEQ, N_RETRYING, N_IN_PROGRESS = keys[4], keys[5], keys[6], keys[7]
   DELIVERIES = keys[8]
   NOW = tonumber(argv[2])
   gathered = nil
-  expired_here = 0
+  expired_here, abandoned_here = 0, 0
 end
