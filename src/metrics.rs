@@ -65,14 +65,8 @@ mod handles {
 
     impl Handles {
         pub(super) fn finished(&self, status: JobStatus) -> &Counter {
-            &self.finished[match status {
-                JobStatus::Queued => 0,
-                JobStatus::InProgress => 1,
-                JobStatus::Succeeded => 2,
-                JobStatus::Failed => 3,
-                JobStatus::Canceled => 4,
-                JobStatus::Expired => 5,
-            }]
+            let i = JobStatus::ALL.iter().position(|s| *s == status);
+            &self.finished[i.expect("every status is in JobStatus::ALL")]
         }
 
         pub(super) fn inner_response(&self, code: http::StatusCode) -> Option<&Counter> {
@@ -94,15 +88,7 @@ mod handles {
             };
             Handles {
                 submitted: counter!("tower_defer_jobs_submitted_total"),
-                finished: [
-                    JobStatus::Queued,
-                    JobStatus::InProgress,
-                    JobStatus::Succeeded,
-                    JobStatus::Failed,
-                    JobStatus::Canceled,
-                    JobStatus::Expired,
-                ]
-                .map(finished),
+                finished: JobStatus::ALL.map(finished),
                 queue_wait: histogram!("tower_defer_queue_wait_seconds"),
                 execution: histogram!("tower_defer_execution_seconds"),
                 in_flight: gauge!("tower_defer_in_flight"),

@@ -37,16 +37,6 @@ pub(super) fn page() -> Response<Bytes> {
 /// buckets, ending with the last complete one.
 const BUCKETS: u32 = (WINDOW.as_secs() / BUCKET.as_secs()) as u32;
 
-/// The statuses a job can have, as `?status=` names them.
-const STATUSES: [JobStatus; 6] = [
-    JobStatus::Queued,
-    JobStatus::InProgress,
-    JobStatus::Succeeded,
-    JobStatus::Failed,
-    JobStatus::Canceled,
-    JobStatus::Expired,
-];
-
 /// How many jobs `recent` lists unless `?limit=` says otherwise.
 const DEFAULT_LIMIT: usize = 50;
 
@@ -194,7 +184,7 @@ impl RecentQuery {
                 "status" => {
                     let mut statuses = out.statuses.take().unwrap_or_default();
                     for name in value.split(',') {
-                        let status = STATUSES
+                        let status = JobStatus::ALL
                             .into_iter()
                             .find(|s| s.as_str() == name)
                             .ok_or_else(|| {

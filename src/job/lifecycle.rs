@@ -38,6 +38,16 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    /// Every status, in the order of the lifecycle.
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::Queued,
+        JobStatus::InProgress,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Canceled,
+        JobStatus::Expired,
+    ];
+
     /// The native name: `queued`, `in_progress`, `succeeded`, `failed`,
     /// `canceled`, `expired`.
     pub fn as_str(self) -> &'static str {

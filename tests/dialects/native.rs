@@ -215,32 +215,7 @@ async fn activity_counts_a_job_that_expired_in_the_queue() {
     // The buckets end with the last complete one: step past the expiry's.
     tokio::time::sleep(std::time::Duration::from_secs(10)).await;
 
-    let doc = call(&app, get("/async/activity")).await.json();
-    let buckets = doc["buckets"].as_array().unwrap();
-    let sum = |status: &str| {
-        buckets
-            .iter()
-            .map(|b| b["finished"][status].as_u64().unwrap())
-            .sum::<u64>()
-    };
-    assert_eq!(sum("expired"), 1);
-    assert_eq!(sum("succeeded") + sum("failed") + sum("canceled"), 0);
-    let bucket = buckets
-        .iter()
-        .find(|b| b["finished"]["expired"] == 1)
-        .unwrap();
-    assert_eq!(bucket["finished_per_second"]["expired"].as_f64(), Some(0.1));
-    // Counted when it expired: the sweep that expired it reported it.
-    let start = ms(&bucket["start"]);
-    let expired_at = ms(&ended["completed_at"]);
-    assert!(
-        (start..start + 10_000).contains(&expired_at),
-        "bucket {start}, expired at {expired_at}"
-    );
-    // Its id is listed (it was submitted here), with its status from the store.
-    let recent = call(&app, get("/async/recent?status=expired")).await.json();
-    assert_eq!(recent["jobs"][0]["id"], waiting.as_str());
-    assert_eq!(recent["jobs"].as_array().unwrap().len(), 1);
+    assert_counted_once(&app, "expired", &ended, &waiting).await;
 }
 
 /// A job whose leases lapse too often fails in the store's sweep, not in a
@@ -276,7 +251,23 @@ async fn activity_counts_a_job_its_workers_abandoned() {
     // The buckets end with the last complete one: step past the failure's.
     tokio::time::sleep(Duration::from_secs(10)).await;
 
-    let doc = call(&app, get("/async/activity")).await.json();
+    assert_counted_once(&app, "failed", &ended, &abandoned).await;
+}
+
+/// `/async/activity` counts one job, `id`, ended (`ended` is its status
+/// document) with `status`: in the bucket of its `completed_at`, at 0.1 a
+/// second, and no job under another end; and `/async/recent?status=` lists
+/// it alone, with its status from the store.
+async fn assert_counted_once<S, St>(
+    app: &tower_defer::Defer<S, St>,
+    status: &str,
+    ended: &serde_json::Value,
+    id: &str,
+) where
+    S: tower_defer::InnerService,
+    St: tower_defer::Store,
+{
+    let doc = call(app, get("/async/activity")).await.json();
     let buckets = doc["buckets"].as_array().unwrap();
     let sum = |status: &str| {
         buckets
@@ -284,22 +275,22 @@ async fn activity_counts_a_job_its_workers_abandoned() {
             .map(|b| b["finished"][status].as_u64().unwrap())
             .sum::<u64>()
     };
-    assert_eq!(sum("failed"), 1);
-    assert_eq!(sum("succeeded") + sum("expired") + sum("canceled"), 0);
-    let bucket = buckets
-        .iter()
-        .find(|b| b["finished"]["failed"] == 1)
-        .unwrap();
-    assert_eq!(bucket["finished_per_second"]["failed"].as_f64(), Some(0.1));
-    // Counted when it failed: the sweep that failed it reported it.
+    for other in ["succeeded", "failed", "canceled", "expired"] {
+        assert_eq!(sum(other), u64::from(other == status), "{other} in {doc}");
+    }
+    let bucket = buckets.iter().find(|b| b["finished"][status] == 1).unwrap();
+    assert_eq!(bucket["finished_per_second"][status].as_f64(), Some(0.1));
+    // Counted when it ended: the sweep that ended it reported it.
     let start = ms(&bucket["start"]);
-    let failed_at = ms(&ended["completed_at"]);
+    let ended_at = ms(&ended["completed_at"]);
     assert!(
-        (start..start + 10_000).contains(&failed_at),
-        "bucket {start}, failed at {failed_at}"
+        (start..start + 10_000).contains(&ended_at),
+        "bucket {start}, ended at {ended_at}"
     );
-    let recent = call(&app, get("/async/recent?status=failed")).await.json();
-    assert_eq!(recent["jobs"][0]["id"], abandoned.as_str());
+    let recent = call(app, get(&format!("/async/recent?status={status}")))
+        .await
+        .json();
+    assert_eq!(recent["jobs"][0]["id"], id);
     assert_eq!(recent["jobs"].as_array().unwrap().len(), 1);
 }
 

@@ -69,17 +69,7 @@ fn the_live_page_shows_what_the_api_says() {
     let profile = std::env::temp_dir().join(format!("tower-defer-chromium-{}", std::process::id()));
     let url = format!("{}/async/ui#token=page-token", proxy.base());
     let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--virtual-time-budget=3000",
-        ])
+        .args(CHROMIUM)
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(["--dump-dom", &url])
         .output()
