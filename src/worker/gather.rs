@@ -136,11 +136,8 @@ pub(super) async fn run<S, St>(
         take_from_store(&pool, &route, &key, &open).await;
         let full = open.full.notified();
         if lock(&open.members).room(&route).0 > 0 {
-            // Timestamps are whole milliseconds and a timer fires on the
-            // tick after its deadline: a millisecond less keeps the head's
-            // wait within `max_wait` of its submission, not just past it.
             let at = deadline.to_instant();
-            let until = at.checked_sub(Duration::from_millis(1)).unwrap_or(at);
+            let until = at.checked_sub(TIMER_SLACK).unwrap_or(at);
             let _ = tokio::time::timeout_at(until, full).await;
         }
     }
@@ -169,6 +166,15 @@ pub(super) async fn run<S, St>(
     call::run_batch(inner, members.claims, &route, pool, hand_back).await;
     drop(permit);
 }
+
+/// How much before its deadline the head stops waiting for company. A
+/// tokio timer rounds its deadline up to the next millisecond tick, and
+/// the runtime that parks until that tick wakes up to another late: ended
+/// this early, the head's wait stays within `max_wait` of its submission
+/// instead of running up to two milliseconds past it. (The deadline itself
+/// is never late: it counts from the submission's whole-millisecond
+/// timestamp, which is at or before the submission.)
+const TIMER_SLACK: Duration = Duration::from_millis(2);
 
 /// Claims company from the store for the room `open` has, reserving it
 /// meanwhile.

@@ -357,3 +357,52 @@ async fn jobs_submitted_through_two_replicas_share_one_call() {
     assert_eq!(echoes(&output(&c, &b, &first).await), [(0, "one".into())]);
     assert_eq!(echoes(&output(&c, &a, &second).await), [(0, "two".into())]);
 }
+
+/// A job alone on a batching route waits for company, and leaves by its
+/// `max_wait` from its submission, not from its claim: the light-load
+/// promise, latency at most the unbatched one plus `max_wait`. The one slot
+/// is busy for 4 ms with an unbatched job first, so the lone job is claimed
+/// late. On a paused clock, so the times are the runtime's own and exact.
+#[tokio::test(start_paused = true)]
+async fn a_lone_job_waits_for_company_and_leaves_within_max_wait() {
+    use tower_defer_testkit::inproc;
+
+    let max_wait = Duration::from_millis(10);
+    let called = Arc::new(Mutex::new(None));
+    let model = Model::default();
+    let inner = {
+        let (called, service) = (called.clone(), model.service());
+        tower::service_fn(move |req: Request<Body>| {
+            let (called, service) = (called.clone(), service.clone());
+            async move {
+                if req.uri().path() == "/v1/other" {
+                    tokio::time::sleep(Duration::from_millis(4)).await;
+                    return infallible(json_response(200, json!({})));
+                }
+                called
+                    .lock()
+                    .unwrap()
+                    .get_or_insert_with(tokio::time::Instant::now);
+                tower::ServiceExt::oneshot(service, req).await
+            }
+        })
+    };
+    let app = DeferLayer::new(MemoryStore::new())
+        .concurrency(1)
+        .batch(Batch::post("/v1/embeddings").max_wait(max_wait))
+        .layer(inner);
+    let submitted = tokio::time::Instant::now();
+    let first = inproc::submit(&app, json!({"path": "/v1/other", "data": {}})).await;
+    let id = inproc::submit(&app, envelope("m", json!("alone"))).await;
+    let done = inproc::finished(&app, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(inproc::finished(&app, &first).await["status"], "succeeded");
+    let waited = called.lock().unwrap().expect("the model was called") - submitted;
+    assert!(waited <= max_wait, "left {waited:?} after its submission");
+    // It did wait for company, until a couple of ticks before its deadline.
+    assert!(
+        waited >= max_wait - Duration::from_millis(3),
+        "left after {waited:?}"
+    );
+    assert_eq!(model.calls().len(), 1);
+}
