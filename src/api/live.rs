@@ -86,30 +86,34 @@ struct BucketDocument {
     start: Timestamp,
     /// `null` when no replica sampled the queue in this bucket.
     queued_by_priority: Option<[u64; crate::job::Priority::LEVELS]>,
-    finished: Counts,
-    finished_per_second: Rates,
+    finished: ByEnd<u64>,
+    finished_per_second: ByEnd<f64>,
     queue_wait_seconds: Quantiles,
     run_seconds: Quantiles,
 }
 
-/// Jobs ended by status. An expiry, and a failure of a job its workers
-/// abandoned, happen in the store, not in a process: each is counted by the
-/// replica whose sweep reported it (see [`Store::sweep`]), so in the bucket
-/// of that sweep, up to a second after.
+/// A figure for each way a job ends: the count, or the rate. An expiry,
+/// and a failure of a job its workers abandoned, happen in the store, not
+/// in a process: each is counted by the replica whose sweep reported it
+/// (see [`Store::sweep`]), so in the bucket of that sweep, up to a second
+/// after.
 #[derive(Serialize)]
-struct Counts {
-    succeeded: u64,
-    failed: u64,
-    canceled: u64,
-    expired: u64,
+struct ByEnd<T> {
+    succeeded: T,
+    failed: T,
+    canceled: T,
+    expired: T,
 }
 
-#[derive(Serialize)]
-struct Rates {
-    succeeded: f64,
-    failed: f64,
-    canceled: f64,
-    expired: f64,
+impl<T> ByEnd<T> {
+    fn of(figure: impl Fn(JobStatus) -> T) -> Self {
+        ByEnd {
+            succeeded: figure(JobStatus::Succeeded),
+            failed: figure(JobStatus::Failed),
+            canceled: figure(JobStatus::Canceled),
+            expired: figure(JobStatus::Expired),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -138,18 +142,8 @@ impl BucketDocument {
         BucketDocument {
             start: b.start,
             queued_by_priority: b.queued_by_priority,
-            finished: Counts {
-                succeeded: n(JobStatus::Succeeded),
-                failed: n(JobStatus::Failed),
-                canceled: n(JobStatus::Canceled),
-                expired: n(JobStatus::Expired),
-            },
-            finished_per_second: Rates {
-                succeeded: rate(JobStatus::Succeeded),
-                failed: rate(JobStatus::Failed),
-                canceled: rate(JobStatus::Canceled),
-                expired: rate(JobStatus::Expired),
-            },
+            finished: ByEnd::of(n),
+            finished_per_second: ByEnd::of(rate),
             queue_wait_seconds: Quantiles::new(&b.queue_wait),
             run_seconds: Quantiles::new(&b.run_time),
         }

@@ -232,8 +232,7 @@ pub(super) async fn run_batch<S, St>(
     };
     let end = call(svc, request, &pool, &claims, &mut hand_back).await;
     let took = Timestamp::now().since(now);
-    crate::metrics::ended(took);
-    pool.activity.ran(took);
+    ended(&pool, took);
     let size_u32 = u32::try_from(size).unwrap_or(u32::MAX);
     match end {
         CallEnd::Answered(response) if response.status.is_success() => {
@@ -377,8 +376,7 @@ where
         _ = hand_back.wait_for(|b| *b) => CallEnd::HandBack,
     };
     if claims.len() == 1 {
-        crate::metrics::ended(started.elapsed());
-        pool.activity.ran(started.elapsed());
+        ended(pool, started.elapsed());
     }
     end
 }
@@ -594,6 +592,12 @@ async fn write<St: Store>(pool: &Pool<St>, claim: &Claim, write: Write) {
 fn started<St>(pool: &Pool<St>, wait: Duration) {
     crate::metrics::started(wait);
     pool.activity.waited(wait);
+}
+
+/// An inner call ran for `took`: counted in the metrics and for the live page.
+fn ended<St>(pool: &Pool<St>, took: Duration) {
+    crate::metrics::ended(took);
+    pool.activity.ran(took);
 }
 
 /// Reports how writing an attempt's end went.
